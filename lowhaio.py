@@ -1,0 +1,1640 @@
+"""lowhaio: a lean, streaming-first asyncio HTTP/1.1 client.
+
+    request, close = Pool()
+    code, headers, body = await request(b'GET', 'https://example.com/')
+    async for chunk in body:
+        ...
+    await close()
+
+The module has two layers. The parsing layer (status line, header block, framing decision,
+chunked decoding) is pure: it takes bytes and returns values or raises an `HttpError`
+subclass, and never touches a socket. The I/O layer above it (`_Connection`, `Pool`) only
+moves bytes between asyncio transports and that parsing layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import logging
+import re
+import select
+import socket
+import ssl
+import urllib.parse
+from collections import deque
+from typing import (
+    Any,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Deque,
+    Dict,
+    Iterator,
+    List,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+)
+
+from aiodnsresolver import (
+    TYPES,
+    DnsError,
+    DnsRecordDoesNotExist,
+    Resolver,
+    ResolverLoggerAdapter,
+)
+
+__all__ = [
+    'Pool',
+    'streamed',
+    'buffered',
+    'timeout',
+    'empty_async_iterator',
+    'HttpError',
+    'HttpConnectionError',
+    'HttpDnsError',
+    'HttpTlsError',
+    'HttpPoolTimeoutError',
+    'HttpDataError',
+    'HttpConnectionClosedError',
+    'HttpConnectionClosedBeforeResponseError',
+    'HttpHeaderTooLong',
+    'HttpProtocolError',
+    'HttpTimeoutError',
+    'HttpInvalidRequestError',
+]
+
+Headers = Tuple[Tuple[bytes, bytes], ...]
+BodyFunction = Callable[..., AsyncIterator[bytes]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Exceptions. The split that matters to a caller is whether any of the request was sent:
+# HttpConnectionError means nothing was, so any request may be retried; HttpDataError means
+# something was, so only an idempotent request may be.
+# ---------------------------------------------------------------------------------------------
+
+class HttpError(Exception):
+    """Base class of every error this module raises."""
+
+
+class HttpConnectionError(HttpError):
+    """No byte of the request was sent: retrying is safe for any method."""
+
+
+class HttpDnsError(HttpConnectionError):
+    """The host name could not be resolved."""
+
+
+class HttpTlsError(HttpConnectionError):
+    """The TLS handshake failed (including certificate verification)."""
+
+
+class HttpPoolTimeoutError(HttpConnectionError):
+    """No connection slot to the host became free within `pool_timeout`."""
+
+
+class HttpDataError(HttpError):
+    """Some of the request may have been sent: retry only an idempotent request."""
+
+
+class HttpConnectionClosedError(HttpDataError):
+    """The connection closed before the response was complete."""
+
+
+class HttpConnectionClosedBeforeResponseError(HttpConnectionClosedError):
+    """A reused keep-alive connection closed before any byte of the response arrived.
+
+    The server did not process the request (it had closed the idle connection), so an
+    idempotent request is safe to retry."""
+
+
+class HttpHeaderTooLong(HttpDataError):
+    """The response head exceeded `max_header_length` bytes or the header count limit."""
+
+
+class HttpProtocolError(HttpDataError):
+    """The server's response broke the HTTP/1.1 grammar or framing rules (RFC 9112)."""
+
+
+class HttpTimeoutError(HttpDataError):
+    """A deadline passed after the request was (partly) sent. The cause is an
+    `asyncio.TimeoutError`."""
+
+
+class HttpInvalidRequestError(HttpError, ValueError):
+    """The caller's method, URL or headers are malformed: raised before connecting."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Grammar (RFC 9110 §5, RFC 9112), written once and used everywhere.
+# ---------------------------------------------------------------------------------------------
+
+# token = 1*tchar (RFC 9110 §5.6.2)
+_TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+_TOKEN = _TCHAR + rb'+'
+# field-vchar = VCHAR / obs-text; field values may also hold SP and HTAB (RFC 9110 §5.5).
+# Every other control character, NUL, CR and LF included, is outside the grammar.
+_FIELD_CHAR = rb'[\t !-~\x80-\xff]'
+# field-line = field-name ":" OWS field-value OWS (RFC 9112 §5). No whitespace is allowed
+# between the name and the colon (§5.1), and a line starting with whitespace is obs-fold.
+_FIELD_LINE = rb'(' + _TOKEN + rb'):[ \t]*(' + _FIELD_CHAR + rb'*)\r\n'
+
+_TOKEN_RE = re.compile(_TOKEN)
+_FIELD_LINE_RE = re.compile(_FIELD_LINE)
+_FIELD_BLOCK_RE = re.compile(rb'(?:' + _FIELD_LINE + rb')*')
+# status-line = HTTP-version SP status-code SP [ reason-phrase ] (RFC 9112 §4);
+# HTTP-version = "HTTP/" DIGIT "." DIGIT; a 1.x minor above 1 is treated as 1.1 (RFC 9110 §2.5).
+_STATUS_LINE_RE = re.compile(rb'HTTP/1\.([0-9]) ([0-9]{3}) (' + _FIELD_CHAR + rb'*)\r\n')
+# Content-Length = 1*DIGIT (RFC 9110 §8.6), bounded so that it stays a sane integer.
+_CONTENT_LENGTH_RE = re.compile(rb'[0-9]{1,18}')
+# chunk-size = 1*HEXDIG; chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+# (RFC 9112 §7.1). Extensions are ignored, so only their characters are checked.
+_CHUNK_SIZE_LINE_RE = re.compile(rb'([0-9A-Fa-f]{1,16})(?:[ \t]*;' + _FIELD_CHAR + rb'*)?\r\n')
+# Characters a request header value may not hold: they would end the line early or
+# truncate it in some servers, letting a caller inject a second header or request.
+_FORBIDDEN_IN_VALUE_RE = re.compile(rb'[\x00\r\n]')
+
+_MAX_CHUNK_SIZE_LINE = 4096
+_MAX_INFORMATIONAL_RESPONSES = 16
+_NO_BODY_STATUSES = frozenset((b'204', b'304'))
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing layer: pure functions of bytes.
+# ---------------------------------------------------------------------------------------------
+
+class ResponseHead(NamedTuple):
+    """A parsed response head. `http_minor` is 0 for HTTP/1.0 and 1 for HTTP/1.1."""
+    http_minor: int
+    code: bytes
+    reason: bytes
+    headers: Headers
+    length: int  # number of bytes of the head, including the final empty line
+
+
+def parse_response_head(data: bytes, max_header_length: int = 16384,
+                        max_header_count: int = 100) -> Optional[ResponseHead]:
+    """Parse a response head at the start of `data`.
+
+    Returns None when more bytes are needed, a ResponseHead when the head is complete, or
+    raises HttpHeaderTooLong / HttpProtocolError. Only the head is looked at: bytes after it
+    (the body, or anything else) are left to the caller, via `ResponseHead.length`.
+    """
+    end = data.find(b'\r\n\r\n', 0, max_header_length)
+    if end == -1:
+        if len(data) >= max_header_length:
+            raise HttpHeaderTooLong(
+                'Response head longer than max_header_length (%d bytes)' % max_header_length)
+        _check_partial_status_line(data)
+        return None
+
+    status_end = data.find(b'\r\n') + 2
+    status = _STATUS_LINE_RE.fullmatch(data, 0, status_end)
+    if status is None:
+        raise HttpProtocolError('Malformed status line: %r' % (bytes(data[:status_end - 2]),))
+
+    http_minor = 0 if status[1] == b'0' else 1
+    headers = parse_field_block(data[status_end:end + 2], max_header_count)
+    return ResponseHead(http_minor, status[2], status[3].rstrip(b' \t'), headers, end + 4)
+
+
+def _check_partial_status_line(data: bytes) -> None:
+    # Reject a response that cannot become valid as soon as it is seen, rather than
+    # waiting for max_header_length bytes of garbage (or for a timeout) first.
+    prefix = data[:9]
+    if not b'HTTP/1.x '.startswith(prefix[:5]) or \
+            (len(prefix) > 5 and prefix[5:6] != b'1') or \
+            (len(prefix) > 6 and prefix[6:7] != b'.'):
+        raise HttpProtocolError('Response does not start with HTTP/1.x: %r' % (bytes(prefix),))
+
+
+def parse_field_block(block: bytes, max_header_count: int = 100) -> Headers:
+    """Parse header (or trailer) lines, each ending in CRLF, into (lowercased name, value)."""
+    if block.count(b'\r\n') > max_header_count:
+        raise HttpHeaderTooLong('More than %d header lines' % max_header_count)
+    if _FIELD_BLOCK_RE.fullmatch(block) is None:
+        raise HttpProtocolError(_describe_bad_field_block(block))
+    return tuple(
+        (name.lower(), value.rstrip(b' \t'))
+        for name, value in _FIELD_LINE_RE.findall(block)
+    )
+
+
+def _describe_bad_field_block(block: bytes) -> str:
+    for line in block.split(b'\r\n')[:-1]:
+        if _FIELD_LINE_RE.fullmatch(line + b'\r\n'):
+            continue
+        if line[:1] in (b' ', b'\t'):
+            # RFC 9112 §5.2 lets a user agent replace obs-fold with spaces; we reject it
+            # instead, since no modern server needs it and joining hides smuggling attempts.
+            return 'Obsolete line folding (obs-fold) in header: %r' % (line,)
+        name, colon, _ = line.partition(b':')
+        if not colon:
+            return 'Header line without a colon: %r' % (line,)
+        if _TOKEN_RE.fullmatch(name) is None:
+            return 'Invalid header name (whitespace or a non-token character): %r' % (name,)
+        return 'Invalid character in header value: %r' % (line,)
+    return 'Bare CR or LF in header block: %r' % (block,)
+
+
+def header_values(headers: Headers, name: bytes) -> List[bytes]:
+    """The comma-separated list elements of every header `name` (RFC 9110 §5.3, §5.6.1)."""
+    return [
+        element
+        for key, value in headers if key == name
+        for element in (item.strip(b' \t') for item in value.split(b','))
+        if element
+    ]
+
+
+def parse_content_length(headers: Headers) -> Optional[int]:
+    """The Content-Length, None if absent; differing or malformed values are an error.
+
+    RFC 9112 §6.3 rule 5: an invalid Content-Length is an unrecoverable framing error. A list
+    of identical values (from a proxy merging headers) is accepted as that value (RFC 9110 §8.6).
+    """
+    raw = [value for key, value in headers if key == b'content-length']
+    if not raw:
+        return None
+    values = {item.strip(b' \t') for value in raw for item in value.split(b',')}
+    if len(values) != 1:
+        raise HttpProtocolError('Conflicting Content-Length values: %r' % (raw,))
+    value = values.pop()
+    if _CONTENT_LENGTH_RE.fullmatch(value) is None:
+        raise HttpProtocolError('Invalid Content-Length: %r' % (value,))
+    return int(value)
+
+
+NO_BODY = 0
+CONTENT_LENGTH = 1
+CHUNKED = 2
+UNTIL_CLOSE = 3
+
+
+class Framing(NamedTuple):
+    """How the response body is delimited, and whether the connection may be reused after it."""
+    kind: int  # NO_BODY, CONTENT_LENGTH, CHUNKED or UNTIL_CLOSE
+    length: int  # the body length for CONTENT_LENGTH, else 0
+    keep_alive: bool
+
+
+def response_framing(method: bytes, head: ResponseHead) -> Framing:
+    """Decide how the body of a response is delimited: RFC 9112 §6.3, rule by rule."""
+    code, headers = head.code, head.headers
+    keep_alive = _is_persistent(head)
+
+    # Rule 1: a response to HEAD, and any 1xx, 204 or 304 response, ends at the empty line
+    # after the header fields, whatever its headers say.
+    if method == b'HEAD' or code[0:1] == b'1' or code in _NO_BODY_STATUSES:
+        return Framing(NO_BODY, 0, keep_alive and code != b'101')
+
+    # Rule 2: a 2xx response to CONNECT turns the connection into a tunnel: its "body" is
+    # everything until close, and the connection can never carry HTTP again.
+    if method == b'CONNECT' and code[0:1] == b'2':
+        return Framing(UNTIL_CLOSE, 0, False)
+
+    transfer_codings = header_values(headers, b'transfer-encoding')
+    if transfer_codings:
+        # RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message means its framing is faulty.
+        if head.http_minor == 0:
+            raise HttpProtocolError('Transfer-Encoding in an HTTP/1.0 response')
+        # Rule 3: Transfer-Encoding overrides Content-Length. Such a message may be an attempt
+        # at request smuggling or response splitting, so the connection is closed after it.
+        has_content_length = any(key == b'content-length' for key, _ in headers)
+        # Rule 4: chunked as the final coding delimits the body...
+        if transfer_codings[-1].lower() == b'chunked':
+            if any(coding.lower() == b'chunked' for coding in transfer_codings[:-1]):
+                raise HttpProtocolError('chunked applied more than once: %r' % (transfer_codings,))
+            return Framing(CHUNKED, 0, keep_alive and not has_content_length)
+        # ...otherwise a response is read until the server closes the connection.
+        return Framing(UNTIL_CLOSE, 0, False)
+
+    # Rules 5 and 6: a valid Content-Length gives the length; an invalid one is an error.
+    length = parse_content_length(headers)
+    if length is not None:
+        return Framing(CONTENT_LENGTH, length, keep_alive)
+
+    # Rule 8: otherwise the body is everything until the server closes the connection.
+    return Framing(UNTIL_CLOSE, 0, False)
+
+
+def _is_persistent(head: ResponseHead) -> bool:
+    # RFC 9112 §9.3: HTTP/1.1 persists unless "close" is a connection option; HTTP/1.0
+    # persists only with "keep-alive" as a connection option.
+    options = [option.lower() for option in header_values(head.headers, b'connection')]
+    if b'close' in options:
+        return False
+    return head.http_minor == 1 or b'keep-alive' in options
+
+
+class ChunkedDecoder:
+    """Decodes a chunked body (RFC 9112 §7.1), fed bytes in pieces of any size.
+
+    `feed(data)` returns the body bytes found in `data`; `done` becomes True after the last
+    chunk and the trailer section; `excess` counts bytes fed after that, which mean the
+    connection cannot be reused. Trailer fields are validated and discarded.
+    """
+    __slots__ = ('done', 'excess', '_remaining', '_line', '_state', '_trailer_length',
+                 '_max_trailer_length')
+
+    _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+
+    def __init__(self, max_trailer_length: int = 16384) -> None:
+        self.done = False
+        self.excess = 0
+        self._remaining = 0
+        self._line = b''
+        self._state = self._SIZE
+        self._trailer_length = 0
+        self._max_trailer_length = max_trailer_length
+
+    def feed(self, data: bytes) -> List[bytes]:
+        chunks: List[bytes] = []
+        pos = 0
+        length = len(data)
+        while pos < length:
+            if self.done:
+                self.excess += length - pos
+                break
+            state = self._state
+            if state == self._DATA:
+                end = min(length, pos + self._remaining)
+                chunks.append(data[pos:end] if pos or end != length else data)
+                self._remaining -= end - pos
+                pos = end
+                if not self._remaining:
+                    self._state = self._DATA_END
+            else:
+                pos = self._feed_line(data, pos)
+        return chunks
+
+    def _feed_line(self, data: bytes, pos: int) -> int:
+        # The lines (chunk-size, the CRLF after data, trailer fields) are short: gather each
+        # whole before parsing, bounded so that a server cannot make us buffer without end.
+        newline = data.find(b'\n', pos)
+        end = len(data) if newline == -1 else newline + 1
+        line = self._line + data[pos:end]
+        limit = self._max_trailer_length if self._state == self._TRAILER else _MAX_CHUNK_SIZE_LINE
+        if len(line) > limit:
+            raise HttpProtocolError('Chunk-size line or trailer section too long')
+        if newline == -1:
+            self._line = line
+            if self._state == self._DATA_END and line not in (b'', b'\r'):
+                raise HttpProtocolError('Missing CRLF after chunk data: %r' % (line,))
+            return end
+        self._line = b''
+        self._parse_line(line)
+        return end
+
+    def _parse_line(self, line: bytes) -> None:
+        state = self._state
+        if state == self._DATA_END:
+            if line != b'\r\n':
+                raise HttpProtocolError('Missing CRLF after chunk data: %r' % (line,))
+            self._state = self._SIZE
+        elif state == self._SIZE:
+            match = _CHUNK_SIZE_LINE_RE.fullmatch(line)
+            if match is None:
+                raise HttpProtocolError('Malformed chunk-size line: %r' % (line,))
+            self._remaining = int(match[1], 16)
+            self._state = self._DATA if self._remaining else self._TRAILER
+        else:
+            self._trailer_length += len(line)
+            if self._trailer_length > self._max_trailer_length:
+                raise HttpProtocolError('Trailer section too long')
+            if line == b'\r\n':
+                self.done = True
+            else:
+                parse_field_block(line)
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests: validation and encoding of what the caller gives, before any connection is made.
+# ---------------------------------------------------------------------------------------------
+
+_DEFAULT_PORTS = {'http': 80, 'https': 443}
+# RFC 3986 §3.3 pchar plus "/" (and "%", so that an already percent-encoded path is kept).
+_PATH_SAFE = "/%!$&'()*+,;=:@-._~"
+# RFC 3986 §3.4: the query may also hold "/" and "?".
+_QUERY_SAFE = _PATH_SAFE + '?'
+_STRAY_PERCENT_RE = re.compile(r'%(?![0-9A-Fa-f]{2})')
+
+
+class Target(NamedTuple):
+    """Where a URL points: everything the request needs that depends only on the URL."""
+    scheme: str
+    host: str  # lowercased, IPv6 without brackets, no trailing dot
+    port: int
+    key: Tuple[str, str, int]  # the pool key
+    ip_literal: bool
+    host_line: bytes  # b'host: ...\r\n'
+    path_and_query: bytes  # the request-target, percent-encoded
+    has_query: bool
+
+
+def _percent_encode(text: str, safe: str) -> str:
+    return urllib.parse.quote(_STRAY_PERCENT_RE.sub('%25', text), safe=safe)
+
+
+def parse_target(url: str) -> Target:
+    """Split and encode a URL, raising HttpInvalidRequestError for anything unusable."""
+    if not isinstance(url, str):
+        raise HttpInvalidRequestError('URL must be a str, not %s' % (type(url).__name__,))
+    try:
+        parts = urllib.parse.urlsplit(url)
+        hostname = parts.hostname
+        port = parts.port
+    except ValueError as exception:
+        raise HttpInvalidRequestError('Invalid URL %r: %s' % (url, exception)) from exception
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise HttpInvalidRequestError('URL scheme must be http or https: %r' % (url,))
+    if not hostname:
+        raise HttpInvalidRequestError('URL has no host: %r' % (url,))
+    if any(ord(char) < 33 or char in '\x7f<>"{}|\\^`' for char in hostname):
+        raise HttpInvalidRequestError('Invalid character in URL host: %r' % (url,))
+
+    host = hostname[:-1] if hostname.endswith('.') else hostname
+    default_port = _DEFAULT_PORTS[scheme]
+    port = default_port if port is None else port
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is None and '[' in parts.netloc:
+        raise HttpInvalidRequestError('Invalid IP literal in URL: %r' % (url,))
+
+    try:
+        host_bytes = hostname.encode('ascii') if hostname.isascii() else hostname.encode('idna')
+    except UnicodeError as exception:
+        raise HttpInvalidRequestError('Host is not a valid IDNA name: %r' % (hostname,)) \
+            from exception
+    if address is not None and address.version == 6:
+        host_bytes = b'[' + host_bytes + b']'
+    if port != default_port:
+        host_bytes += b':%d' % (port,)
+
+    path = _percent_encode(parts.path, _PATH_SAFE) or '/'
+    query = _percent_encode(parts.query, _QUERY_SAFE)
+    path_and_query = (path + '?' + query if query else path).encode('ascii')
+    return Target(scheme, host, port, (scheme, host, port), address is not None,
+                  b'host: ' + host_bytes + b'\r\n', path_and_query, bool(query))
+
+
+class RequestHeaders(NamedTuple):
+    """The caller's headers, validated and encoded once."""
+    block: bytes  # b'name: value\r\n' lines
+    has_host: bool
+    content_length: Optional[int]  # None when not given, or when transfer-encoding is
+    closes: bool  # the caller asked for "connection: close"
+
+
+def encode_request_headers(method: bytes, headers: Sequence[Tuple[bytes, bytes]]) \
+        -> RequestHeaders:
+    """Validate the method and headers, so that no caller input can end a line early."""
+    if not isinstance(method, bytes) or _TOKEN_RE.fullmatch(method) is None:
+        raise HttpInvalidRequestError('Method must be a token (bytes): %r' % (method,))
+    lines = []
+    has_host = False
+    content_lengths = []
+    chunked = False
+    closes = False
+    for header in headers:
+        try:
+            name, value = header
+        except (TypeError, ValueError) as exception:
+            raise HttpInvalidRequestError('Header must be a (name, value) pair: %r'
+                                          % (header,)) from exception
+        if not isinstance(name, bytes) or _TOKEN_RE.fullmatch(name) is None:
+            raise HttpInvalidRequestError('Header name must be a token (bytes): %r' % (name,))
+        if not isinstance(value, bytes) or _FORBIDDEN_IN_VALUE_RE.search(value):
+            raise HttpInvalidRequestError(
+                'Header value must be bytes without CR, LF or NUL: %r: %r' % (name, value))
+        lower = name.lower()
+        has_host = has_host or lower == b'host'
+        if lower == b'content-length':
+            content_lengths.append(value.strip())
+        elif lower == b'transfer-encoding':
+            chunked = True
+        elif lower == b'connection':
+            closes = closes or b'close' in value.lower().replace(b' ', b'').split(b',')
+        lines.append(b'%s: %s\r\n' % (name, value))
+
+    content_length = None
+    if content_lengths and not chunked:
+        if len(set(content_lengths)) != 1 or \
+                _CONTENT_LENGTH_RE.fullmatch(content_lengths[0]) is None:
+            raise HttpInvalidRequestError('Invalid content-length: %r' % (content_lengths,))
+        content_length = int(content_lengths[0])
+    return RequestHeaders(b''.join(lines), has_host, content_length, closes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public helpers kept from 0.0.89.
+# ---------------------------------------------------------------------------------------------
+
+async def empty_async_iterator(*_: Any, **__: Any) -> AsyncIterator[bytes]:
+    """The default request body: nothing."""
+    while False:  # pylint: disable=while-used
+        yield b''
+
+
+def streamed(data: bytes) -> BodyFunction:
+    """A body function that sends `data`."""
+    async def _streamed(*_: Any, **__: Any) -> AsyncIterator[bytes]:
+        yield data
+    return _streamed
+
+
+async def buffered(data: AsyncIterator[bytes]) -> bytes:
+    """Read a whole body (or any async iterable of bytes) into one bytes object."""
+    return b''.join([chunk async for chunk in data])
+
+
+def _uncancel(task: Optional['asyncio.Task[Any]']) -> None:
+    # Python 3.11+ counts cancellation requests: one we made and then turned into a
+    # TimeoutError must be taken back, or asyncio.timeout() around the caller misbehaves.
+    if task is not None and hasattr(task, 'uncancel'):
+        task.uncancel()
+
+
+@contextlib.contextmanager
+def timeout(loop: asyncio.AbstractEventLoop, max_time: float) -> Iterator[Callable[[], None]]:
+    """Raise asyncio.TimeoutError in the current task if the block takes over `max_time`
+    seconds. Yields a function that restarts the clock."""
+    task = asyncio.current_task()
+    timed_out = False
+
+    def cancel() -> None:
+        nonlocal timed_out
+        timed_out = True
+        if task is not None:
+            task.cancel()
+
+    def reset() -> None:
+        nonlocal handle
+        handle.cancel()
+        handle = loop.call_later(max_time, cancel)
+
+    handle = loop.call_later(max_time, cancel)
+    try:
+        yield reset
+    except asyncio.CancelledError:
+        if timed_out:
+            _uncancel(task)
+            raise asyncio.TimeoutError() from None
+        raise
+    finally:
+        handle.cancel()
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging, as in 0.0.89: adapters on the loggers "lowhaio" and "aiodnsresolver".
+# ---------------------------------------------------------------------------------------------
+
+class HttpLoggerAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
+    def process(self, msg: Any, kwargs: Any) -> Tuple[Any, Any]:
+        return \
+            ('[http] %s' % (msg,), kwargs) if not self.extra else \
+            ('[http:%s] %s' % (','.join(str(v) for v in self.extra.values()), msg), kwargs)
+
+
+def get_logger_adapter_default(extra: Dict[str, Any]) -> logging.LoggerAdapter:  # type: ignore
+    return HttpLoggerAdapter(logging.getLogger('lowhaio'), extra)
+
+
+def get_resolver_logger_adapter_default(http_extra: Dict[str, Any]) \
+        -> Callable[[Dict[str, Any]], logging.LoggerAdapter]:  # type: ignore[type-arg]
+    def _get_resolver_logger_adapter_default(resolver_extra: Dict[str, Any]) \
+            -> logging.LoggerAdapter:  # type: ignore[type-arg]
+        http_adapter = HttpLoggerAdapter(logging.getLogger('aiodnsresolver'), http_extra)
+        return ResolverLoggerAdapter(http_adapter, resolver_extra)
+    return _get_resolver_logger_adapter_default
+
+
+# ---------------------------------------------------------------------------------------------
+# Sockets and the 0.0.89 hooks.
+# ---------------------------------------------------------------------------------------------
+
+def get_nonblocking_sock(family: int = socket.AF_INET) -> socket.socket:
+    """The default `get_sock`: a non-blocking TCP socket with Nagle's algorithm off."""
+    sock = socket.socket(family=family, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def set_tcp_cork(sock: Any) -> None:
+    """A `sock_pre_message` hook from 0.0.89 (the default now coalesces writes itself)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)  # type: ignore[attr-defined]
+
+
+def unset_tcp_cork(sock: Any) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)  # type: ignore[attr-defined]
+
+
+def _no_op(_: Any) -> None:
+    pass
+
+
+async def send_all(loop: asyncio.AbstractEventLoop, sock: Any, socket_timeout: float,
+                   data: bytes) -> None:
+    """Send all of `data` on a connection given to a `send_header`/`send_body` hook."""
+    if isinstance(sock, _Connection):
+        sock.write(data)
+        await sock.drain(socket_timeout)
+    else:
+        await asyncio.wait_for(loop.sock_sendall(sock, data), socket_timeout)
+
+
+async def send_header_tuples_of_bytes(logger: Any, loop: asyncio.AbstractEventLoop, sock: Any,
+                                      socket_timeout: float, http_version: bytes, method: bytes,
+                                      parsed_url: urllib.parse.SplitResult,
+                                      params: Sequence[Tuple[str, str]],
+                                      headers: Headers) -> None:
+    """The 0.0.89 `send_header` hook, for callers that wrap it: validates, then sends the head."""
+    target = parse_target(urllib.parse.urlunsplit(parsed_url))
+    encoded = encode_request_headers(method, headers)
+    await send_all(loop, sock, socket_timeout,
+                   _request_head(method, target, params, http_version, encoded))
+
+
+async def send_body_async_gen_bytes(logger: Any, loop: asyncio.AbstractEventLoop, sock: Any,
+                                    socket_timeout: float, body: BodyFunction,
+                                    body_args: Sequence[Any],
+                                    body_kwargs: Sequence[Tuple[str, Any]]) -> None:
+    """The 0.0.89 `send_body` hook: sends each chunk the body function yields."""
+    async for chunk in body(*body_args, **dict(body_kwargs)):
+        await send_all(loop, sock, socket_timeout, chunk)
+
+
+def _request_head(method: bytes, target: Target, params: Sequence[Tuple[str, str]],
+                  http_version: bytes, headers: RequestHeaders) -> bytes:
+    path = target.path_and_query
+    if params:
+        try:
+            query = urllib.parse.urlencode(params, doseq=True).encode('ascii')
+        except (TypeError, ValueError, UnicodeError) as exception:
+            raise HttpInvalidRequestError('Invalid params: %r' % (params,)) from exception
+        if query:
+            path += (b'&' if target.has_query else b'?') + query
+    return b'%s %s %s\r\n%s%s\r\n' % (
+        method, path, http_version,
+        b'' if headers.has_host else target.host_line, headers.block)
+
+
+# ---------------------------------------------------------------------------------------------
+# I/O layer: one connection.
+# ---------------------------------------------------------------------------------------------
+
+_READ_HIGH_WATER = 262144
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection: a queue of received bytes, flow control both ways, and a
+    single re-armed timer that serves every deadline, so that no timer is made per operation."""
+
+    __slots__ = (
+        'loop', 'transport', 'key', 'peer_ip', 'fd', 'reused', 'idle', 'idle_since',
+        'on_idle_close', '_queue', '_queued', '_reading_paused', '_eof', '_lost',
+        '_lost_exception', '_waiter', '_drain_waiter', '_write_paused', '_deadline',
+        '_timer', '_timer_when', '_keep_alive_timeout', 'received_any',
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, key: Tuple[str, str, int],
+                 peer_ip: str, keep_alive_timeout: float) -> None:
+        self.loop = loop
+        self.transport: Any = None
+        self.key = key
+        self.peer_ip = peer_ip
+        self.fd = -1
+        self.reused = False
+        self.idle = False
+        self.idle_since = 0.0
+        self.on_idle_close: Callable[['_Connection'], None] = _no_op
+        self.received_any = False
+        self._queue: Deque[bytes] = deque()
+        self._queued = 0
+        self._reading_paused = False
+        self._eof = False
+        self._lost = False
+        self._lost_exception: Optional[BaseException] = None
+        self._waiter: Optional[asyncio.Future[None]] = None
+        self._drain_waiter: Optional[asyncio.Future[None]] = None
+        self._write_paused = False
+        self._deadline = 0.0
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._timer_when = 0.0
+        self._keep_alive_timeout = keep_alive_timeout
+
+    # asyncio.Protocol callbacks
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info('socket')
+        self.fd = sock.fileno() if sock is not None else -1
+
+    def data_received(self, data: bytes) -> None:
+        if self.idle:
+            # RFC 9112 §9.3: nothing may arrive on an idle connection. Whatever it is, it
+            # would be read as the start of the next response, so the connection is dropped.
+            self.close()
+            return
+        self.received_any = True
+        self._queue.append(data)
+        self._queued += len(data)
+        if self._queued > _READ_HIGH_WATER and not self._reading_paused:
+            # Bounded memory: stop reading from the socket until the consumer catches up.
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self.idle:
+            self.close()
+        self._wake_reader()
+        return False
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self._lost = True
+        self._eof = True
+        self._lost_exception = exc
+        self._cancel_timer()
+        self._wake_reader()
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self.idle:
+            self.idle = False
+            self.on_idle_close(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_reader(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # Deadlines: one timer per connection, re-armed only when it fires or must fire sooner.
+
+    def _set_deadline(self, deadline: float) -> None:
+        self._deadline = deadline
+        if self._timer is None:
+            self._arm_timer(deadline)
+        elif self._timer_when > deadline:
+            self._timer.cancel()
+            self._arm_timer(deadline)
+
+    def _arm_timer(self, when: float) -> None:
+        self._timer_when = when
+        self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self.loop.time()
+        if self.idle:
+            expiry = self.idle_since + self._keep_alive_timeout
+            if now >= expiry:
+                self.close()
+            else:
+                self._arm_timer(expiry)
+            return
+        waiting = self._waiter is not None or self._drain_waiter is not None
+        if not waiting:
+            return
+        if now < self._deadline:
+            self._arm_timer(self._deadline)
+            return
+        for waiter in (self._waiter, self._drain_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(asyncio.TimeoutError())
+        self._waiter = None
+
+    # Reading and writing, for the request coroutine
+
+    async def read(self, deadline: float) -> bytes:
+        """The bytes received since the last call, waiting for some until `deadline`;
+        b'' at end of stream."""
+        queue = self._queue
+        if not queue:
+            if self._eof:
+                return b''
+            self._set_deadline(deadline)
+            waiter = self._waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+            if not queue:
+                return b''
+        data = queue.popleft() if len(queue) == 1 else b''.join(queue)
+        queue.clear()
+        self._queued = 0
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+    def unread(self, data: bytes) -> None:
+        """Put back bytes that `read` returned but the caller did not use."""
+        if data:
+            self._queue.appendleft(data)
+            self._queued += len(data)
+
+    def write(self, data: bytes) -> None:
+        if self._lost:
+            raise ConnectionResetError('Connection lost')
+        self.transport.write(data)
+
+    async def drain(self, socket_timeout: float) -> None:
+        if self._lost:
+            raise ConnectionResetError('Connection lost') from self._lost_exception
+        if not self._write_paused:
+            return
+        self._set_deadline(self.loop.time() + socket_timeout)
+        waiter = self._drain_waiter = self.loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._drain_waiter = None
+        if self._lost:
+            raise ConnectionResetError('Connection lost') from self._lost_exception
+
+    @property
+    def lost(self) -> bool:
+        return self._lost
+
+    @property
+    def lost_exception(self) -> Optional[BaseException]:
+        return self._lost_exception
+
+    def has_unread(self) -> bool:
+        return bool(self._queue)
+
+    def is_reusable(self) -> bool:
+        """Whether an idle connection still looks open and silent. A zero-timeout poll catches
+        a FIN (or stray bytes) that the kernel has but the event loop has not yet reported."""
+        if self._eof or self._lost or self._queue:
+            return False
+        try:
+            readable, _, _ = select.select((self.fd,), (), (), 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
+
+    def make_idle(self, on_idle_close: Callable[['_Connection'], None]) -> None:
+        self.idle = True
+        self.reused = True
+        self.received_any = False
+        self.on_idle_close = on_idle_close
+        self.idle_since = self.loop.time()
+        if self._timer is None:
+            self._arm_timer(self.idle_since + self._keep_alive_timeout)
+
+    def close(self) -> None:
+        """Close at once (no TLS close_notify wait), so that the file descriptor is freed."""
+        was_idle = self.idle
+        self.idle = False
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.abort()
+        if was_idle:
+            self.on_idle_close(self)
+
+    # Socket-like methods, for the 0.0.89 hooks (sock_pre_message, send_header, ...)
+
+    def send(self, data: bytes) -> int:
+        self.write(data)
+        return len(data)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def setsockopt(self, *args: Any) -> None:
+        sock = self.transport.get_extra_info('socket')
+        if sock is not None:
+            sock.setsockopt(*args)
+
+    def getsockopt(self, *args: Any) -> Any:
+        return self.transport.get_extra_info('socket').getsockopt(*args)
+
+    def getpeername(self) -> Any:
+        return self.transport.get_extra_info('peername')
+
+
+# ---------------------------------------------------------------------------------------------
+# Connecting: RFC 8305 "happy eyeballs", with callbacks rather than a task per attempt.
+# ---------------------------------------------------------------------------------------------
+
+def _interleave_families(addresses: Sequence[str]) -> List[str]:
+    # RFC 8305 §4: alternate address families, starting with the first one given (IPv6 first
+    # when the resolver returned both), so that one broken family costs one delay, not all.
+    v6 = [address for address in addresses if ':' in address]
+    v4 = [address for address in addresses if ':' not in address]
+    first, second = (v6, v4) if addresses and ':' in addresses[0] else (v4, v6)
+    ordered = []
+    for i in range(max(len(first), len(second))):
+        ordered.extend(family[i] for family in (first, second) if i < len(family))
+    return ordered
+
+
+def _accepts_argument(func: Callable[..., Any]) -> bool:
+    import inspect
+    try:
+        parameters = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD,
+                           parameter.VAR_POSITIONAL)
+        for parameter in parameters
+    )
+
+
+async def _open_first(loop: asyncio.AbstractEventLoop, addresses: Sequence[str], port: int,
+                      make_sock: Callable[[int], socket.socket], delay: float,
+                      connect_timeout: float) -> Tuple[socket.socket, str]:
+    """Connect to the first of `addresses` that accepts, starting a new attempt every `delay`
+    seconds or as soon as one fails. Returns the connected socket and its address."""
+    done: asyncio.Future[Tuple[socket.socket, str]] = loop.create_future()
+    pending = list(addresses)
+    attempts: Dict[int, Tuple[socket.socket, str]] = {}
+    errors: List[BaseException] = []
+    next_attempt: Optional[asyncio.TimerHandle] = None
+
+    def start_next() -> None:
+        nonlocal next_attempt
+        next_attempt = None
+        while pending and not done.done():
+            address = pending.pop(0)
+            family = socket.AF_INET6 if ':' in address else socket.AF_INET
+            try:
+                sock = make_sock(family)
+                sock.setblocking(False)
+            except OSError as exception:
+                errors.append(exception)
+                continue
+            sockaddr = (address, port, 0, 0) if family == socket.AF_INET6 else (address, port)
+            try:
+                err = sock.connect_ex(sockaddr)
+            except OSError as exception:
+                err = exception.errno or errno.EINVAL
+            if err == 0:
+                succeed(sock, address)
+                return
+            if err not in (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
+                sock.close()
+                errors.append(OSError(err, 'Connect to %s:%d failed: %s'
+                                      % (address, port, errno.errorcode.get(err, err))))
+                continue
+            fd = sock.fileno()
+            attempts[fd] = (sock, address)
+            loop.add_writer(fd, on_writable, fd)
+            if pending:
+                next_attempt = loop.call_later(delay, start_next)
+            return
+        if not attempts and not done.done():
+            fail()
+
+    def on_writable(fd: int) -> None:
+        nonlocal next_attempt
+        loop.remove_writer(fd)
+        sock, address = attempts.pop(fd)
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err == 0:
+            succeed(sock, address)
+            return
+        sock.close()
+        errors.append(OSError(err, 'Connect to %s:%d failed: %s'
+                              % (address, port, errno.errorcode.get(err, err))))
+        # RFC 8305 §5: a failed attempt starts the next one at once.
+        if next_attempt is not None:
+            next_attempt.cancel()
+        start_next()
+
+    def succeed(sock: socket.socket, address: str) -> None:
+        if not done.done():
+            done.set_result((sock, address))
+        else:
+            sock.close()
+
+    def fail() -> None:
+        if not done.done():
+            exception = OSError('All connection attempts failed: %s'
+                                % '; '.join(str(error) for error in errors)) \
+                if len(errors) != 1 else errors[0]
+            done.set_exception(exception)
+
+    def on_timeout() -> None:
+        if not done.done():
+            done.set_exception(asyncio.TimeoutError())
+
+    timeout_handle = loop.call_later(connect_timeout, on_timeout)
+    start_next()
+    try:
+        return await done
+    except BaseException:
+        # Cancelled just after an attempt won: that socket is ours to close too.
+        if done.done() and not done.cancelled() and done.exception() is None:
+            done.result()[0].close()
+        raise
+    finally:
+        timeout_handle.cancel()
+        if next_attempt is not None:
+            next_attempt.cancel()
+        for fd, (sock, _) in attempts.items():
+            loop.remove_writer(fd)
+            sock.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The response body handed to the caller.
+# ---------------------------------------------------------------------------------------------
+
+class _ResponseBody:
+    """An async iterator over the response body. Reading it to the end returns the
+    connection to the pool (if reusable); `aclose()` before the end, or dropping it, closes
+    the connection."""
+
+    __slots__ = ('_conn', '_release', '_framing', '_first', '_remaining', '_decoder',
+                 '_socket_timeout', '_loop', '_done', '__weakref__')
+
+    def __init__(self, conn: Optional[_Connection], release: Callable[[_Connection, bool], None],
+                 framing: Framing, first: bytes, socket_timeout: float,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self._conn = conn
+        self._release = release
+        self._framing = framing
+        self._first = first
+        self._remaining = framing.length
+        self._decoder = ChunkedDecoder() if framing.kind == CHUNKED else None
+        self._socket_timeout = socket_timeout
+        self._loop = loop
+        self._done = False
+
+    def __aiter__(self) -> '_ResponseBody':
+        return self
+
+    async def __anext__(self) -> bytes:
+        while True:
+            if self._first:
+                data, self._first = self._first, b''
+            elif self._done:
+                raise StopAsyncIteration
+            else:
+                data = await self._read()
+            chunk = self._take(data)
+            if chunk:
+                return chunk
+
+    async def _read(self) -> bytes:
+        conn = self._conn
+        assert conn is not None
+        try:
+            data = await conn.read(self._loop.time() + self._socket_timeout)
+        except BaseException as exception:
+            self._finish(reusable=False)
+            if isinstance(exception, asyncio.TimeoutError):
+                raise HttpTimeoutError('Timed out reading the response body') from exception
+            if isinstance(exception, Exception):
+                raise HttpDataError('Error reading the response body') from exception
+            raise
+        if not data:
+            return self._at_end_of_stream()
+        return data
+
+    def _at_end_of_stream(self) -> bytes:
+        if self._framing.kind == UNTIL_CLOSE:
+            self._finish(reusable=False)
+            return b''
+        self._finish(reusable=False)
+        raise HttpConnectionClosedError(
+            'Connection closed before the end of the response body' +
+            (' (%d bytes missing)' % self._remaining if self._framing.kind == CONTENT_LENGTH
+             else ' (no last chunk)'))
+
+    def _take(self, data: bytes) -> bytes:
+        """The body bytes in `data`, finishing when the framing says the body is complete."""
+        kind = self._framing.kind
+        if kind == CONTENT_LENGTH:
+            remaining = self._remaining
+            if len(data) >= remaining:
+                excess = len(data) > remaining
+                chunk = data[:remaining] if excess else data
+                self._remaining = 0
+                self._finish(reusable=not excess)
+                return chunk
+            self._remaining = remaining - len(data)
+            return data
+        if kind == CHUNKED:
+            decoder = self._decoder
+            assert decoder is not None
+            try:
+                chunks = decoder.feed(data)
+            except HttpError:
+                self._finish(reusable=False)
+                raise
+            if decoder.done:
+                self._finish(reusable=not decoder.excess)
+            return chunks[0] if len(chunks) == 1 else b''.join(chunks)
+        return data  # UNTIL_CLOSE
+
+    def _finish(self, reusable: bool) -> None:
+        self._done = True
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            self._release(conn, reusable and self._framing.keep_alive)
+
+    async def aclose(self) -> None:
+        """Stop reading: an unfinished connection is closed, never pooled."""
+        self._first = b''
+        if not self._done:
+            self._finish(reusable=False)
+
+    def __del__(self) -> None:
+        # Abandoned before the end: the rest of the body is still on the wire.
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            self._release(conn, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pool.
+# ---------------------------------------------------------------------------------------------
+
+class _HostConnections:
+    """The connections of one (scheme, host, port): idle ones, and a count of all of them."""
+    __slots__ = ('idle', 'total', 'waiters')
+
+    def __init__(self) -> None:
+        self.idle: List[_Connection] = []
+        self.total = 0  # idle + in use + connecting
+        self.waiters: Deque[asyncio.Future[Optional[_Connection]]] = deque()
+
+
+class _DnsAnswer(NamedTuple):
+    addresses: Tuple[str, ...]
+    address_set: frozenset  # type: ignore[type-arg]
+    expires_at: float
+
+
+def Pool(
+        get_dns_resolver: Callable[..., Any] = Resolver,
+        get_sock: Callable[..., socket.socket] = get_nonblocking_sock,
+        get_ssl_context: Callable[[], ssl.SSLContext] = ssl.create_default_context,
+        sock_pre_message: Optional[Callable[[Any], None]] = None,
+        sock_post_message: Optional[Callable[[Any], None]] = None,
+        send_header: Optional[Callable[..., Awaitable[None]]] = None,
+        send_body: Optional[Callable[..., Awaitable[None]]] = None,
+        http_version: bytes = b'HTTP/1.1',
+        keep_alive_timeout: float = 15,
+        recv_bufsize: int = 16384,
+        max_header_length: int = 16384,
+        socket_timeout: float = 10,
+        get_logger_adapter: Callable[[Dict[str, Any]], Any] = get_logger_adapter_default,
+        get_resolver_logger_adapter: Callable[..., Any] = get_resolver_logger_adapter_default,
+        *,
+        connect_timeout: Optional[float] = None,
+        happy_eyeballs_delay: float = 0.25,
+        response_head_timeout: Optional[float] = 60,
+        max_connections_per_host: Optional[int] = None,
+        pool_timeout: Optional[float] = None,
+        max_header_count: int = 100,
+) -> Tuple[Callable[..., Awaitable[Tuple[bytes, Headers, AsyncIterator[bytes]]]],
+           Callable[..., Awaitable[None]]]:
+    """Make a connection pool. Must be called inside a running event loop.
+
+    Returns `(request, close)`. See README.md for every option; in short:
+    `connect_timeout` (default `socket_timeout`) bounds DNS-to-TLS connection set-up,
+    `response_head_timeout` bounds the wait for the whole response head, `socket_timeout`
+    bounds each wait for the socket, and `max_connections_per_host` queues requests (FIFO,
+    up to `pool_timeout` seconds) beyond that many connections to one host.
+    """
+    loop = asyncio.get_running_loop()
+    ssl_context: Optional[ssl.SSLContext] = None
+    logger = get_logger_adapter({})
+    dns_resolve, dns_clear_cache = get_dns_resolver(
+        get_logger_adapter=get_resolver_logger_adapter({}),
+    )
+    if connect_timeout is None:
+        connect_timeout = socket_timeout
+    keep_alive = keep_alive_timeout > 0
+    custom_send = not (sock_pre_message is None and sock_post_message is None and
+                       send_header is None and send_body is None)
+    pre_message = sock_pre_message or _no_op
+    post_message = sock_post_message or _no_op
+    header_sender = send_header or send_header_tuples_of_bytes
+    body_sender = send_body or send_body_async_gen_bytes
+    get_sock_takes_family = _accepts_argument(get_sock)
+
+    hosts: Dict[Tuple[str, str, int], _HostConnections] = {}
+    dns_answers: Dict[str, _DnsAnswer] = {}
+    targets: Dict[str, Target] = {}
+    encoded_headers: Dict[Tuple[bytes, Any], RequestHeaders] = {}
+
+    def cached_target(url: str) -> Target:
+        target = targets.get(url)
+        if target is None:
+            target = parse_target(url)
+            if len(targets) >= 1024:
+                targets.clear()
+            targets[url] = target
+        return target
+
+    def cached_headers(method: bytes, headers: Any) -> RequestHeaders:
+        try:
+            key = (method, headers)
+            encoded = encoded_headers.get(key)
+        except TypeError:  # unhashable: a list of pairs, say
+            return encode_request_headers(method, headers)
+        if encoded is None:
+            encoded = encode_request_headers(method, headers)
+            if len(encoded_headers) >= 1024:
+                encoded_headers.clear()
+            encoded_headers[key] = encoded
+        return encoded
+
+    def make_sock(family: int) -> socket.socket:
+        if get_sock_takes_family:
+            return get_sock(family)
+        sock = get_sock()
+        if sock.family != family:
+            # A 0.0.89-style get_sock makes IPv4 sockets only: use the default for IPv6.
+            sock.close()
+            return get_nonblocking_sock(family)
+        return sock
+
+    # DNS
+
+    async def resolve(host: str) -> _DnsAnswer:
+        answer = dns_answers.get(host)
+        if answer is not None and loop.time() < answer.expires_at:
+            return answer
+        results: List[Any] = []
+        errors: List[BaseException] = []
+        for qtype in (TYPES.AAAA, TYPES.A):
+            task = asyncio.current_task()
+            cancelling = task.cancelling() if hasattr(task, 'cancelling') else 0  # type: ignore
+            try:
+                results.extend(await dns_resolve(host, qtype))
+            except DnsError as exception:
+                # aiodnsresolver times out by cancelling the current task and raising
+                # DnsTimeout in its place: take that cancellation request back.
+                while hasattr(task, 'cancelling') and task.cancelling() > cancelling:  # type: ignore
+                    task.uncancel()  # type: ignore[union-attr]
+                errors.append(exception)
+        if not results:
+            cause = next((e for e in errors if not isinstance(e, DnsRecordDoesNotExist)),
+                         errors[-1])
+            raise HttpDnsError('Could not resolve %s: %r' % (host, cause)) from cause
+        addresses = tuple(_interleave_families([str(result) for result in results]))
+        expires_at = min(getattr(result, 'expires_at', 0) for result in results)
+        answer = _DnsAnswer(addresses, frozenset(addresses), expires_at)
+        dns_answers[host] = answer
+        return answer
+
+    # Pool bookkeeping
+
+    def host_connections(key: Tuple[str, str, int]) -> _HostConnections:
+        connections = hosts.get(key)
+        if connections is None:
+            connections = hosts[key] = _HostConnections()
+        return connections
+
+    def on_idle_close(conn: _Connection) -> None:
+        connections = hosts.get(conn.key)
+        if connections is not None:
+            with contextlib.suppress(ValueError):
+                connections.idle.remove(conn)
+            free_slot(connections)
+
+    def free_slot(connections: _HostConnections) -> None:
+        connections.total -= 1
+        while connections.waiters:
+            waiter = connections.waiters.popleft()
+            if not waiter.done():
+                connections.total += 1  # the slot passes to the waiter
+                waiter.set_result(None)
+                return
+
+    def release(conn: _Connection, reusable: bool) -> None:
+        """Take back a connection whose response is finished."""
+        connections = hosts.get(conn.key)
+        if not reusable or not keep_alive or conn.lost or conn.has_unread():
+            conn.close()
+            if connections is not None:
+                free_slot(connections)
+            return
+        if connections is None:  # the pool was closed meanwhile
+            conn.close()
+            return
+        while connections.waiters:
+            waiter = connections.waiters.popleft()
+            if not waiter.done():
+                conn.reused = True
+                waiter.set_result(conn)
+                return
+        conn.make_idle(on_idle_close)
+        connections.idle.append(conn)
+
+    def take_idle(connections: _HostConnections, answer: Optional[_DnsAnswer]) \
+            -> Optional[_Connection]:
+        idle = connections.idle
+        while idle:
+            conn = idle.pop()
+            conn.idle = False
+            if conn.is_reusable() and (answer is None or conn.peer_ip in answer.address_set):
+                return conn
+            # Closed by the server, or its address is no longer among the host's current DNS
+            # answers: drop it and look at the next.
+            conn.close()
+            free_slot(connections)
+        return None
+
+    async def acquire(target: Target) -> _Connection:
+        connections = host_connections(target.key)
+        answer = None if target.ip_literal else await resolve(target.host)
+        conn = take_idle(connections, answer)
+        if conn is not None:
+            return conn
+        if max_connections_per_host is not None and \
+                connections.total >= max_connections_per_host:
+            conn = await wait_for_slot(connections)
+            if conn is not None:
+                if conn.is_reusable() and (answer is None or conn.peer_ip in answer.address_set):
+                    conn.idle = False
+                    return conn
+                conn.close()  # the slot stays ours: open a new connection in it
+        else:
+            connections.total += 1
+        try:
+            return await connect(target, answer)
+        except BaseException:
+            free_slot(connections)
+            raise
+
+    async def wait_for_slot(connections: _HostConnections) -> Optional[_Connection]:
+        waiter: asyncio.Future[Optional[_Connection]] = loop.create_future()
+        connections.waiters.append(waiter)
+        handle = None if pool_timeout is None else loop.call_later(
+            pool_timeout, lambda: waiter.done() or waiter.set_exception(asyncio.TimeoutError()))
+        try:
+            return await waiter
+        except asyncio.TimeoutError as exception:
+            raise HttpPoolTimeoutError(
+                'No connection became free within %s seconds' % (pool_timeout,)) from exception
+        except BaseException:
+            # Cancelled after being handed a slot or a connection: pass it on.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                conn = waiter.result()
+                if conn is not None:
+                    release(conn, True)
+                else:
+                    free_slot(connections)
+            raise
+        finally:
+            if handle is not None:
+                handle.cancel()
+
+    async def connect(target: Target, answer: Optional[_DnsAnswer]) -> _Connection:
+        nonlocal ssl_context
+        addresses = (target.host,) if answer is None else answer.addresses
+        deadline = loop.time() + connect_timeout
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug('Connecting to %s at %s', target.key, addresses)
+        try:
+            sock, address = await _open_first(loop, addresses, target.port, make_sock,
+                                               happy_eyeballs_delay, connect_timeout)
+        except asyncio.TimeoutError as exception:
+            raise HttpConnectionError('Timed out connecting to %s:%d'
+                                      % (target.host, target.port)) from exception
+        except OSError as exception:
+            raise HttpConnectionError('Could not connect to %s:%d: %s'
+                                      % (target.host, target.port, exception)) from exception
+
+        conn = _Connection(loop, target.key, address, keep_alive_timeout)
+        tls = target.scheme == 'https'
+        try:
+            if tls:
+                if ssl_context is None:
+                    ssl_context = get_ssl_context()
+                await loop.create_connection(
+                    lambda: conn, sock=sock, ssl=ssl_context, server_hostname=target.host,
+                    ssl_handshake_timeout=max(deadline - loop.time(), 0.001))
+            else:
+                await loop.create_connection(lambda: conn, sock=sock)
+        except BaseException as exception:
+            sock.close()
+            if conn.transport is not None:
+                conn.transport.abort()
+            if not isinstance(exception, Exception) or \
+                    isinstance(exception, asyncio.CancelledError):
+                raise
+            error = HttpTlsError if tls else HttpConnectionError
+            raise error('%s with %s:%d failed: %r' % (
+                'TLS handshake' if tls else 'Connection', target.host, target.port,
+                exception)) from exception
+        return conn
+
+    # Sending and receiving
+
+    async def send_request(conn: _Connection, head: bytes, body: BodyFunction,
+                           body_args: Sequence[Any], body_kwargs: Any,
+                           content_length: Optional[int]) -> None:
+        if body is empty_async_iterator:
+            if content_length:
+                raise HttpInvalidRequestError(
+                    'content-length is %d but there is no body' % (content_length,))
+            conn.write(head)
+            return
+        chunks = body(*body_args, **dict(body_kwargs))
+        sent = 0
+        pending = head
+        try:
+            async for chunk in chunks:
+                sent += len(chunk)
+                if content_length is not None and sent > content_length:
+                    raise HttpDataError('Body longer than its content-length (%d)'
+                                        % (content_length,))
+                if pending:
+                    # Head and first chunk in one write: one packet for a small request.
+                    if len(chunk) < 65536:
+                        chunk, pending = pending + chunk, b''
+                    else:
+                        conn.write(pending)
+                        pending = b''
+                conn.write(chunk)
+                await conn.drain(socket_timeout)
+        finally:
+            aclose = getattr(chunks, 'aclose', None)
+            if aclose is not None:
+                await aclose()
+        if pending:
+            conn.write(pending)
+        if content_length is not None and sent != content_length:
+            raise HttpDataError('Body shorter (%d bytes) than its content-length (%d)'
+                                % (sent, content_length))
+
+    async def send_request_with_hooks(conn: _Connection, method: bytes, url: str, params: Any,
+                                      headers: Headers, body: BodyFunction,
+                                      body_args: Sequence[Any], body_kwargs: Any,
+                                      request_logger: Any) -> None:
+        parsed_url = urllib.parse.urlsplit(url)
+        pre_message(conn)
+        await header_sender(request_logger, loop, conn, socket_timeout, http_version, method,
+                            parsed_url, params, headers)
+        await body_sender(request_logger, loop, conn, socket_timeout, body, body_args,
+                          body_kwargs)
+        post_message(conn)
+        await conn.drain(socket_timeout)
+
+    async def receive_head(conn: _Connection, method: bytes) -> Tuple[ResponseHead, bytes]:
+        """Read until a final (non-1xx) response head; return it and the bytes after it."""
+        head_deadline = None if response_head_timeout is None else \
+            loop.time() + response_head_timeout
+        data = b''
+        informational = 0
+        while True:
+            now = loop.time()
+            deadline = now + socket_timeout
+            if head_deadline is not None and head_deadline < deadline:
+                deadline = head_deadline
+                if now >= head_deadline:
+                    raise asyncio.TimeoutError()
+            received = await conn.read(deadline)
+            if not received:
+                if conn.reused and not data and not conn.received_any:
+                    raise HttpConnectionClosedBeforeResponseError(
+                        'Reused connection closed before any byte of the response; the '
+                        'server did not process the request') from conn.lost_exception
+                raise HttpConnectionClosedError(
+                    'Connection closed before the response head was complete (%d bytes '
+                    'received)' % (len(data),)) from conn.lost_exception
+            data = data + received if data else received
+            while True:
+                head = parse_response_head(data, max_header_length, max_header_count)
+                if head is None:
+                    break
+                data = data[head.length:]
+                # RFC 9110 §15.2: 1xx responses are interim; the final one follows. A 101
+                # would switch protocols, which we never ask for, so it is returned as final.
+                if head.code[0:1] != b'1' or head.code == b'101':
+                    return head, data
+                informational += 1
+                if informational > _MAX_INFORMATIONAL_RESPONSES:
+                    raise HttpProtocolError('More than %d informational (1xx) responses'
+                                            % (_MAX_INFORMATIONAL_RESPONSES,))
+                if not data:
+                    break
+
+    async def request(method: bytes, url: str, params: Sequence[Tuple[str, str]] = (),
+                      headers: Headers = (), body: BodyFunction = empty_async_iterator,
+                      body_args: Sequence[Any] = (), body_kwargs: Any = (),
+                      get_logger_adapter: Callable[[Dict[str, Any]], Any] = get_logger_adapter,
+                      get_resolver_logger_adapter: Callable[..., Any] =
+                      get_resolver_logger_adapter,
+                      ) -> Tuple[bytes, Headers, AsyncIterator[bytes]]:
+        target = cached_target(url)
+        encoded = cached_headers(method, headers)
+        head = _request_head(method, target, params, http_version, encoded)
+        conn = await acquire(target)
+
+        request_logger = logger
+        if logger.isEnabledFor(logging.DEBUG):
+            request_logger = get_logger_adapter({'lowhaio_method': method.decode(),
+                                                 'lowhaio_url': url})
+            request_logger.debug('%s connection to %s', 'Reusing' if conn.reused else 'New',
+                                 conn.peer_ip)
+        try:
+            if custom_send:
+                await send_request_with_hooks(conn, method, url, params, headers, body,
+                                              body_args, body_kwargs, request_logger)
+            else:
+                await send_request(conn, head, body, body_args, body_kwargs,
+                                   encoded.content_length)
+            response_head, rest = await receive_head(conn, method)
+            framing = response_framing(method, response_head)
+        except BaseException as exception:
+            release(conn, False)
+            if isinstance(exception, HttpError) or not isinstance(exception, Exception) or \
+                    isinstance(exception, asyncio.CancelledError):
+                raise
+            if isinstance(exception, asyncio.TimeoutError):
+                raise HttpTimeoutError('Timed out waiting for the response') from exception
+            if isinstance(exception, (ConnectionError, OSError)) and conn.reused and \
+                    not conn.received_any:
+                raise HttpConnectionClosedBeforeResponseError(
+                    'Reused connection failed before any byte of the response: %r'
+                    % (exception,)) from exception
+            raise HttpDataError('Request failed: %r' % (exception,)) from exception
+
+        keep = framing.keep_alive and not encoded.closes
+        if framing.kind == NO_BODY or (framing.kind == CONTENT_LENGTH and
+                                       len(rest) >= framing.length):
+            # The whole body is already here: the connection goes back to the pool before the
+            # caller even starts reading, and the body iterator holds only bytes.
+            body_bytes = rest[:framing.length] if framing.kind == CONTENT_LENGTH else b''
+            release(conn, keep and len(rest) == len(body_bytes))
+            response_body = _ResponseBody(None, release, framing, body_bytes,
+                                          socket_timeout, loop)
+            response_body._done = True
+        else:
+            response_body = _ResponseBody(
+                conn, release, framing._replace(keep_alive=keep), rest, socket_timeout, loop)
+        return response_head.code, response_head.headers, response_body
+
+    async def close(get_logger_adapter: Callable[[Dict[str, Any]], Any] = get_logger_adapter,
+                    get_resolver_logger_adapter: Callable[..., Any] =
+                    get_resolver_logger_adapter) -> None:
+        """Close every idle connection, cancel their timers and clear the DNS cache.
+        Connections in use are closed when their response is finished."""
+        await dns_clear_cache(get_logger_adapter=get_resolver_logger_adapter({}))
+        dns_answers.clear()
+        for connections in list(hosts.values()):
+            for conn in list(connections.idle):
+                conn.on_idle_close = _no_op
+                conn.close()
+            connections.idle.clear()
+            for waiter in connections.waiters:
+                if not waiter.done():
+                    waiter.set_exception(HttpPoolTimeoutError('Pool closed'))
+        hosts.clear()
+
+    def status() -> Dict[Tuple[str, str, int], Dict[str, int]]:
+        """For each (scheme, host, port): idle and in-use (or connecting) connections, and
+        requests waiting for a connection slot."""
+        return {
+            key: {'idle': len(connections.idle),
+                  'in_use': connections.total - len(connections.idle),
+                  'waiting': sum(1 for waiter in connections.waiters if not waiter.done())}
+            for key, connections in hosts.items()
+        }
+
+    request.status = status  # type: ignore[attr-defined]
+    return request, close
