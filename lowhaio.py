@@ -146,7 +146,9 @@ _FIELD_LINE = rb'(' + _TOKEN + rb'):[ \t]*(' + _FIELD_CHAR + rb'*)\r\n'
 
 _TOKEN_RE = re.compile(_TOKEN)
 _FIELD_LINE_RE = re.compile(_FIELD_LINE)
-_FIELD_BLOCK_RE = re.compile(rb'(?:' + _FIELD_LINE + rb')*')
+# Anchored at line starts: if there are as many matches as LFs in a block, the matches tile
+# it exactly (each match holds one LF, at its end), so one findall both parses and validates.
+_FIELD_LINES_RE = re.compile(rb'^' + _FIELD_LINE, re.MULTILINE)
 # status-line = HTTP-version SP status-code SP [ reason-phrase ] (RFC 9112 §4);
 # HTTP-version = "HTTP/" DIGIT "." DIGIT; a 1.x minor above 1 is treated as 1.1 (RFC 9110 §2.5).
 _STATUS_LINE_RE = re.compile(rb'HTTP/1\.([0-9]) ([0-9]{3}) (' + _FIELD_CHAR + rb'*)\r\n')
@@ -160,6 +162,8 @@ _CHUNK_SIZE_LINE_RE = re.compile(rb'([0-9A-Fa-f]{1,16})(?:[ \t]*;' + _FIELD_CHAR
 _FORBIDDEN_IN_VALUE_RE = re.compile(rb'[\x00\r\n]')
 
 _MAX_CHUNK_SIZE_LINE = 4096
+# NamedTuple's generated __new__ runs Python code; on the hot path the C one is used instead.
+_tuple_new = tuple.__new__
 _MAX_INFORMATIONAL_RESPONSES = 16
 _NO_BODY_STATUSES = frozenset((b'204', b'304'))
 
@@ -198,9 +202,9 @@ def parse_response_head(data: bytes, max_header_length: int = 16384,
     if status is None:
         raise HttpProtocolError('Malformed status line: %r' % (bytes(data[:status_end - 2]),))
 
-    http_minor = 0 if status[1] == b'0' else 1
-    headers = parse_field_block(data[status_end:end + 2], max_header_count)
-    return ResponseHead(http_minor, status[2], status[3].rstrip(b' \t'), headers, end + 4)
+    return _tuple_new(ResponseHead, (
+        0 if status[1] == b'0' else 1, status[2], status[3].rstrip(b' \t'),
+        parse_field_block(data[status_end:end + 2], max_header_count), end + 4))
 
 
 def _check_partial_status_line(data: bytes) -> None:
@@ -215,14 +219,13 @@ def _check_partial_status_line(data: bytes) -> None:
 
 def parse_field_block(block: bytes, max_header_count: int = 100) -> Headers:
     """Parse header (or trailer) lines, each ending in CRLF, into (lowercased name, value)."""
-    if block.count(b'\r\n') > max_header_count:
+    lines = block.count(b'\n')
+    if lines > max_header_count:
         raise HttpHeaderTooLong('More than %d header lines' % max_header_count)
-    if _FIELD_BLOCK_RE.fullmatch(block) is None:
+    fields = _FIELD_LINES_RE.findall(block)
+    if len(fields) != lines:
         raise HttpProtocolError(_describe_bad_field_block(block))
-    return tuple(
-        (name.lower(), value.rstrip(b' \t'))
-        for name, value in _FIELD_LINE_RE.findall(block)
-    )
+    return tuple([(name.lower(), value.rstrip(b' \t')) for name, value in fields])
 
 
 def _describe_bad_field_block(block: bytes) -> str:
@@ -242,32 +245,31 @@ def _describe_bad_field_block(block: bytes) -> str:
     return 'Bare CR or LF in header block: %r' % (block,)
 
 
-def header_values(headers: Headers, name: bytes) -> List[bytes]:
-    """The comma-separated list elements of every header `name` (RFC 9110 §5.3, §5.6.1)."""
+def list_elements(values: Sequence[bytes]) -> List[bytes]:
+    """The elements of comma-separated list headers, empty ones dropped (RFC 9110 §5.6.1)."""
     return [
         element
-        for key, value in headers if key == name
+        for value in values
         for element in (item.strip(b' \t') for item in value.split(b','))
         if element
     ]
 
 
-def parse_content_length(headers: Headers) -> Optional[int]:
-    """The Content-Length, None if absent; differing or malformed values are an error.
+def parse_content_length(value: bytes) -> int:
+    """The Content-Length from its field value (repeated lines combined with commas).
 
     RFC 9112 §6.3 rule 5: an invalid Content-Length is an unrecoverable framing error. A list
     of identical values (from a proxy merging headers) is accepted as that value (RFC 9110 §8.6).
     """
-    raw = [value for key, value in headers if key == b'content-length']
-    if not raw:
-        return None
-    values = {item.strip(b' \t') for value in raw for item in value.split(b',')}
-    if len(values) != 1:
-        raise HttpProtocolError('Conflicting Content-Length values: %r' % (raw,))
-    value = values.pop()
-    if _CONTENT_LENGTH_RE.fullmatch(value) is None:
+    if _CONTENT_LENGTH_RE.fullmatch(value) is not None:
+        return int(value)
+    elements = set(list_elements([value]))
+    if len(elements) != 1:
+        raise HttpProtocolError('Conflicting Content-Length values: %r' % (value,))
+    element = elements.pop()
+    if _CONTENT_LENGTH_RE.fullmatch(element) is None:
         raise HttpProtocolError('Invalid Content-Length: %r' % (value,))
-    return int(value)
+    return int(element)
 
 
 NO_BODY = 0
@@ -286,50 +288,67 @@ class Framing(NamedTuple):
 def response_framing(method: bytes, head: ResponseHead) -> Framing:
     """Decide how the body of a response is delimited: RFC 9112 §6.3, rule by rule."""
     code, headers = head.code, head.headers
-    keep_alive = _is_persistent(head)
+    fields = dict(headers)
+    if len(fields) != len(headers):
+        fields = _combine_repeated_fields(headers)
+    content_length = fields.get(b'content-length')
+    transfer_encoding = fields.get(b'transfer-encoding')
+    connection = fields.get(b'connection')
+    keep_alive = _is_persistent(head.http_minor, connection)
 
     # Rule 1: a response to HEAD, and any 1xx, 204 or 304 response, ends at the empty line
     # after the header fields, whatever its headers say.
-    if method == b'HEAD' or code[0:1] == b'1' or code in _NO_BODY_STATUSES:
-        return Framing(NO_BODY, 0, keep_alive and code != b'101')
+    if method == b'HEAD' or code[0] == 49 or code in _NO_BODY_STATUSES:  # 49: b'1'
+        return _tuple_new(Framing, (NO_BODY, 0, keep_alive and code != b'101'))
 
     # Rule 2: a 2xx response to CONNECT turns the connection into a tunnel: its "body" is
     # everything until close, and the connection can never carry HTTP again.
-    if method == b'CONNECT' and code[0:1] == b'2':
-        return Framing(UNTIL_CLOSE, 0, False)
+    if method == b'CONNECT' and code[0] == 50:  # 50: b'2'
+        return _tuple_new(Framing, (UNTIL_CLOSE, 0, False))
 
-    transfer_codings = header_values(headers, b'transfer-encoding')
-    if transfer_codings:
+    if transfer_encoding is not None:
+        codings = [coding.lower() for coding in list_elements([transfer_encoding])]
         # RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message means its framing is faulty.
         if head.http_minor == 0:
             raise HttpProtocolError('Transfer-Encoding in an HTTP/1.0 response')
         # Rule 3: Transfer-Encoding overrides Content-Length. Such a message may be an attempt
         # at request smuggling or response splitting, so the connection is closed after it.
-        has_content_length = any(key == b'content-length' for key, _ in headers)
         # Rule 4: chunked as the final coding delimits the body...
-        if transfer_codings[-1].lower() == b'chunked':
-            if any(coding.lower() == b'chunked' for coding in transfer_codings[:-1]):
-                raise HttpProtocolError('chunked applied more than once: %r' % (transfer_codings,))
-            return Framing(CHUNKED, 0, keep_alive and not has_content_length)
+        if codings and codings[-1] == b'chunked':
+            if b'chunked' in codings[:-1]:
+                raise HttpProtocolError('chunked applied more than once: %r' % (codings,))
+            return _tuple_new(Framing, (CHUNKED, 0, keep_alive and content_length is None))
         # ...otherwise a response is read until the server closes the connection.
-        return Framing(UNTIL_CLOSE, 0, False)
+        return _tuple_new(Framing, (UNTIL_CLOSE, 0, False))
 
     # Rules 5 and 6: a valid Content-Length gives the length; an invalid one is an error.
-    length = parse_content_length(headers)
-    if length is not None:
-        return Framing(CONTENT_LENGTH, length, keep_alive)
+    if content_length is not None:
+        return _tuple_new(Framing, (CONTENT_LENGTH, parse_content_length(content_length),
+                                    keep_alive))
 
     # Rule 8: otherwise the body is everything until the server closes the connection.
-    return Framing(UNTIL_CLOSE, 0, False)
+    return _tuple_new(Framing, (UNTIL_CLOSE, 0, False))
 
 
-def _is_persistent(head: ResponseHead) -> bool:
+def _combine_repeated_fields(headers: Headers) -> Dict[bytes, bytes]:
+    # RFC 9110 §5.3: repeated field lines mean the same as one line with the values joined by
+    # commas. (Not true of set-cookie, but framing looks only at list-valued fields.)
+    fields: Dict[bytes, bytes] = {}
+    for name, value in headers:
+        fields[name] = fields[name] + b', ' + value if name in fields else value
+    return fields
+
+
+def _is_persistent(http_minor: int, connection: Optional[bytes]) -> bool:
     # RFC 9112 §9.3: HTTP/1.1 persists unless "close" is a connection option; HTTP/1.0
     # persists only with "keep-alive" as a connection option.
-    options = [option.lower() for option in header_values(head.headers, b'connection')]
-    if b'close' in options:
-        return False
-    return head.http_minor == 1 or b'keep-alive' in options
+    if connection is None:
+        return http_minor == 1
+    options = connection.lower()
+    if options == b'keep-alive' or options == b'close':  # the usual single option
+        return options == b'keep-alive'
+    elements = list_elements([options])
+    return b'close' not in elements and (http_minor == 1 or b'keep-alive' in elements)
 
 
 class ChunkedDecoder:
@@ -705,7 +724,7 @@ class _Connection(asyncio.Protocol):
 
     __slots__ = (
         'loop', 'transport', 'key', 'peer_ip', 'fd', 'reused', 'idle', 'idle_since',
-        'on_idle_close', '_queue', '_queued', '_reading_paused', '_eof', '_lost',
+        'on_idle_close', '_poll', '_queue', '_queued', '_reading_paused', '_eof', '_lost',
         '_lost_exception', '_waiter', '_drain_waiter', '_write_paused', '_deadline',
         '_timer', '_timer_when', '_keep_alive_timeout', 'received_any',
     )
@@ -721,6 +740,7 @@ class _Connection(asyncio.Protocol):
         self.idle = False
         self.idle_since = 0.0
         self.on_idle_close: Callable[['_Connection'], None] = _no_op
+        self._poll: Any = None
         self.received_any = False
         self._queue: Deque[bytes] = deque()
         self._queued = 0
@@ -742,6 +762,10 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
         sock = transport.get_extra_info('socket')
         self.fd = sock.fileno() if sock is not None else -1
+        if self.fd != -1 and hasattr(select, 'poll'):
+            # Registered once, so the check before each reuse is a single system call.
+            self._poll = select.poll()
+            self._poll.register(self.fd, select.POLLIN)
 
     def data_received(self, data: bytes) -> None:
         if self.idle:
@@ -901,6 +925,8 @@ class _Connection(asyncio.Protocol):
         if self._eof or self._lost or self._queue:
             return False
         try:
+            if self._poll is not None:
+                return not self._poll.poll(0)
             readable, _, _ = select.select((self.fd,), (), (), 0)
         except (OSError, ValueError):
             return False
@@ -1188,6 +1214,29 @@ class _ResponseBody:
 # The pool.
 # ---------------------------------------------------------------------------------------------
 
+class _BufferedBody:
+    """A response body that arrived whole with its head: its connection is already back in
+    the pool, so iterating it only hands over the bytes."""
+
+    __slots__ = ('_data',)
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def __aiter__(self) -> '_BufferedBody':
+        return self
+
+    async def __anext__(self) -> bytes:
+        data = self._data
+        if data:
+            self._data = b''
+            return data
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        self._data = b''
+
+
 class _HostConnections:
     """The connections of one (scheme, host, port): idle ones, and a count of all of them."""
     __slots__ = ('idle', 'total', 'waiters')
@@ -1222,7 +1271,7 @@ def Pool(
         *,
         connect_timeout: Optional[float] = None,
         happy_eyeballs_delay: float = 0.25,
-        response_head_timeout: Optional[float] = 60,
+        response_head_timeout: float = 60,
         max_connections_per_host: Optional[int] = None,
         pool_timeout: Optional[float] = None,
         max_header_count: int = 100,
@@ -1239,6 +1288,7 @@ def Pool(
     loop = asyncio.get_running_loop()
     ssl_context: Optional[ssl.SSLContext] = None
     logger = get_logger_adapter({})
+    debug_enabled = logger.isEnabledFor
     dns_resolve, dns_clear_cache = get_dns_resolver(
         get_logger_adapter=get_resolver_logger_adapter({}),
     )
@@ -1362,6 +1412,18 @@ def Pool(
                 return
         conn.make_idle(on_idle_close)
         connections.idle.append(conn)
+
+    def take_idle_fast(target: Target) -> Optional[_Connection]:
+        # Without awaiting anything: an IP literal, or a host whose DNS answer is still fresh.
+        connections = hosts.get(target.key)
+        if connections is None or not connections.idle:
+            return None
+        if target.ip_literal:
+            return take_idle(connections, None)
+        answer = dns_answers.get(target.host)
+        if answer is None or loop.time() >= answer.expires_at:
+            return None
+        return take_idle(connections, answer)
 
     def take_idle(connections: _HostConnections, answer: Optional[_DnsAnswer]) \
             -> Optional[_Connection]:
@@ -1516,18 +1578,18 @@ def Pool(
 
     async def receive_head(conn: _Connection, method: bytes) -> Tuple[ResponseHead, bytes]:
         """Read until a final (non-1xx) response head; return it and the bytes after it."""
-        head_deadline = None if response_head_timeout is None else \
-            loop.time() + response_head_timeout
+        now = loop.time()
+        head_deadline = now + response_head_timeout
         data = b''
         informational = 0
         while True:
-            now = loop.time()
             deadline = now + socket_timeout
-            if head_deadline is not None and head_deadline < deadline:
+            if head_deadline < deadline:
                 deadline = head_deadline
                 if now >= head_deadline:
                     raise asyncio.TimeoutError()
             received = await conn.read(deadline)
+            now = loop.time()
             if not received:
                 if conn.reused and not data and not conn.received_any:
                     raise HttpConnectionClosedBeforeResponseError(
@@ -1560,13 +1622,13 @@ def Pool(
                       get_resolver_logger_adapter: Callable[..., Any] =
                       get_resolver_logger_adapter,
                       ) -> Tuple[bytes, Headers, AsyncIterator[bytes]]:
-        target = cached_target(url)
+        target = targets.get(url) or cached_target(url)
         encoded = cached_headers(method, headers)
         head = _request_head(method, target, params, http_version, encoded)
-        conn = await acquire(target)
+        conn = take_idle_fast(target) or await acquire(target)
 
         request_logger = logger
-        if logger.isEnabledFor(logging.DEBUG):
+        if debug_enabled(logging.DEBUG):
             request_logger = get_logger_adapter({'lowhaio_method': method.decode(),
                                                  'lowhaio_url': url})
             request_logger.debug('%s connection to %s', 'Reusing' if conn.reused else 'New',
@@ -1575,6 +1637,8 @@ def Pool(
             if custom_send:
                 await send_request_with_hooks(conn, method, url, params, headers, body,
                                               body_args, body_kwargs, request_logger)
+            elif body is empty_async_iterator and not encoded.content_length:
+                conn.write(head)
             else:
                 await send_request(conn, head, body, body_args, body_kwargs,
                                    encoded.content_length)
@@ -1601,9 +1665,7 @@ def Pool(
             # caller even starts reading, and the body iterator holds only bytes.
             body_bytes = rest[:framing.length] if framing.kind == CONTENT_LENGTH else b''
             release(conn, keep and len(rest) == len(body_bytes))
-            response_body = _ResponseBody(None, release, framing, body_bytes,
-                                          socket_timeout, loop)
-            response_body._done = True
+            response_body: AsyncIterator[bytes] = _BufferedBody(body_bytes)
         else:
             response_body = _ResponseBody(
                 conn, release, framing._replace(keep_alive=keep), rest, socket_timeout, loop)
