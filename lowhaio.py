@@ -938,8 +938,14 @@ class _Connection(asyncio.Protocol):
         self.received_any = False
         self.on_idle_close = on_idle_close
         self.idle_since = self.loop.time()
+        expiry = self.idle_since + self._keep_alive_timeout
+        # The timer may still be set for the request's deadline: fine if that comes first
+        # (it re-arms itself for the expiry when it fires), too late otherwise.
         if self._timer is None:
-            self._arm_timer(self.idle_since + self._keep_alive_timeout)
+            self._arm_timer(expiry)
+        elif self._timer_when > expiry:
+            self._timer.cancel()
+            self._arm_timer(expiry)
 
     def close(self) -> None:
         """Close at once (no TLS close_notify wait), so that the file descriptor is freed."""
