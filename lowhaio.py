@@ -588,6 +588,7 @@ def timeout(loop: asyncio.AbstractEventLoop, max_time: float) -> Iterator[Callab
     seconds. Yields a function that restarts the clock."""
     task = asyncio.current_task()
     timed_out = False
+    handle: asyncio.TimerHandle
 
     def cancel() -> None:
         nonlocal timed_out
@@ -988,7 +989,7 @@ def _interleave_families(addresses: Sequence[str]) -> List[str]:
     v6 = [address for address in addresses if ':' in address]
     v4 = [address for address in addresses if ':' not in address]
     first, second = (v6, v4) if addresses and ':' in addresses[0] else (v4, v6)
-    ordered = []
+    ordered: List[str] = []
     for i in range(max(len(first), len(second))):
         ordered.extend(family[i] for family in (first, second) if i < len(family))
     return ordered
@@ -1470,8 +1471,11 @@ def Pool(
     async def wait_for_slot(connections: _HostConnections) -> Optional[_Connection]:
         waiter: asyncio.Future[Optional[_Connection]] = loop.create_future()
         connections.waiters.append(waiter)
-        handle = None if pool_timeout is None else loop.call_later(
-            pool_timeout, lambda: waiter.done() or waiter.set_exception(asyncio.TimeoutError()))
+
+        def on_timeout() -> None:
+            if not waiter.done():
+                waiter.set_exception(asyncio.TimeoutError())
+        handle = None if pool_timeout is None else loop.call_later(pool_timeout, on_timeout)
         try:
             return await waiter
         except asyncio.TimeoutError as exception:
