@@ -45,6 +45,7 @@ from aiodnsresolver import (
     DnsError,
     DnsRecordDoesNotExist,
     Resolver,
+    parse_etc_hosts,
     ResolverLoggerAdapter,
 )
 
@@ -724,7 +725,7 @@ class _Connection(asyncio.Protocol):
     single re-armed timer that serves every deadline, so that no timer is made per operation."""
 
     __slots__ = (
-        'loop', 'transport', 'key', 'peer_ip', 'fd', 'reused', 'idle', 'idle_since',
+        'loop', 'transport', 'key', 'owner', 'peer_ip', 'fd', 'reused', 'idle', 'idle_since',
         'on_idle_close', '_poll', '_queue', '_queued', '_reading_paused', '_eof', '_lost',
         '_lost_exception', '_waiter', '_drain_waiter', '_write_paused', '_deadline',
         '_timer', '_timer_when', '_keep_alive_timeout', 'received_any',
@@ -735,6 +736,8 @@ class _Connection(asyncio.Protocol):
         self.loop = loop
         self.transport: Any = None
         self.key = key
+        # The pool's record of this connection's host, which counts it (see Pool)
+        self.owner: Any = None
         self.peer_ip = peer_ip
         self.fd = -1
         self.reused = False
@@ -1254,6 +1257,28 @@ class _HostConnections:
         self.waiters: Deque[asyncio.Future[Optional[_Connection]]] = deque()
 
 
+def _read_etc_hosts() -> Dict[str, Tuple[str, ...]]:
+    # /etc/hosts, both address families at once, as the system resolver reads it ("files"
+    # before "dns"): a name listed there for IPv4 only must not be sent to DNS for IPv6.
+    try:
+        by_type = parse_etc_hosts()
+    except (OSError, ValueError, UnicodeError):
+        return {}
+    hosts: Dict[str, Tuple[str, ...]] = {}
+    for qtype in (TYPES.AAAA, TYPES.A):
+        for name, address in by_type.get(qtype, {}).items():
+            key = name.decode('ascii', 'replace').lower().rstrip('.')
+            hosts[key] = hosts.get(key, ()) + (str(address),)
+    return hosts
+
+
+def _special_use_addresses(host: str) -> Optional[Tuple[str, ...]]:
+    # RFC 6761 §6.3: "localhost" and names below it are loopback, and never sent to DNS.
+    if host == 'localhost' or host.endswith('.localhost'):
+        return ('::1', '127.0.0.1')
+    return None
+
+
 class _DnsAnswer(NamedTuple):
     addresses: Tuple[str, ...]
     address_set: frozenset  # type: ignore[type-arg]
@@ -1312,6 +1337,7 @@ def Pool(
 
     hosts: Dict[Tuple[str, str, int], _HostConnections] = {}
     dns_answers: Dict[str, _DnsAnswer] = {}
+    etc_hosts = _read_etc_hosts()
     targets: Dict[str, Target] = {}
     encoded_headers: Dict[Tuple[bytes, Any], RequestHeaders] = {}
 
@@ -1353,6 +1379,10 @@ def Pool(
         answer = dns_answers.get(host)
         if answer is not None and loop.time() < answer.expires_at:
             return answer
+        fixed = etc_hosts.get(host) or _special_use_addresses(host)
+        if fixed is not None:
+            answer = dns_answers[host] = _DnsAnswer(fixed, frozenset(fixed), float('inf'))
+            return answer
         results: List[Any] = []
         errors: List[BaseException] = []
         for qtype in (TYPES.AAAA, TYPES.A):
@@ -1385,11 +1415,10 @@ def Pool(
         return connections
 
     def on_idle_close(conn: _Connection) -> None:
-        connections = hosts.get(conn.key)
-        if connections is not None:
-            with contextlib.suppress(ValueError):
-                connections.idle.remove(conn)
-            free_slot(connections)
+        connections = conn.owner
+        with contextlib.suppress(ValueError):
+            connections.idle.remove(conn)
+        free_slot(connections)
 
     def free_slot(connections: _HostConnections) -> None:
         connections.total -= 1
@@ -1402,14 +1431,11 @@ def Pool(
 
     def release(conn: _Connection, reusable: bool) -> None:
         """Take back a connection whose response is finished."""
-        connections = hosts.get(conn.key)
-        if not reusable or not keep_alive or conn.lost or conn.has_unread():
+        connections: _HostConnections = conn.owner
+        if not reusable or not keep_alive or conn.lost or conn.has_unread() or \
+                hosts.get(conn.key) is not connections:  # the last: the pool was closed meanwhile
             conn.close()
-            if connections is not None:
-                free_slot(connections)
-            return
-        if connections is None:  # the pool was closed meanwhile
-            conn.close()
+            free_slot(connections)
             return
         while connections.waiters:
             waiter = connections.waiters.popleft()
@@ -1463,7 +1489,9 @@ def Pool(
         else:
             connections.total += 1
         try:
-            return await connect(target, answer)
+            conn = await connect(target, answer)
+            conn.owner = connections
+            return conn
         except BaseException:
             free_slot(connections)
             raise
