@@ -726,7 +726,7 @@ class _Connection(asyncio.Protocol):
 
     __slots__ = (
         'loop', 'transport', 'key', 'owner', 'peer_ip', 'fd', 'reused', 'idle', 'idle_since',
-        'on_idle_close', '_poll', '_queue', '_queued', '_reading_paused', '_eof', '_lost',
+        'on_idle_close', '_poll', '_queue', '_queued', '_reading_paused', '_eof', '_eof_received', '_lost',
         '_lost_exception', '_waiter', '_drain_waiter', '_write_paused', '_deadline',
         '_timer', '_timer_when', '_keep_alive_timeout', 'received_any',
     )
@@ -750,6 +750,7 @@ class _Connection(asyncio.Protocol):
         self._queued = 0
         self._reading_paused = False
         self._eof = False
+        self._eof_received = False
         self._lost = False
         self._lost_exception: Optional[BaseException] = None
         self._waiter: Optional[asyncio.Future[None]] = None
@@ -788,6 +789,7 @@ class _Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._eof = True
+        self._eof_received = True
         if self.idle:
             self.close()
         self._wake_reader()
@@ -911,6 +913,11 @@ class _Connection(asyncio.Protocol):
             self._drain_waiter = None
         if self._lost:
             raise ConnectionResetError('Connection lost') from self._lost_exception
+
+    @property
+    def ended_cleanly(self) -> bool:
+        """The peer closed its side in order (FIN, or TLS close_notify), not with a reset."""
+        return self._eof_received and self._lost_exception is None
 
     @property
     def lost(self) -> bool:
@@ -1164,14 +1171,19 @@ class _ResponseBody:
         return data
 
     def _at_end_of_stream(self) -> bytes:
-        if self._framing.kind == UNTIL_CLOSE:
-            self._finish(reusable=False)
-            return b''
+        conn = self._conn
+        assert conn is not None
+        kind = self._framing.kind
         self._finish(reusable=False)
+        # RFC 9112 §6.3 rule 8: only an orderly close ends a body read until close; a reset
+        # may have cut it short.
+        if kind == UNTIL_CLOSE and conn.ended_cleanly:
+            return b''
         raise HttpConnectionClosedError(
             'Connection closed before the end of the response body' +
-            (' (%d bytes missing)' % self._remaining if self._framing.kind == CONTENT_LENGTH
-             else ' (no last chunk)'))
+            (' (%d bytes missing)' % self._remaining if kind == CONTENT_LENGTH else
+             ' (no last chunk)' if kind == CHUNKED else ' (reset, not an orderly close)')
+        ) from conn.lost_exception
 
     def _take(self, data: bytes) -> bytes:
         """The body bytes in `data`, finishing when the framing says the body is complete."""
