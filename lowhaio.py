@@ -1626,8 +1626,25 @@ def Pool(
         post_message(conn)
         await conn.drain(socket_timeout)
 
-    async def receive_head(conn: _Connection, method: bytes) -> Tuple[ResponseHead, bytes]:
-        """Read until a final (non-1xx) response head; return it and the bytes after it."""
+    # Final response heads already parsed, keyed by their exact bytes. A server repeats its
+    # head byte for byte from one response to the next (Date changes once a second), and
+    # parsing is a pure function of those bytes, so a repeat skips no check: the same bytes
+    # were checked before. Not for HEAD or CONNECT, whose framing differs for the same bytes.
+    parsed_heads: Dict[bytes, Tuple[bytes, Headers, Framing]] = {}
+
+    def parse_final_head(method: bytes, head: ResponseHead, head_bytes: bytes) \
+            -> Tuple[bytes, Headers, Framing]:
+        parsed = (head.code, head.headers, response_framing(method, head))
+        if method != b'HEAD' and method != b'CONNECT':
+            if len(parsed_heads) >= 256:
+                parsed_heads.clear()
+            parsed_heads[head_bytes] = parsed
+        return parsed
+
+    async def receive_head(conn: _Connection, method: bytes) \
+            -> Tuple[Tuple[bytes, Headers, Framing], bytes]:
+        """Read until a final (non-1xx) response head; return its code, headers and framing,
+        and the bytes after it."""
         now = loop.time()
         head_deadline = now + response_head_timeout
         data = b''
@@ -1650,14 +1667,21 @@ def Pool(
                     'received)' % (len(data),)) from conn.lost_exception
             data = data + received if data else received
             while True:
+                end = data.find(b'\r\n\r\n', 0, max_header_length)
+                if end != -1:
+                    length = end + 4
+                    head_bytes = data[:length] if len(data) != length else data
+                    parsed = parsed_heads.get(head_bytes)
+                    if parsed is not None and method != b'HEAD' and method != b'CONNECT':
+                        return parsed, data[length:]
                 head = parse_response_head(data, max_header_length, max_header_count)
                 if head is None:
                     break
-                data = data[head.length:]
                 # RFC 9110 §15.2: 1xx responses are interim; the final one follows. A 101
                 # would switch protocols, which we never ask for, so it is returned as final.
-                if head.code[0:1] != b'1' or head.code == b'101':
-                    return head, data
+                if head.code[0] != 49 or head.code == b'101':  # 49: b'1'
+                    return parse_final_head(method, head, head_bytes), data[head.length:]
+                data = data[head.length:]
                 informational += 1
                 if informational > _MAX_INFORMATIONAL_RESPONSES:
                     raise HttpProtocolError('More than %d informational (1xx) responses'
@@ -1692,8 +1716,7 @@ def Pool(
             else:
                 await send_request(conn, head, body, body_args, body_kwargs,
                                    encoded.content_length)
-            response_head, rest = await receive_head(conn, method)
-            framing = response_framing(method, response_head)
+            (code, response_headers, framing), rest = await receive_head(conn, method)
         except BaseException as exception:
             release(conn, False)
             if isinstance(exception, HttpError) or not isinstance(exception, Exception) or \
@@ -1718,8 +1741,9 @@ def Pool(
             response_body: AsyncIterator[bytes] = _BufferedBody(body_bytes)
         else:
             response_body = _ResponseBody(
-                conn, release, framing._replace(keep_alive=keep), rest, socket_timeout, loop)
-        return response_head.code, response_head.headers, response_body
+                conn, release, _tuple_new(Framing, (framing.kind, framing.length, keep)), rest,
+                socket_timeout, loop)
+        return code, response_headers, response_body
 
     async def close(get_logger_adapter: Callable[[Dict[str, Any]], Any] = get_logger_adapter,
                     get_resolver_logger_adapter: Callable[..., Any] =
