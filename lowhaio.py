@@ -785,7 +785,11 @@ class _Connection(asyncio.Protocol):
             # Bounded memory: stop reading from the socket until the consumer catches up.
             self._reading_paused = True
             self.transport.pause_reading()
-        self._wake_reader()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -866,21 +870,11 @@ class _Connection(asyncio.Protocol):
 
     # Reading and writing, for the request coroutine
 
-    async def read(self, deadline: float) -> bytes:
-        """The bytes received since the last call, waiting for some until `deadline`;
-        b'' at end of stream."""
+    def take(self) -> Optional[bytes]:
+        """The bytes received since the last call, b'' at end of stream, None if neither yet."""
         queue = self._queue
         if not queue:
-            if self._eof:
-                return b''
-            self._set_deadline(deadline)
-            waiter = self._waiter = self.loop.create_future()
-            try:
-                await waiter
-            finally:
-                self._waiter = None
-            if not queue:
-                return b''
+            return b'' if self._eof else None
         data = queue.popleft() if len(queue) == 1 else b''.join(queue)
         queue.clear()
         self._queued = 0
@@ -889,11 +883,13 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
-    def unread(self, data: bytes) -> None:
-        """Put back bytes that `read` returned but the caller did not use."""
-        if data:
-            self._queue.appendleft(data)
-            self._queued += len(data)
+    def readable(self, deadline: float) -> 'asyncio.Future[None]':
+        """A future that is done when there is something to take, or that fails with
+        asyncio.TimeoutError at `deadline`. (A bare future rather than a coroutine: one frame
+        fewer to pass through each time the task resumes.)"""
+        self._set_deadline(deadline)
+        waiter = self._waiter = self.loop.create_future()
+        return waiter
 
     def write(self, data: bytes) -> None:
         if self._lost:
@@ -1158,7 +1154,10 @@ class _ResponseBody:
         conn = self._conn
         assert conn is not None
         try:
-            data = await conn.read(self._loop.time() + self._socket_timeout)
+            data = conn.take()
+            if data is None:
+                await conn.readable(self._loop.time() + self._socket_timeout)
+                data = conn.take() or b''
         except BaseException as exception:
             self._finish(reusable=False)
             if isinstance(exception, asyncio.TimeoutError):
@@ -1655,8 +1654,10 @@ def Pool(
                 deadline = head_deadline
                 if now >= head_deadline:
                     raise asyncio.TimeoutError()
-            received = await conn.read(deadline)
-            now = loop.time()
+            received = conn.take()
+            if received is None:
+                await conn.readable(deadline)
+                received = conn.take() or b''
             if not received:
                 if conn.reused and not data and not conn.received_any:
                     raise HttpConnectionClosedBeforeResponseError(
@@ -1688,6 +1689,7 @@ def Pool(
                                             % (_MAX_INFORMATIONAL_RESPONSES,))
                 if not data:
                     break
+            now = loop.time()
 
     async def request(method: bytes, url: str, params: Sequence[Tuple[str, str]] = (),
                       headers: Headers = (), body: BodyFunction = empty_async_iterator,
@@ -1712,7 +1714,7 @@ def Pool(
                 await send_request_with_hooks(conn, method, url, params, headers, body,
                                               body_args, body_kwargs, request_logger)
             elif body is empty_async_iterator and not encoded.content_length:
-                conn.write(head)
+                conn.transport.write(head)
             else:
                 await send_request(conn, head, body, body_args, body_kwargs,
                                    encoded.content_length)
