@@ -192,10 +192,12 @@ def parse_response_head(data: bytes, max_header_length: int = 16384,
     """
     end = data.find(b'\r\n\r\n', 0, max_header_length)
     if end == -1:
+        # A peer not speaking HTTP at all is told apart from a long head however the bytes
+        # arrive: the status line is checked before the length.
+        _check_partial_status_line(data)
         if len(data) >= max_header_length:
             raise HttpHeaderTooLong(
                 'Response head longer than max_header_length (%d bytes)' % max_header_length)
-        _check_partial_status_line(data)
         return None
 
     status_end = data.find(b'\r\n') + 2
