@@ -267,6 +267,8 @@ def parse_content_length(value: bytes) -> int:
     if _CONTENT_LENGTH_RE.fullmatch(value) is not None:
         return int(value)
     elements = set(list_elements([value]))
+    if not elements:
+        raise HttpProtocolError('Invalid Content-Length: %r' % (value,))
     if len(elements) != 1:
         raise HttpProtocolError('Conflicting Content-Length values: %r' % (value,))
     element = elements.pop()
@@ -483,6 +485,8 @@ def parse_target(url: str) -> Target:
 
     host = hostname[:-1] if hostname.endswith('.') else hostname
     default_port = _DEFAULT_PORTS[scheme]
+    if port == 0:
+        raise HttpInvalidRequestError('URL port 0 cannot be connected to: %r' % (url,))
     port = default_port if port is None else port
     try:
         address = ipaddress.ip_address(host)
@@ -538,7 +542,11 @@ def encode_request_headers(method: bytes, headers: Sequence[Tuple[bytes, bytes]]
             raise HttpInvalidRequestError(
                 'Header value must be bytes without CR, LF or NUL: %r: %r' % (name, value))
         lower = name.lower()
-        has_host = has_host or lower == b'host'
+        if lower == b'host':
+            if has_host:
+                # RFC 9112 §3.2: a server must reject a request with more than one Host.
+                raise HttpInvalidRequestError('More than one host header')
+            has_host = True
         if lower == b'content-length':
             content_lengths.append(value.strip())
         elif lower == b'transfer-encoding':
