@@ -897,7 +897,12 @@ class _Connection(asyncio.Protocol):
         """A future that is done when there is something to take, or that fails with
         asyncio.TimeoutError at `deadline`. (A bare future rather than a coroutine: one frame
         fewer to pass through each time the task resumes.)"""
-        self._set_deadline(deadline)
+        self._deadline = deadline
+        if self._timer is None:
+            self._arm_timer(deadline)
+        elif self._timer_when > deadline:
+            self._timer.cancel()
+            self._arm_timer(deadline)
         waiter = self._waiter = self.loop.create_future()
         return waiter
 
@@ -1341,7 +1346,8 @@ def Pool(
     loop = asyncio.get_running_loop()
     ssl_context: Optional[ssl.SSLContext] = None
     logger = get_logger_adapter({})
-    debug_enabled = logger.isEnabledFor
+    # The adapter's isEnabledFor only forwards to its logger's: call that one directly.
+    debug_enabled = getattr(getattr(logger, 'logger', None), 'isEnabledFor', logger.isEnabledFor)
     dns_resolve, dns_clear_cache = get_dns_resolver(
         get_logger_adapter=get_resolver_logger_adapter({}),
     )
@@ -1453,7 +1459,7 @@ def Pool(
     def release(conn: _Connection, reusable: bool) -> None:
         """Take back a connection whose response is finished."""
         connections: _HostConnections = conn.owner
-        if not reusable or not keep_alive or conn.lost or conn.has_unread() or \
+        if not reusable or not keep_alive or conn._lost or conn._queue or \
                 hosts.get(conn.key) is not connections:  # the last: the pool was closed meanwhile
             conn.close()
             free_slot(connections)
@@ -1485,7 +1491,15 @@ def Pool(
         while idle:
             conn = idle.pop()
             conn.idle = False
-            if conn.is_reusable() and (answer is None or conn.peer_ip in answer.address_set):
+            # Inline of conn.is_reusable(), on the path of every reuse
+            if not (conn._eof or conn._queue) and conn._poll is not None:
+                try:
+                    reusable = not conn._poll.poll(0)
+                except (OSError, ValueError):
+                    reusable = False
+            else:
+                reusable = conn.is_reusable()
+            if reusable and (answer is None or conn.peer_ip in answer.address_set):
                 return conn
             # Closed by the server, or its address is no longer among the host's current DNS
             # answers: drop it and look at the next.
@@ -1664,10 +1678,9 @@ def Pool(
                 deadline = head_deadline
                 if now >= head_deadline:
                     raise asyncio.TimeoutError()
-            received = conn.take()
-            if received is None:
+            if not conn._queue and not conn._eof:
                 await conn.readable(deadline)
-                received = conn.take() or b''
+            received = conn.take() or b''
             if not received:
                 if conn.reused and not data and not conn.received_any:
                     raise HttpConnectionClosedBeforeResponseError(
@@ -1709,8 +1722,16 @@ def Pool(
                       get_resolver_logger_adapter,
                       ) -> Tuple[bytes, Headers, AsyncIterator[bytes]]:
         target = targets.get(url) or cached_target(url)
-        encoded = cached_headers(method, headers)
-        head = _request_head(method, target, params, http_version, encoded)
+        try:
+            encoded = encoded_headers[method, headers]
+        except (KeyError, TypeError):
+            encoded = cached_headers(method, headers)
+        if params:
+            head = _request_head(method, target, params, http_version, encoded)
+        else:
+            head = b'%s %s %s\r\n%s%s\r\n' % (
+                method, target.path_and_query, http_version,
+                b'' if encoded.has_host else target.host_line, encoded.block)
         conn = take_idle_fast(target) or await acquire(target)
 
         request_logger = logger
