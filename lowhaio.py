@@ -1672,6 +1672,7 @@ def Pool(
         head_deadline = now + response_head_timeout
         data = b''
         informational = 0
+        received_total = 0
         while True:
             deadline = now + socket_timeout
             if head_deadline < deadline:
@@ -1688,7 +1689,8 @@ def Pool(
                         'server did not process the request') from conn.lost_exception
                 raise HttpConnectionClosedError(
                     'Connection closed before the response head was complete (%d bytes '
-                    'received)' % (len(data),)) from conn.lost_exception
+                    'received)' % (received_total,)) from conn.lost_exception
+            received_total += len(received)
             data = data + received if data else received
             while True:
                 end = data.find(b'\r\n\r\n', 0, max_header_length)
