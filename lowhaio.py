@@ -1160,29 +1160,28 @@ class _ResponseBody:
             elif self._done:
                 raise StopAsyncIteration
             else:
-                data = await self._read()
+                conn = self._conn
+                assert conn is not None
+                taken = conn.take()
+                if taken is None:
+                    # Waiting on the bare future here, not in a helper coroutine: this runs
+                    # once per chunk of a download.
+                    try:
+                        await conn.readable(self._loop.time() + self._socket_timeout)
+                    except BaseException as exception:
+                        self._finish(reusable=False)
+                        if isinstance(exception, asyncio.TimeoutError):
+                            raise HttpTimeoutError('Timed out reading the response body') \
+                                from exception
+                        raise
+                    taken = conn.take()
+                data = taken or self._at_end_of_stream()
+            if self._framing.kind == CONTENT_LENGTH and len(data) < self._remaining:
+                self._remaining -= len(data)
+                return data
             chunk = self._take(data)
             if chunk:
                 return chunk
-
-    async def _read(self) -> bytes:
-        conn = self._conn
-        assert conn is not None
-        try:
-            data = conn.take()
-            if data is None:
-                await conn.readable(self._loop.time() + self._socket_timeout)
-                data = conn.take() or b''
-        except BaseException as exception:
-            self._finish(reusable=False)
-            if isinstance(exception, asyncio.TimeoutError):
-                raise HttpTimeoutError('Timed out reading the response body') from exception
-            if isinstance(exception, Exception):
-                raise HttpDataError('Error reading the response body') from exception
-            raise
-        if not data:
-            return self._at_end_of_stream()
-        return data
 
     def _at_end_of_stream(self) -> bytes:
         conn = self._conn
@@ -1402,7 +1401,8 @@ def Pool(
 
     # DNS
 
-    async def resolve(host: str) -> _DnsAnswer:
+    async def resolve(host: str, deadline: float) -> _DnsAnswer:
+        """The addresses of `host`: cached while their TTL lasts, looked up by the deadline."""
         answer = dns_answers.get(host)
         if answer is not None and loop.time() < answer.expires_at:
             return answer
@@ -1410,22 +1410,36 @@ def Pool(
         if fixed is not None:
             answer = dns_answers[host] = _DnsAnswer(fixed, frozenset(fixed), float('inf'))
             return answer
+
+        # AAAA and A at once (RFC 8305 §3), each in a task of its own. Only on a cache miss;
+        # and aiodnsresolver times out by cancelling the task it runs in, so this way its
+        # timeouts never touch the caller's task.
+        lookups = [asyncio.ensure_future(dns_resolve(host, qtype))
+                   for qtype in (TYPES.AAAA, TYPES.A)]
+        try:
+            done, pending = await asyncio.wait(
+                lookups, timeout=max(deadline - loop.time(), 0),
+                return_when=asyncio.FIRST_COMPLETED)
+            if pending and any(not lookup.exception() for lookup in done):
+                # RFC 8305 §3 "Resolution Delay": with one answer in, give the other 50 ms.
+                await asyncio.wait(pending, timeout=min(0.05, max(deadline - loop.time(), 0)))
+        finally:
+            for lookup in lookups:
+                if not lookup.done():
+                    lookup.cancel()
+
         results: List[Any] = []
         errors: List[BaseException] = []
-        for qtype in (TYPES.AAAA, TYPES.A):
-            task = asyncio.current_task()
-            cancelling = task.cancelling() if hasattr(task, 'cancelling') else 0  # type: ignore
-            try:
-                results.extend(await dns_resolve(host, qtype))
-            except DnsError as exception:
-                # aiodnsresolver times out by cancelling the current task and raising
-                # DnsTimeout in its place: take that cancellation request back.
-                while hasattr(task, 'cancelling') and task.cancelling() > cancelling:  # type: ignore
-                    task.uncancel()  # type: ignore[union-attr]
-                errors.append(exception)
+        for lookup in lookups:
+            if not lookup.done() or lookup.cancelled():  # cancelled above: out of time
+                errors.append(asyncio.TimeoutError())
+            elif lookup.exception() is not None:
+                errors.append(lookup.exception())  # type: ignore[arg-type]
+            else:
+                results.extend(lookup.result())
         if not results:
             cause = next((e for e in errors if not isinstance(e, DnsRecordDoesNotExist)),
-                         errors[-1])
+                         errors[-1] if errors else DnsError('No addresses'))
             raise HttpDnsError('Could not resolve %s: %r' % (host, cause)) from cause
         addresses = tuple(_interleave_families([str(result) for result in results]))
         expires_at = min(getattr(result, 'expires_at', 0) for result in results)
@@ -1509,13 +1523,17 @@ def Pool(
 
     async def acquire(target: Target) -> _Connection:
         connections = host_connections(target.key)
-        answer = None if target.ip_literal else await resolve(target.host)
+        # connect_timeout bounds the whole connect phase: DNS, TCP and TLS
+        deadline = loop.time() + connect_timeout
+        answer = None if target.ip_literal else await resolve(target.host, deadline)
         conn = take_idle(connections, answer)
         if conn is not None:
             return conn
         if max_connections_per_host is not None and \
                 connections.total >= max_connections_per_host:
+            waited_from = loop.time()
             conn = await wait_for_slot(connections)
+            deadline += loop.time() - waited_from  # waiting for a slot is not connecting
             if conn is not None:
                 if conn.is_reusable() and (answer is None or conn.peer_ip in answer.address_set):
                     conn.idle = False
@@ -1524,7 +1542,7 @@ def Pool(
         else:
             connections.total += 1
         try:
-            conn = await connect(target, answer)
+            conn = await connect(target, answer, deadline)
             conn.owner = connections
             return conn
         except BaseException:
@@ -1557,15 +1575,16 @@ def Pool(
             if handle is not None:
                 handle.cancel()
 
-    async def connect(target: Target, answer: Optional[_DnsAnswer]) -> _Connection:
+    async def connect(target: Target, answer: Optional[_DnsAnswer],
+                      deadline: float) -> _Connection:
         nonlocal ssl_context
         addresses = (target.host,) if answer is None else answer.addresses
-        deadline = loop.time() + connect_timeout
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug('Connecting to %s at %s', target.key, addresses)
         try:
             sock, address = await _open_first(loop, addresses, target.port, make_sock,
-                                               happy_eyeballs_delay, connect_timeout)
+                                               happy_eyeballs_delay,
+                                               max(deadline - loop.time(), 0))
         except asyncio.TimeoutError as exception:
             raise HttpConnectionError('Timed out connecting to %s:%d'
                                       % (target.host, target.port)) from exception

@@ -68,6 +68,17 @@ async def get(request: Request, url: str) -> Tuple[bytes, bytes]:
     return code, await buffered(body)
 
 
+async def bounded(awaitable: Awaitable[object], seconds: float = 3.0) -> object:
+    """Await with a safety net, so that a deadline lowhaio fails to enforce shows up as a
+    plain asyncio.TimeoutError (a test failure) rather than a hung test. Runs in the calling
+    task (asyncio.timeout, not wait_for's inner task on 3.11), so that the task's cancellation
+    count afterwards is lowhaio's doing."""
+    if HAS_CANCELLING:
+        async with asyncio.timeout(seconds):  # type: ignore[attr-defined]
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)
+
+
 def task_cancelling() -> int:
     """How many cancellation requests the current task has pending (0 before Python 3.11)."""
     task = asyncio.current_task()
@@ -425,11 +436,56 @@ async def test_connect_timeout_bounds_the_whole_connect_phase() -> None:
                              **dns_pool_options(dns)) as request:
             started = time.monotonic()
             with pytest.raises(HttpConnectionError) as raised:
-                await request(b'GET', 'http://holes.test:%d/' % (port,))
+                await bounded(request(b'GET', 'http://holes.test:%d/' % (port,)))
             elapsed = time.monotonic() - started
             assert task_cancelling() == 0
         assert 0.45 <= elapsed < 1.5
         assert isinstance(raised.value.__cause__, asyncio.TimeoutError)
+
+
+async def test_connect_timeout_covers_tcp_and_tls_together() -> None:
+    # 127.0.0.3 is a black hole, so TCP reaches 127.0.0.2 only after the happy eyeballs delay;
+    # there a listener completes the TCP handshake (the kernel does) but never speaks TLS.
+    # The TLS handshake gets what is left of connect_timeout, not a fresh connect_timeout.
+    async with support.dns_server() as dns, \
+            live_and_black_holed('127.0.0.1', ('127.0.0.3',)) as port:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as mute:
+            mute.bind(('127.0.0.2', port))
+            mute.listen(16)  # never accepted: connections complete, and hear nothing
+            dns.set('mute.test', ['127.0.0.3', '127.0.0.2'])
+            async with open_pool(connect_timeout=0.6, happy_eyeballs_delay=0.5,
+                                 get_ssl_context=support.client_ssl_context,
+                                 **dns_pool_options(dns)) as request:
+                started = time.monotonic()
+                with pytest.raises(HttpConnectionError):
+                    await bounded(request(b'GET', 'https://mute.test:%d/' % (port,)))
+                elapsed = time.monotonic() - started
+                assert task_cancelling() == 0
+        # ~0.6 s; a fresh connect_timeout for TLS after the 0.5 s delay would make it ~1.1 s
+        assert 0.55 <= elapsed < 0.9
+
+
+async def test_connect_timeout_covers_a_dns_server_that_never_answers() -> None:
+    # The resolver on its own would try for 5 x 0.5 s per record type
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # receives, never answers
+    silent.bind(('127.0.0.1', 0))
+
+    async def get_nameservers(_: object, __: object) -> AsyncIterator[
+            Tuple[float, Tuple[str, int]]]:
+        for _attempt in range(5):
+            yield (0.5, silent.getsockname())
+
+    try:
+        async with open_pool(connect_timeout=0.5, get_dns_resolver=functools.partial(
+                aiodnsresolver.Resolver, get_nameservers=get_nameservers)) as request:
+            started = time.monotonic()
+            with pytest.raises(HttpConnectionError):  # HttpDnsError is one
+                await bounded(request(b'GET', 'http://silent.test:80/'), 8.0)
+            elapsed = time.monotonic() - started
+            assert task_cancelling() == 0
+    finally:
+        silent.close()
+    assert elapsed < 1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,7 +544,7 @@ async def test_socket_timeout_bounds_each_wait_for_the_server() -> None:
         async with open_pool(socket_timeout=0.3) as request:
             started = time.monotonic()
             with pytest.raises(HttpTimeoutError) as raised:
-                await request(b'GET', server.url())
+                await bounded(request(b'GET', server.url()))
             elapsed = time.monotonic() - started
             assert task_cancelling() == 0
         assert 0.25 <= elapsed < 1.0
@@ -508,7 +564,7 @@ async def test_socket_timeout_bounds_a_stalled_body() -> None:
             assert code == b'200'
             started = time.monotonic()
             with pytest.raises(HttpTimeoutError):
-                await buffered(body)
+                await bounded(buffered(body))
             assert time.monotonic() - started < 1.0
             assert task_cancelling() == 0
 
@@ -526,7 +582,7 @@ async def test_response_head_timeout_bounds_a_head_dribbled_byte_by_byte() -> No
         async with open_pool(socket_timeout=1.0, response_head_timeout=0.5) as request:
             started = time.monotonic()
             with pytest.raises(HttpTimeoutError):
-                await request(b'GET', server.url())
+                await bounded(request(b'GET', server.url()))
             elapsed = time.monotonic() - started
             assert task_cancelling() == 0
         assert 0.45 <= elapsed < 1.1
@@ -543,7 +599,7 @@ async def test_a_tls_handshake_that_never_completes_is_bounded_by_connect_timeou
                              get_ssl_context=support.client_ssl_context) as request:
             started = time.monotonic()
             with pytest.raises(HttpConnectionError):  # HttpTlsError is one
-                await request(b'GET', 'https://127.0.0.1:%d/' % (server.port,))
+                await bounded(request(b'GET', 'https://127.0.0.1:%d/' % (server.port,)))
             elapsed = time.monotonic() - started
             assert task_cancelling() == 0
         assert elapsed < 1.2
@@ -581,7 +637,8 @@ async def test_a_surrounding_asyncio_timeout_raises_timeout_error_and_leaks_noth
                 await within(style, 0.2, request(b'GET', server.url('/hang')))
             assert task_cancelling() == 0
             # The abandoned request gave back its slot: the single allowed connection is free
-            assert await get(request, server.url('/fast')) == (b'200', b'fast')
+            assert await asyncio.wait_for(get(request, server.url('/fast')), 2.0) == \
+                (b'200', b'fast')
         assert await support.wait_for_fds(baseline) == baseline
 
 
@@ -597,7 +654,7 @@ async def test_a_dns_server_that_never_answers_raises_dns_error_without_cancelli
                 aiodnsresolver.Resolver, get_nameservers=get_nameservers)) as request:
             started = time.monotonic()
             with pytest.raises(HttpDnsError) as raised:
-                await request(b'GET', 'http://silent.test:80/')
+                await bounded(request(b'GET', 'http://silent.test:80/'))
             elapsed = time.monotonic() - started
             assert task_cancelling() == 0
             if HAS_CANCELLING:
@@ -635,7 +692,7 @@ async def test_requests_waiting_for_a_connection_are_served_in_arrival_order() -
             for i in range(8):
                 tasks.append(asyncio.ensure_future(get(request, server.url('/%d' % i))))
                 await asyncio.sleep(0)  # each joins the queue before the next is made
-            await asyncio.gather(*tasks)
+            await bounded(asyncio.gather(*tasks))
         assert log.paths == [b'/%d' % i for i in range(8)]
 
 
@@ -648,7 +705,7 @@ async def test_pool_timeout_raises_pool_timeout_error() -> None:
             await eventually(lambda: log.paths == [b'/held'])
             started = time.monotonic()
             with pytest.raises(HttpPoolTimeoutError) as raised:
-                await request(b'GET', server.url('/other'))
+                await bounded(request(b'GET', server.url('/other')))
             elapsed = time.monotonic() - started
             assert isinstance(raised.value, HttpConnectionError)  # nothing sent: retry-safe
             assert 0.15 <= elapsed < 1.0
