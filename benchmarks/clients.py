@@ -1,0 +1,658 @@
+"""One benchmark measurement: one client running one workload, in this process.
+
+The harness (harness.py) starts this as `taskset -c 1 python clients.py SPEC_JSON OUT_JSON`, so
+every client+workload pair gets a fresh interpreter: no client warms caches or the allocator for
+another.
+
+Every client is wrapped in the same tiny adapter (`get`, `get_stream`, `post`, `close`), so each
+pays the same single extra coroutine call per request. Inside the adapter each client is used the
+way its own documentation recommends for speed: one session/pool reused for everything,
+connection limits raised above the workload's concurrency, bodies read fully for small responses
+and streamed for download.
+
+Every response is checked: status 200, and the body length the server is known to send. A wrong
+answer raises, and the harness reports the run as an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import gc
+import json
+import resource
+import ssl
+import sys
+import time
+from typing import AsyncIterator, Awaitable, Callable, Deque, Dict, List, Optional, Tuple
+from urllib.parse import urlsplit
+
+
+class WrongResult(Exception):
+    pass
+
+
+def check_status(status: int, url: str) -> None:
+    if status != 200:
+        raise WrongResult(f'status {status} from {url}')
+
+
+def ssl_context_trusting(ca_file: str) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=ca_file)
+
+
+def upload_chunks(size: int, chunk_size: int) -> Callable[[], AsyncIterator[bytes]]:
+    """An async generator function yielding `size` bytes in chunks (a client may replay it)."""
+    chunk = b'\x00' * chunk_size
+
+    async def gen() -> AsyncIterator[bytes]:
+        left = size
+        while left >= chunk_size:
+            left -= chunk_size
+            yield chunk
+        if left:
+            yield chunk[:left]
+
+    return gen
+
+
+# -------------------------------------------------------------------------------------------------
+# Adapters. Each returns an object with:
+#   get(url) -> int                    GET, whole body read, returns its length
+#   get_stream(url) -> int             GET, body streamed and discarded, returns its length
+#   post(url, size, gen_fn) -> bytes   POST of `size` bytes from gen_fn(), content-length; the body
+#   close()
+# -------------------------------------------------------------------------------------------------
+
+
+class LowhaioClient:
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        import lowhaio
+
+        self.request, self.close_pool = lowhaio.Pool(get_ssl_context=lambda: ctx)
+
+    async def get(self, url: str) -> int:
+        code, _, body = await self.request(b'GET', url)
+        n = 0
+        async for chunk in body:
+            n += len(chunk)
+        check_status(int(code), url)
+        return n
+
+    get_stream = get  # lowhaio always streams: reading it all and streaming are the same loop
+
+    async def post(self, url: str, size: int, gen_fn: Callable[[], AsyncIterator[bytes]]) -> bytes:
+        headers = ((b'content-length', b'%d' % size),)
+        code, _, body = await self.request(b'POST', url, headers=headers, body=gen_fn)
+        data = b''.join([chunk async for chunk in body])
+        check_status(int(code), url)
+        return data
+
+    async def close(self) -> None:
+        await self.close_pool()
+
+
+class AiohttpClient:
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        import aiohttp
+
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=128, ssl=ctx))
+
+    async def get(self, url: str) -> int:
+        async with self.session.get(url) as resp:
+            data = await resp.read()
+            check_status(resp.status, url)
+            return len(data)
+
+    async def get_stream(self, url: str) -> int:
+        n = 0
+        async with self.session.get(url) as resp:
+            async for chunk in resp.content.iter_any():
+                n += len(chunk)
+            check_status(resp.status, url)
+        return n
+
+    async def post(self, url: str, size: int, gen_fn: Callable[[], AsyncIterator[bytes]]) -> bytes:
+        headers = {'content-length': str(size)}
+        async with self.session.post(url, data=gen_fn(), headers=headers) as resp:
+            data = await resp.read()
+            check_status(resp.status, url)
+            return data
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+class HttpxClient:
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        import httpx
+
+        limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
+        self.client = httpx.AsyncClient(verify=ctx, limits=limits, timeout=httpx.Timeout(60.0))
+
+    async def get(self, url: str) -> int:
+        resp = await self.client.get(url)
+        check_status(resp.status_code, url)
+        return len(resp.content)
+
+    async def get_stream(self, url: str) -> int:
+        n = 0
+        async with self.client.stream('GET', url) as resp:
+            async for chunk in resp.aiter_raw():
+                n += len(chunk)
+            check_status(resp.status_code, url)
+        return n
+
+    async def post(self, url: str, size: int, gen_fn: Callable[[], AsyncIterator[bytes]]) -> bytes:
+        resp = await self.client.post(url, content=gen_fn(), headers={'content-length': str(size)})
+        check_status(resp.status_code, url)
+        return resp.content
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class AiosonicClient:
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        import aiosonic
+        from aiosonic.pools import PoolConfig
+
+        # max_conn_requests=None: like the others, reuse a keep-alive connection without limit
+        pool = PoolConfig(size=128, max_conn_requests=None)
+        connector = aiosonic.TCPConnector(pool_configs={':default': pool})
+        self.client = aiosonic.HTTPClient(connector=connector)
+        self.ctx = ctx
+
+    def ssl_for(self, url: str) -> Optional[ssl.SSLContext]:
+        # aiosonic wraps any connection given an ssl context in TLS, even for http:// URLs
+        return self.ctx if url.startswith('https:') else None
+
+    async def get(self, url: str) -> int:
+        resp = await self.client.get(url, ssl=self.ssl_for(url))
+        data = await resp.content()
+        check_status(resp.status_code, url)
+        return len(data)
+
+    async def get_stream(self, url: str) -> int:
+        n = 0
+        async with self.client.stream('GET', url, ssl=self.ssl_for(url)) as resp:
+            async for chunk in resp.read_chunks():
+                n += len(chunk)
+            check_status(resp.status_code, url)
+        return n
+
+    async def post(self, url: str, size: int, gen_fn: Callable[[], AsyncIterator[bytes]]) -> bytes:
+        # aiosonic always sends an iterator body chunked (it would add transfer-encoding next to
+        # a content-length we gave), so it gets no content-length: the sink reads chunked too.
+        resp = await self.client.post(url, data=gen_fn(), ssl=self.ssl_for(url))
+        data = await resp.content()
+        check_status(resp.status_code, url)
+        return data
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+# --- The floor: the least an asyncio HTTP/1.1 client can do per request ------------------------
+
+
+class FloorConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection, parsed by hand with content-length or chunked framing.
+
+    A response's head is parsed just enough: status code, content-length / transfer-encoding. The
+    body is either collected whole (`collected`) or handed over chunk by chunk as it arrives
+    (`streamed`), with reading paused while more than STREAM_HIGH bytes wait for the consumer.
+    """
+
+    STREAM_HIGH = 1 << 20
+
+    def __init__(self) -> None:
+        self.transport: Optional[asyncio.Transport] = None
+        self.loop = asyncio.get_running_loop()
+        self.head_buf = b''
+        self.in_head = True
+        self.status = 0
+        self.remaining = 0  # content-length bytes still to come
+        self.chunked = False
+        self.chunk_buf = b''  # unparsed chunked framing bytes
+        self.chunk_left = 0  # data bytes left in the current chunk
+        self.streaming = False
+        self.parts: List[bytes] = []
+        self.head_done: Optional[asyncio.Future] = None  # streamed: resolved with the status
+        self.body_done: Optional[asyncio.Future] = None  # collected: with (status, body)
+        self.stream_queue: Deque[bytes] = collections.deque()
+        self.stream_queued = 0
+        self.stream_ended = False
+        self.stream_waiter: Optional[asyncio.Future] = None
+        self.reading_paused = False
+        self.writing_paused = False
+        self.drain_waiter: Optional[asyncio.Future] = None
+        self.lost: Optional[BaseException] = None
+
+    # -- asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self.lost = exc or ConnectionError('connection closed')
+        for fut in (self.head_done, self.body_done, self.stream_waiter, self.drain_waiter):
+            if fut is not None and not fut.done():
+                fut.set_exception(self.lost)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.drain_waiter is not None and not self.drain_waiter.done():
+            self.drain_waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self.in_head:
+            self.head_buf += data
+            end = self.head_buf.find(b'\r\n\r\n')
+            if end == -1:
+                return
+            data = self.head_buf[end + 4 :]
+            self.parse_head(self.head_buf[:end])
+            self.head_buf = b''
+            if self.streaming:
+                self.head_done.set_result(self.status)  # type: ignore[union-attr]
+        if self.chunked:
+            self.chunked_received(data)
+        else:
+            self.body_received(data)
+
+    # -- parsing
+
+    def parse_head(self, head: bytes) -> None:
+        self.in_head = False
+        self.status = int(head[9:12])
+        lower = head.lower()
+        pos = lower.find(b'\r\ncontent-length:')
+        if pos != -1:
+            self.chunked = False
+            stop = lower.find(b'\r\n', pos + 17)
+            self.remaining = int(lower[pos + 17 : stop if stop != -1 else len(lower)])
+        elif b'\r\ntransfer-encoding: chunked' in lower:
+            self.chunked = True
+            self.chunk_buf = b''
+            self.chunk_left = 0
+        else:
+            raise WrongResult('floor client needs content-length or chunked framing')
+
+    def body_received(self, data: bytes) -> None:
+        if len(data) > self.remaining:
+            raise WrongResult('more bytes than content-length')
+        self.remaining -= len(data)
+        if data:
+            self.deliver(data)
+        if self.remaining == 0:
+            self.finish()
+
+    def chunked_received(self, data: bytes) -> None:
+        buf = self.chunk_buf + data if self.chunk_buf else data
+        pos = 0
+        end = len(buf)
+        while pos < end:
+            if self.chunk_left:
+                take = min(self.chunk_left, end - pos)
+                self.deliver(buf[pos : pos + take])
+                self.chunk_left -= take
+                pos += take
+                continue
+            # between chunks: CRLF after data (if any), then "size[;ext]\r\n"
+            line_end = buf.find(b'\r\n', pos)
+            if line_end == -1:
+                break
+            if line_end == pos:  # the CRLF closing the previous chunk's data
+                pos += 2
+                continue
+            size = int(buf[pos:line_end].split(b';', 1)[0], 16)
+            if size == 0:
+                # last chunk: no trailers from our server, so the response ends with one more CRLF
+                if buf.find(b'\r\n', line_end + 2) == -1:
+                    break
+                self.chunk_buf = b''
+                self.finish()
+                return
+            self.chunk_left = size
+            pos = line_end + 2
+        self.chunk_buf = buf[pos:]
+
+    def deliver(self, data: bytes) -> None:
+        if not self.streaming:
+            self.parts.append(data)
+            return
+        self.stream_queue.append(data)
+        self.stream_queued += len(data)
+        if self.stream_queued > self.STREAM_HIGH and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+        if self.stream_waiter is not None and not self.stream_waiter.done():
+            self.stream_waiter.set_result(None)
+
+    def finish(self) -> None:
+        self.in_head = True
+        if self.streaming:
+            self.stream_ended = True
+            if self.stream_waiter is not None and not self.stream_waiter.done():
+                self.stream_waiter.set_result(None)
+        else:
+            parts, self.parts = self.parts, []
+            self.body_done.set_result((self.status, b''.join(parts)))  # type: ignore[union-attr]
+
+    # -- requests
+
+    def check_alive(self) -> None:
+        if self.lost is not None:
+            raise self.lost
+
+    async def collected(self, request: bytes) -> Tuple[int, bytes]:
+        self.check_alive()
+        self.streaming = False
+        self.body_done = self.loop.create_future()
+        self.transport.write(request)  # type: ignore[union-attr]
+        return await self.body_done
+
+    async def streamed(self, request: bytes) -> Tuple[int, AsyncIterator[bytes]]:
+        self.check_alive()
+        self.streaming = True
+        self.stream_ended = False
+        self.head_done = self.loop.create_future()
+        self.transport.write(request)  # type: ignore[union-attr]
+        return await self.head_done, self.stream_body()
+
+    async def stream_body(self) -> AsyncIterator[bytes]:
+        queue = self.stream_queue
+        while True:
+            while queue:
+                chunk = queue.popleft()
+                self.stream_queued -= len(chunk)
+                yield chunk
+            if self.stream_ended:
+                return
+            if self.reading_paused:
+                self.reading_paused = False
+                self.transport.resume_reading()  # type: ignore[union-attr]
+            self.stream_waiter = self.loop.create_future()
+            await self.stream_waiter
+
+    async def upload(
+        self, head: bytes, gen_fn: Callable[[], AsyncIterator[bytes]]
+    ) -> Tuple[int, bytes]:
+        self.check_alive()
+        self.streaming = False
+        self.body_done = self.loop.create_future()
+        write = self.transport.write  # type: ignore[union-attr]
+        write(head)
+        async for chunk in gen_fn():
+            write(chunk)
+            if self.writing_paused:
+                self.drain_waiter = self.loop.create_future()
+                await self.drain_waiter
+        return await self.body_done
+
+
+class FloorClient:
+    """Pre-built request bytes per URL, and a free list of connections per host: a task takes a free
+    connection or opens one, so 64 concurrent tasks end up with one connection each."""
+
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        self.ctx = ctx
+        self.targets: Dict[str, Tuple[Tuple[str, int, bool], bytes, bytes]] = {}
+        self.free: Dict[Tuple[str, int, bool], List[FloorConnection]] = collections.defaultdict(
+            list
+        )
+        self.all: List[FloorConnection] = []
+
+    def target(self, url: str) -> Tuple[Tuple[str, int, bool], bytes, bytes]:
+        try:
+            return self.targets[url]
+        except KeyError:
+            parts = urlsplit(url)
+            tls = parts.scheme == 'https'
+            host = parts.hostname or ''
+            key = (host, parts.port or (443 if tls else 80), tls)
+            path = (parts.path or '/') + ('?' + parts.query if parts.query else '')
+            host_header = parts.netloc.encode()
+            get = b'GET %s HTTP/1.1\r\nhost: %s\r\n\r\n' % (path.encode(), host_header)
+            post = b'POST %s HTTP/1.1\r\nhost: %s\r\ncontent-length: ' % (
+                path.encode(),
+                host_header,
+            )
+            self.targets[url] = (key, get, post)
+            return self.targets[url]
+
+    async def acquire(self, key: Tuple[str, int, bool]) -> FloorConnection:
+        free = self.free[key]
+        while free:
+            conn = free.pop()
+            if conn.lost is None:
+                return conn
+        _, conn = await asyncio.get_running_loop().create_connection(
+            FloorConnection, key[0], key[1], ssl=self.ctx if key[2] else None
+        )
+        self.all.append(conn)
+        return conn
+
+    async def get(self, url: str) -> int:
+        key, request, _ = self.target(url)
+        conn = await self.acquire(key)
+        status, body = await conn.collected(request)
+        self.free[key].append(conn)
+        check_status(status, url)
+        return len(body)
+
+    async def get_stream(self, url: str) -> int:
+        key, request, _ = self.target(url)
+        conn = await self.acquire(key)
+        status, body = await conn.streamed(request)
+        n = 0
+        async for chunk in body:
+            n += len(chunk)
+        self.free[key].append(conn)
+        check_status(status, url)
+        return n
+
+    async def post(self, url: str, size: int, gen_fn: Callable[[], AsyncIterator[bytes]]) -> bytes:
+        key, _, post = self.target(url)
+        conn = await self.acquire(key)
+        status, body = await conn.upload(post + b'%d\r\n\r\n' % size, gen_fn)
+        self.free[key].append(conn)
+        check_status(status, url)
+        return body
+
+    async def close(self) -> None:
+        for conn in self.all:
+            if conn.transport is not None:
+                conn.transport.close()
+        await asyncio.sleep(0)
+
+
+CLIENTS: Dict[str, Callable[[ssl.SSLContext], object]] = {
+    'lowhaio': LowhaioClient,
+    'aiohttp': AiohttpClient,
+    'httpx': HttpxClient,
+    'aiosonic': AiosonicClient,
+    'floor': FloorClient,
+}
+
+
+def client_factory(name: str) -> Tuple[Callable[[ssl.SSLContext], object], bool]:
+    """'NAME' or 'NAME-uvloop' -> (adapter class, whether to run on uvloop)."""
+    on_uvloop = name.endswith('-uvloop')
+    base = name[: -len('-uvloop')] if on_uvloop else name
+    if base not in CLIENTS:
+        raise SystemExit(
+            f'unknown client {name!r}; known: {sorted(CLIENTS)}, each also as NAME-uvloop'
+        )
+    return CLIENTS[base], on_uvloop
+
+
+# -------------------------------------------------------------------------------------------------
+# Workloads. Each does `spec['n']` requests (after a short warm-up that opens the connections) and
+# returns the number of response body bytes, checked request by request.
+# -------------------------------------------------------------------------------------------------
+
+
+async def run_concurrently(
+    concurrency: int, n: int, deadline: float, one: Callable[[], Awaitable[None]]
+) -> None:
+    left = n
+    perf_counter = time.perf_counter
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0 and perf_counter() < deadline:
+            left -= 1
+            await one()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def small_requests(
+    client, spec: dict, n: int, max_seconds: float = float('inf')
+) -> Tuple[int, int]:
+    """Up to n requests, fewer if max_seconds run out first: a slow client can't stall a run."""
+    url, expected = spec['url'], spec['expected_len']
+    get = client.get
+    total = 0
+    done = 0
+    perf_counter = time.perf_counter
+    deadline = perf_counter() + max_seconds
+
+    async def one() -> None:
+        nonlocal total, done
+        length = await get(url)
+        if length != expected:
+            raise WrongResult(f'body of {length} bytes from {url}, expected {expected}')
+        total += length
+        done += 1
+
+    if spec['concurrency'] == 1:
+        for _ in range(n):
+            if perf_counter() > deadline:
+                break
+            await one()
+    else:
+        await run_concurrently(spec['concurrency'], n, deadline, one)
+    return done, total
+
+
+async def measured_small(client, spec: dict) -> Tuple[int, int]:
+    return await small_requests(client, spec, spec['n'], spec['max_seconds'])
+
+
+async def warm_small(client, spec: dict) -> None:
+    await small_requests(client, spec, spec['warmup'])
+
+
+async def download(client, spec: dict) -> Tuple[int, int]:
+    total = 0
+    for _ in range(spec['n']):
+        length = await client.get_stream(spec['url'])
+        if length != spec['expected_len']:
+            raise WrongResult(f"downloaded {length} bytes, expected {spec['expected_len']}")
+        total += length
+    return spec['n'], total
+
+
+async def warm_other(client, spec: dict) -> None:
+    # Opens the connection the measured request will reuse, so only the transfer is timed
+    length = await client.get(spec['warm_url'])
+    if length != spec['warm_expected_len']:
+        raise WrongResult(f'warm-up body of {length} bytes')
+
+
+async def upload(client, spec: dict) -> Tuple[int, int]:
+    size = spec['size']
+    gen_fn = upload_chunks(size, spec['chunk_size'])
+    for _ in range(spec['n']):
+        body = await client.post(spec['url'], size, gen_fn)
+        if body != b'%d' % size:
+            raise WrongResult(f'server received {body[:100]!r} bytes, expected {size}')
+    return spec['n'], size * spec['n']  # bytes sent, as acknowledged by the server
+
+
+WORKLOADS = {
+    'small': (warm_small, measured_small),
+    'download': (warm_other, download),
+    'upload': (warm_other, upload),
+}
+
+
+def rusage_kb() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+
+
+async def measure(spec: dict, profile: bool) -> dict:
+    adapter, _ = client_factory(spec['client'])
+    client = adapter(ssl_context_trusting(spec['ca_file']))
+    warm, work = WORKLOADS[spec['kind']]
+    try:
+        await warm(client, spec)
+        gc.collect()
+        rss_before = rusage_kb()
+        profiler = None
+        if profile:
+            import cProfile
+
+            # CPU time, not wall time: waiting in epoll for the server is not the client's cost
+            profiler = cProfile.Profile(time.process_time)
+            profiler.enable()
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        requests, nbytes = await work(client, spec)
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        if profiler is not None:
+            profiler.disable()
+            print_profile(profiler)
+    finally:
+        await client.close()
+    return {
+        'ok': True,
+        'requests': requests,
+        'bytes': nbytes,
+        'wall_s': wall,
+        'cpu_s': cpu,
+        'maxrss_kb': rusage_kb(),
+        'rss_before_kb': rss_before,
+    }
+
+
+def print_profile(profiler) -> None:
+    import io
+    import pstats
+
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats('tottime').print_stats(40)
+    print(out.getvalue())
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    out_path = sys.argv[2]
+    profile = '--profile' in sys.argv[3:]
+    _, on_uvloop = client_factory(spec['client'])
+    try:
+        if on_uvloop:
+            import uvloop
+
+            result = uvloop.run(measure(spec, profile))
+        else:
+            result = asyncio.run(measure(spec, profile))
+    except BaseException as exc:
+        import traceback
+
+        result = {
+            'ok': False,
+            'error': f'{type(exc).__name__}: {exc}',
+            'traceback': traceback.format_exc(),
+        }
+    with open(out_path, 'w') as file:
+        json.dump(result, file)
+
+
+if __name__ == '__main__':
+    main()
