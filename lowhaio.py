@@ -897,6 +897,7 @@ class _Connection(asyncio.Protocol):
         """A future that is done when there is something to take, or that fails with
         asyncio.TimeoutError at `deadline`. (A bare future rather than a coroutine: one frame
         fewer to pass through each time the task resumes.)"""
+        # _set_deadline, inlined: this runs for every response and every body chunk
         self._deadline = deadline
         if self._timer is None:
             self._arm_timer(deadline)

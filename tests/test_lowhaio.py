@@ -71,6 +71,15 @@ async def json_of(body: AsyncIterator[bytes]) -> dict:
     return json.loads(await buffered(body))
 
 
+async def peer_ports(request, url: str, count: int) -> List[int]:
+    """The client port each of `count` requests to a recording_app arrived from."""
+    ports = []
+    for _ in range(count):
+        _, _, body = await request(b'GET', url)
+        ports.append((await json_of(body))['peer_port'])
+    return ports
+
+
 @pytest.fixture
 async def pool() -> AsyncIterator[Tuple]:
     request, close = Pool()
@@ -392,10 +401,7 @@ class TestKeepAlive:
         request, _ = pool
         seen: List[web.Request] = []
         async with web_server(recording_app(seen)) as server:
-            ports = []
-            for _ in range(3):
-                _, _, body = await request(b'GET', server.url('/'))
-                ports.append((await json_of(body))['peer_port'])
+            ports = await peer_ports(request, server.url('/'), 3)
         assert len(set(ports)) == 1
 
     async def test_nginx_serves_many_requests_on_one_connection(self, pool, nginx) -> None:
@@ -458,10 +464,7 @@ class TestKeepAlive:
         request, close = Pool(keep_alive_timeout=0)
         seen: List[web.Request] = []
         async with web_server(recording_app(seen)) as server:
-            ports = []
-            for _ in range(2):
-                _, _, body = await request(b'GET', server.url('/'))
-                ports.append((await json_of(body))['peer_port'])
+            ports = await peer_ports(request, server.url('/'), 2)
             assert request.status()[('http', '127.0.0.1', server.port)]['idle'] == 0
         await close()
         assert ports[0] != ports[1]
