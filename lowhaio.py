@@ -736,9 +736,10 @@ class _Connection(asyncio.Protocol):
 
     __slots__ = (
         'loop', 'transport', 'key', 'owner', 'peer_ip', 'fd', 'reused', 'idle', 'idle_since',
-        'on_idle_close', '_poll', '_queue', '_queued', '_reading_paused', '_eof', '_eof_received', '_lost',
-        '_lost_exception', '_waiter', '_drain_waiter', '_write_paused', '_deadline',
-        '_timer', '_timer_when', '_keep_alive_timeout', 'received_any',
+        'on_idle_close', '_poll', '_queue', '_queued', '_reading_paused', '_eof',
+        '_eof_received', '_lost', '_lost_exception', '_waiter', '_drain_waiter',
+        '_write_paused', '_deadline', '_timer', '_timer_when', '_keep_alive_timeout',
+        'received_any',
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, key: Tuple[str, str, int],
@@ -932,15 +933,8 @@ class _Connection(asyncio.Protocol):
         return self._eof_received and self._lost_exception is None
 
     @property
-    def lost(self) -> bool:
-        return self._lost
-
-    @property
     def lost_exception(self) -> Optional[BaseException]:
         return self._lost_exception
-
-    def has_unread(self) -> bool:
-        return bool(self._queue)
 
     def is_reusable(self) -> bool:
         """Whether an idle connection still looks open and silent. A zero-timeout poll catches
