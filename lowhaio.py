@@ -147,9 +147,6 @@ _FIELD_LINE = rb'(' + _TOKEN + rb'):[ \t]*(' + _FIELD_CHAR + rb'*)\r\n'
 
 _TOKEN_RE = re.compile(_TOKEN)
 _FIELD_LINE_RE = re.compile(_FIELD_LINE)
-# Anchored at line starts: if there are as many matches as LFs in a block, the matches tile
-# it exactly (each match holds one LF, at its end), so one findall both parses and validates.
-_FIELD_LINES_RE = re.compile(rb'^' + _FIELD_LINE, re.MULTILINE)
 # status-line = HTTP-version SP status-code SP [ reason-phrase ] (RFC 9112 §4);
 # HTTP-version = "HTTP/" DIGIT "." DIGIT; a 1.x minor above 1 is treated as 1.1 (RFC 9110 §2.5).
 _STATUS_LINE_RE = re.compile(rb'HTTP/1\.([0-9]) ([0-9]{3}) (' + _FIELD_CHAR + rb'*)\r\n')
@@ -220,15 +217,42 @@ def _check_partial_status_line(data: bytes) -> None:
         raise HttpProtocolError('Response does not start with HTTP/1.x: %r' % (bytes(prefix),))
 
 
+# Header lines already parsed, by their exact bytes: a server sends the same lines again and
+# again (only a few, such as date or a request id, change), so most lines of a new head are
+# found here. Only short lines are kept, so that the memory a server can make it hold is small.
+_parsed_field_lines: Dict[bytes, Tuple[bytes, bytes]] = {}
+_MAX_MEMOISED_LINE = 256
+_MAX_MEMOISED_LINES = 4096
+
+
 def parse_field_block(block: bytes, max_header_count: int = 100) -> Headers:
     """Parse header (or trailer) lines, each ending in CRLF, into (lowercased name, value)."""
-    lines = block.count(b'\n')
-    if lines > max_header_count:
-        raise HttpHeaderTooLong('More than %d header lines' % max_header_count)
-    fields = _FIELD_LINES_RE.findall(block)
-    if len(fields) != lines:
+    lines = block.split(b'\r\n')
+    if lines.pop():  # what follows the last CRLF: a line without its CRLF
         raise HttpProtocolError(_describe_bad_field_block(block))
-    return tuple([(name.lower(), value.rstrip(b' \t')) for name, value in fields])
+    if len(lines) > max_header_count:
+        raise HttpHeaderTooLong('More than %d header lines' % max_header_count)
+    memoised = _parsed_field_lines
+    fields = []
+    for line in lines:
+        field = memoised.get(line)
+        if field is None:
+            field = _parse_field_line(line, block)
+            if len(line) <= _MAX_MEMOISED_LINE:
+                if len(memoised) >= _MAX_MEMOISED_LINES:
+                    memoised.clear()
+                memoised[line] = field
+        fields.append(field)
+    return tuple(fields)
+
+
+def _parse_field_line(line: bytes, block: bytes) -> Tuple[bytes, bytes]:
+    # One line, without its CRLF. The pattern's character classes exclude CR and LF, so a bare
+    # CR or LF inside the line (which the split on CRLF leaves there) is rejected too.
+    match = _FIELD_LINE_RE.fullmatch(line + b'\r\n')
+    if match is None:
+        raise HttpProtocolError(_describe_bad_field_block(block))
+    return match[1].lower(), match[2].rstrip(b' \t')
 
 
 def _describe_bad_field_block(block: bytes) -> str:
@@ -1666,13 +1690,14 @@ def Pool(
     # Final response heads already parsed, keyed by their exact bytes. A server repeats its
     # head byte for byte from one response to the next (Date changes once a second), and
     # parsing is a pure function of those bytes, so a repeat skips no check: the same bytes
-    # were checked before. Not for HEAD or CONNECT, whose framing differs for the same bytes.
+    # were checked before. Not for HEAD or CONNECT, whose framing differs for the same bytes;
+    # nor for heads over 4 KiB, so that the memory a server can make it hold stays small.
     parsed_heads: Dict[bytes, Tuple[bytes, Headers, Framing]] = {}
 
     def parse_final_head(method: bytes, head: ResponseHead, head_bytes: bytes) \
             -> Tuple[bytes, Headers, Framing]:
         parsed = (head.code, head.headers, response_framing(method, head))
-        if method != b'HEAD' and method != b'CONNECT':
+        if method != b'HEAD' and method != b'CONNECT' and len(head_bytes) <= 4096:
             if len(parsed_heads) >= 256:
                 parsed_heads.clear()
             parsed_heads[head_bytes] = parsed
