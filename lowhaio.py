@@ -1403,9 +1403,12 @@ def Pool(
             return encode_request_headers(method, headers)
         if encoded is None:
             encoded = encode_request_headers(method, headers)
-            if len(encoded_headers) >= 1024:
-                encoded_headers.clear()
-            encoded_headers[key] = encoded
+            # Memoised for callers that send the same headers again, which is most; large
+            # blocks are not, so that unique ones (signatures, cookies) cannot fill memory.
+            if len(encoded.block) <= 4096:
+                if len(encoded_headers) >= 1024:
+                    encoded_headers.clear()
+                encoded_headers[key] = encoded
         return encoded
 
     def make_sock(family: int) -> socket.socket:
