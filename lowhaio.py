@@ -1371,6 +1371,7 @@ def Pool(
     )
     if connect_timeout is None:
         connect_timeout = socket_timeout
+    first_head_wait = min(socket_timeout, response_head_timeout)
     keep_alive = keep_alive_timeout > 0
     custom_send = not (sock_pre_message is None and sock_post_message is None and
                        send_header is None and send_body is None)
@@ -1706,57 +1707,59 @@ def Pool(
             parsed_heads[head_bytes] = parsed
         return parsed
 
-    async def receive_head(conn: _Connection, method: bytes) \
-            -> Tuple[Tuple[bytes, Headers, Framing], bytes]:
-        """Read until a final (non-1xx) response head; return its code, headers and framing,
-        and the bytes after it."""
-        now = loop.time()
-        head_deadline = now + response_head_timeout
-        data = b''
+    async def receive_head(conn: _Connection, method: bytes, data: bytes,
+                           head_deadline: float) -> Tuple[Tuple[bytes, Headers, Framing], bytes]:
+        """Parse `data` (what was read so far: b'' if the connection ended before any byte),
+        reading more until a final (non-1xx) head is complete. Return its code, headers and
+        framing, and the bytes after it."""
         informational = 0
-        received_total = 0
-        while True:
-            deadline = now + socket_timeout
-            if head_deadline < deadline:
-                deadline = head_deadline
-                if now >= head_deadline:
-                    raise asyncio.TimeoutError()
-            if not conn._queue and not conn._eof:
-                await conn.readable(deadline)
-            received = conn.take() or b''
-            if not received:
-                if conn.reused and not data and not conn.received_any:
-                    raise HttpConnectionClosedBeforeResponseError(
-                        'Reused connection closed before any byte of the response; the '
-                        'server did not process the request') from conn.lost_exception
-                raise HttpConnectionClosedError(
-                    'Connection closed before the response head was complete (%d bytes '
-                    'received)' % (received_total,)) from conn.lost_exception
-            received_total += len(received)
-            data = data + received if data else received
-            while True:
-                end = data.find(b'\r\n\r\n', 0, max_header_length)
-                if end != -1:
-                    length = end + 4
-                    head_bytes = data[:length] if len(data) != length else data
-                    parsed = parsed_heads.get(head_bytes)
-                    if parsed is not None and method != b'HEAD' and method != b'CONNECT':
-                        return parsed, data[length:]
-                head = parse_response_head(data, max_header_length, max_header_count)
-                if head is None:
-                    break
-                # RFC 9110 §15.2: 1xx responses are interim; the final one follows. A 101
-                # would switch protocols, which we never ask for, so it is returned as final.
-                if head.code[0] != 49 or head.code == b'101':  # 49: b'1'
-                    return parse_final_head(method, head, head_bytes), data[head.length:]
-                data = data[head.length:]
-                informational += 1
-                if informational > _MAX_INFORMATIONAL_RESPONSES:
-                    raise HttpProtocolError('More than %d informational (1xx) responses'
-                                            % (_MAX_INFORMATIONAL_RESPONSES,))
-                if not data:
-                    break
-            now = loop.time()
+        received_total = len(data)
+        while data:
+            end = data.find(b'\r\n\r\n', 0, max_header_length)
+            if end != -1:
+                length = end + 4
+                head_bytes = data[:length] if len(data) != length else data
+                parsed = parsed_heads.get(head_bytes)
+                if parsed is not None and method != b'HEAD' and method != b'CONNECT':
+                    return parsed, data[length:]
+            head = parse_response_head(data, max_header_length, max_header_count)
+            if head is None:
+                received = await read_more(conn, head_deadline, received_total)
+                received_total += len(received)
+                data += received
+                continue
+            # RFC 9110 §15.2: 1xx responses are interim; the final one follows. A 101
+            # would switch protocols, which we never ask for, so it is returned as final.
+            if head.code[0] != 49 or head.code == b'101':  # 49: b'1'
+                return parse_final_head(method, head, head_bytes), data[head.length:]
+            data = data[head.length:]
+            informational += 1
+            if informational > _MAX_INFORMATIONAL_RESPONSES:
+                raise HttpProtocolError('More than %d informational (1xx) responses'
+                                        % (_MAX_INFORMATIONAL_RESPONSES,))
+            if not data:
+                data = await read_more(conn, head_deadline, received_total)
+                received_total += len(data)
+        if conn.reused and not conn.received_any:
+            raise HttpConnectionClosedBeforeResponseError(
+                'Reused connection closed before any byte of the response; the server did '
+                'not process the request') from conn.lost_exception
+        raise HttpConnectionClosedError(
+            'Connection closed before any byte of the response head') from conn.lost_exception
+
+    async def read_more(conn: _Connection, head_deadline: float, received_total: int) -> bytes:
+        """The next bytes of a response head, by the head's deadline."""
+        now = loop.time()
+        if now >= head_deadline:
+            raise asyncio.TimeoutError()
+        if not conn._queue and not conn._eof:
+            await conn.readable(min(now + socket_timeout, head_deadline))
+        received = conn.take()
+        if not received:
+            raise HttpConnectionClosedError(
+                'Connection closed before the response head was complete (%d bytes received)'
+                % (received_total,)) from conn.lost_exception
+        return received
 
     async def request(method: bytes, url: str, params: Sequence[Tuple[str, str]] = (),
                       headers: Headers = (), body: BodyFunction = empty_async_iterator,
@@ -1793,7 +1796,21 @@ def Pool(
             else:
                 await send_request(conn, head, body, body_args, body_kwargs,
                                    encoded.content_length)
-            (code, response_headers, framing), rest = await receive_head(conn, method)
+            # The usual case without a further coroutine: the whole head arrives in one read,
+            # and is one seen before (see parsed_heads).
+            started = loop.time()
+            if not conn._queue and not conn._eof:
+                await conn.readable(started + first_head_wait)
+            data = conn.take() or b''
+            end = data.find(b'\r\n\r\n', 0, max_header_length)
+            parsed = parsed_heads.get(data[:end + 4]) \
+                if end != -1 and method != b'HEAD' and method != b'CONNECT' else None
+            if parsed is None:
+                parsed, rest = await receive_head(conn, method, data,
+                                                  started + response_head_timeout)
+            else:
+                rest = data[end + 4:]
+            code, response_headers, framing = parsed
         except BaseException as exception:
             release(conn, False)
             if isinstance(exception, HttpError) or not isinstance(exception, Exception) or \
