@@ -867,11 +867,16 @@ class _Connection(asyncio.Protocol):
 
     def _set_deadline(self, deadline: float) -> None:
         self._deadline = deadline
+        self._fire_by(deadline)
+
+    def _fire_by(self, when: float) -> None:
+        # The timer may be set for a later moment (an earlier deadline, or idle expiry): if so
+        # it must move, since it re-arms itself for what is due only when it fires.
         if self._timer is None:
-            self._arm_timer(deadline)
-        elif self._timer_when > deadline:
+            self._arm_timer(when)
+        elif self._timer_when > when:
             self._timer.cancel()
-            self._arm_timer(deadline)
+            self._arm_timer(when)
 
     def _arm_timer(self, when: float) -> None:
         self._timer_when = when
@@ -922,7 +927,7 @@ class _Connection(asyncio.Protocol):
         """A future that is done when there is something to take, or that fails with
         asyncio.TimeoutError at `deadline`. (A bare future rather than a coroutine: one frame
         fewer to pass through each time the task resumes.)"""
-        # _set_deadline, inlined: this runs for every response and every body chunk
+        # _set_deadline and _fire_by, inlined: this runs for every response and body chunk
         self._deadline = deadline
         if self._timer is None:
             self._arm_timer(deadline)
@@ -979,14 +984,7 @@ class _Connection(asyncio.Protocol):
         self.received_any = False
         self.on_idle_close = on_idle_close
         self.idle_since = self.loop.time()
-        expiry = self.idle_since + self._keep_alive_timeout
-        # The timer may still be set for the request's deadline: fine if that comes first
-        # (it re-arms itself for the expiry when it fires), too late otherwise.
-        if self._timer is None:
-            self._arm_timer(expiry)
-        elif self._timer_when > expiry:
-            self._timer.cancel()
-            self._arm_timer(expiry)
+        self._fire_by(self.idle_since + self._keep_alive_timeout)
 
     def close(self) -> None:
         """Close at once (no TLS close_notify wait), so that the file descriptor is freed."""
@@ -1221,15 +1219,13 @@ class _ResponseBody:
         """The body bytes in `data`, finishing when the framing says the body is complete."""
         kind = self._framing.kind
         if kind == CONTENT_LENGTH:
+            # Only the last piece gets here (__anext__ hands over the others): any bytes past
+            # the promised length mean the connection cannot be reused.
             remaining = self._remaining
-            if len(data) >= remaining:
-                excess = len(data) > remaining
-                chunk = data[:remaining] if excess else data
-                self._remaining = 0
-                self._finish(reusable=not excess)
-                return chunk
-            self._remaining = remaining - len(data)
-            return data
+            excess = len(data) > remaining
+            self._remaining = 0
+            self._finish(reusable=not excess)
+            return data[:remaining] if excess else data
         if kind == CHUNKED:
             decoder = self._decoder
             assert decoder is not None
@@ -1644,12 +1640,6 @@ def Pool(
     async def send_request(conn: _Connection, head: bytes, body: BodyFunction,
                            body_args: Sequence[Any], body_kwargs: Any,
                            content_length: Optional[int]) -> None:
-        if body is empty_async_iterator:
-            if content_length:
-                raise HttpInvalidRequestError(
-                    'content-length is %d but there is no body' % (content_length,))
-            conn.write(head)
-            return
         chunks = body(*body_args, **dict(body_kwargs))
         sent = 0
         pending = head
@@ -1715,13 +1705,8 @@ def Pool(
         informational = 0
         received_total = len(data)
         while data:
-            end = data.find(b'\r\n\r\n', 0, max_header_length)
-            if end != -1:
-                length = end + 4
-                head_bytes = data[:length] if len(data) != length else data
-                parsed = parsed_heads.get(head_bytes)
-                if parsed is not None and method != b'HEAD' and method != b'CONNECT':
-                    return parsed, data[length:]
+            # request() looked the single-read case up in parsed_heads already; what gets
+            # here (a head in pieces, after a 1xx, or new) is parsed, and then memoised.
             head = parse_response_head(data, max_header_length, max_header_count)
             if head is None:
                 received = await read_more(conn, head_deadline, received_total)
@@ -1731,7 +1716,7 @@ def Pool(
             # RFC 9110 §15.2: 1xx responses are interim; the final one follows. A 101
             # would switch protocols, which we never ask for, so it is returned as final.
             if head.code[0] != 49 or head.code == b'101':  # 49: b'1'
-                return parse_final_head(method, head, head_bytes), data[head.length:]
+                return parse_final_head(method, head, data[:head.length]), data[head.length:]
             data = data[head.length:]
             informational += 1
             if informational > _MAX_INFORMATIONAL_RESPONSES:
@@ -1779,6 +1764,10 @@ def Pool(
             head = b'%s %s %s\r\n%s%s\r\n' % (
                 method, target.path_and_query, http_version,
                 b'' if encoded.has_host else target.host_line, encoded.block)
+        bodiless = body is empty_async_iterator
+        if bodiless and encoded.content_length:
+            raise HttpInvalidRequestError(
+                'content-length is %d but there is no body' % (encoded.content_length,))
         conn = take_idle_fast(target) or await acquire(target)
 
         request_logger = logger
@@ -1791,7 +1780,7 @@ def Pool(
             if custom_send:
                 await send_request_with_hooks(conn, method, url, params, headers, body,
                                               body_args, body_kwargs, request_logger)
-            elif body is empty_async_iterator and not encoded.content_length:
+            elif bodiless:
                 conn.transport.write(head)
             else:
                 await send_request(conn, head, body, body_args, body_kwargs,

@@ -277,6 +277,7 @@ class TestInvalidRequests:
         (b'GET', '/', ((b'x:y', b'v'),), 'token'),
         (b'GET', '/', (('x', 'v'),), 'token'),
         (b'GET', '/', ((b'content-length', b'+5'),), 'content-length'),
+        (b'POST', '/', ((b'content-length', b'5'),), 'no body'),
         (b'GET', 'ftp://127.0.0.1/', (), 'scheme'),
         (b'GET', 'http:///path', (), 'host'),
         (b'GET', 'http://127.0.0.1:99999/', (), 'Invalid URL'),
