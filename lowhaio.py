@@ -1481,6 +1481,7 @@ def Pool(
 
     hosts: Dict[Tuple[str, str, int], _HostConnections] = {}
     dns_answers: Dict[str, _DnsAnswer] = {}
+    lookups_going_on: 'set[asyncio.Future[Any]]' = set()  # see answer_meanwhile
     etc_hosts = _read_etc_hosts()
     targets: Dict[str, Target] = {}
     encoded_headers: Dict[Tuple[bytes, Any], RequestHeaders] = {}
@@ -1574,9 +1575,11 @@ def Pool(
         expires_at = min(getattr(result, 'expires_at', 0) for result in aaaa.result())
         answer = dns_answers[host] = _DnsAnswer(addresses, frozenset(addresses), expires_at, a)
         give_up = loop.call_at(deadline, a.cancel)
+        lookups_going_on.add(a)
 
         def on_a_done(_: Any) -> None:
             give_up.cancel()
+            lookups_going_on.discard(a)
             if _succeeded(a) and dns_answers.get(host) is answer:
                 both = addresses + tuple(str(result) for result in a.result())
                 dns_answers[host] = _DnsAnswer(
@@ -1993,6 +1996,8 @@ def Pool(
         Connections in use are closed when their response is finished."""
         await dns_clear_cache(get_logger_adapter=get_resolver_logger_adapter({}))
         dns_answers.clear()
+        for lookup in list(lookups_going_on):
+            lookup.cancel()
         for connections in list(hosts.values()):
             for conn in list(connections.idle):
                 conn.on_idle_close = _no_op
