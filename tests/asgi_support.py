@@ -7,9 +7,11 @@ what the helpers send is checked by two independent parsers.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import socket
-from typing import Any, AsyncIterator
+import threading
+from typing import Any, AsyncIterator, Callable, Iterator, List
 
 import uvicorn
 
@@ -43,3 +45,38 @@ async def uvicorn_server(app: Any) -> AsyncIterator[AsgiServer]:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
         sock.close()
+
+
+@contextlib.contextmanager
+def servers_in_a_thread(*context_managers: Callable[[], Any]) -> Iterator[List[Any]]:
+    """Start servers, each from a function returning an async context manager (web_server,
+    uvicorn_server ...), on an event loop of their own in another thread, and yield what each
+    context manager gave.
+
+    For servers that a whole module's tests share: started once, not once per test and event
+    loop, so a test pays no start-up or shutdown time.
+    """
+    loop = asyncio.new_event_loop()
+    started: 'concurrent.futures.Future[List[Any]]' = concurrent.futures.Future()
+    stop: List[asyncio.Event] = []
+
+    async def serve() -> None:
+        stop.append(asyncio.Event())  # made in its own loop, for Python 3.9
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                started.set_result([await stack.enter_async_context(make())
+                                    for make in context_managers])
+                await stop[0].wait()
+        except BaseException as exception:
+            if not started.done():
+                started.set_exception(exception)
+            raise
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    try:
+        yield started.result(timeout=30)
+    finally:
+        loop.call_soon_threadsafe(stop[0].set)
+        thread.join(30)
+        loop.close()
