@@ -224,3 +224,34 @@ async def test_relative_redirects_resolve_against_the_base_in_either_order(reque
             redirectable(wrap(request_))
         result = await fetch(api, b'GET', 'deep/relative')
     assert result['target'] == target
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile or odd input
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('base_path, reference, target', [
+    # The base's query and fragment are not inherited by a reference with a path (RFC 3986)
+    ('/v1/?key=secret#frag', 'users', '/v1/users'),
+    ('/v1/?key=secret', '', '/v1/?key=secret'),
+    # Characters that must be percent-encoded are, once; existing escapes are kept
+    ('/v1/', 'a b/%41?q=1 2', '/v1/a%20b/%41?q=1%202'),
+    ('/v1/', 'ü', '/v1/%C3%BC'),
+])
+async def test_odd_references_resolve_and_are_encoded_once(request_, echo, base_path, reference,
+                                                           target):
+    api = with_defaults(request_, base_url=echo.url(base_path))
+    assert (await fetch(api, b'GET', reference))['target'] == target
+
+
+@pytest.mark.parametrize('defaults, call', [
+    ({'headers': ((b'x-bad', b'a\r\nx-injected: 1'),)}, {}),
+    ({'headers': ((b'bad name', b'v'),)}, {}),
+    ({}, {'headers': ((b'x-bad', b'\x00'),)}),
+])
+async def test_malformed_default_headers_are_refused_before_sending(request_, echo, defaults,
+                                                                   call):
+    api = with_defaults(request_, base_url=echo.url('/'), **defaults)
+    with pytest.raises(HttpInvalidRequestError):
+        await api(b'GET', 'p', **call)
+    assert request_.status() == {}  # no connection was even opened

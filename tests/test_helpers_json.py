@@ -359,3 +359,28 @@ async def test_other_annotated_types_work_too(backend, as_type, value):
                            backend=backend) == value
     with pytest.raises(JsonTypeError):
         await read_json(body_of(b'"not it"'), as_type=as_type, backend=backend)
+
+
+def test_without_msgspec_pydantic_converts_dataclasses():
+    result = run_without(['msgspec'], '''
+import asyncio, dataclasses, typing, lowhaio_json
+@dataclasses.dataclass
+class Item:
+    name: str
+    price: float
+@dataclasses.dataclass
+class Order:
+    id: int
+    items: typing.List[Item]
+async def main():
+    headers, body = lowhaio_json.json_body({'id': 7, 'items': [{'name': 'a', 'price': 1}]})
+    print(await lowhaio_json.read_json(body(), as_type=Order))
+    headers, body = lowhaio_json.json_body({'id': 7, 'items': [{'name': 'a', 'price': 'x'}]})
+    try:
+        await lowhaio_json.read_json(body(), as_type=Order)
+    except lowhaio_json.JsonTypeError as error:
+        print(error.field)
+asyncio.run(main())
+''')
+    assert result.stdout.splitlines() == [
+        "Order(id=7, items=[Item(name='a', price=1.0)])", '$.items[0].price'], result.stderr
