@@ -21,10 +21,19 @@ setuptools.setup(
         'lowhaio_chunked',
         'lowhaio_aws_sigv4',
         'lowhaio_aws_sigv4_unsigned_payload',
+        'lowhaio_multipart',
+        'lowhaio_json',
+        'lowhaio_sse',
+        'lowhaio_breaker',
+        'lowhaio_defaults',
     ],
     install_requires=[
         'aiodnsresolver>=0.0.157',
     ],
+    extras_require={
+        # lowhaio_json: orjson to encode and decode faster, msgspec for read_json(as_type=...)
+        'json': ['orjson>=3.9', 'msgspec>=0.18'],
+    },
     classifiers=[
         'Framework :: AsyncIO',
         'Intended Audience :: Developers',
