@@ -1123,6 +1123,7 @@ async def _open_first(loop: asyncio.AbstractEventLoop, addresses: Sequence[str],
     attempts: Dict[int, Tuple[socket.socket, str]] = {}
     errors: List[BaseException] = []
     next_attempt: Optional[asyncio.TimerHandle] = None
+    more_to_come = more is not None
 
     def start_next() -> None:
         nonlocal next_attempt
@@ -1155,17 +1156,26 @@ async def _open_first(loop: asyncio.AbstractEventLoop, addresses: Sequence[str],
             if pending:
                 next_attempt = loop.call_later(delay, start_next)
             return
-        if not attempts and not done.done() and (more is None or more.done()):
+        if not attempts and not done.done() and not more_to_come:
             fail()
 
     def on_more_addresses(_: Any) -> None:
-        nonlocal next_attempt
-        if done.done():
+        nonlocal next_attempt, more_to_come
+        if not more_to_come or done.done():
             return
-        if _succeeded(more):  # type: ignore[arg-type]
-            pending.extend(str(result) for result in more.result())  # type: ignore[union-attr]
-        elif not more.cancelled():  # type: ignore[union-attr]
-            errors.append(more.exception())  # type: ignore[union-attr, arg-type]
+        more_to_come = False
+        assert more is not None
+        if _succeeded(more):
+            # Next in line, since an address of the other family was the last one tried
+            pending[:] = _interleave_families(
+                [str(result) for result in more.result()] + pending)
+        elif more.cancelled():
+            # Only the deadline (or the pool closing) cancels the lookup: out of time, which
+            # must not depend on which of the two timers ran first.
+            on_timeout()
+            return
+        else:
+            errors.append(more.exception())  # type: ignore[arg-type]
         if not attempts:
             start_next()
         elif pending and next_attempt is None:
@@ -1206,7 +1216,12 @@ async def _open_first(loop: asyncio.AbstractEventLoop, addresses: Sequence[str],
 
     timeout_handle = loop.call_later(connect_timeout, on_timeout)
     if more is not None:
-        more.add_done_callback(on_more_addresses)
+        if _succeeded(more):  # its addresses are here already: they join the first attempts
+            more_to_come = False
+            pending[:] = _interleave_families(
+                pending + [str(result) for result in more.result()])
+        else:
+            more.add_done_callback(on_more_addresses)
     start_next()
     try:
         return await done
@@ -1436,6 +1451,27 @@ def _special_use_addresses(host: str) -> Optional[Tuple[str, ...]]:
 
 # RFC 8305 §3: how long an A answer waits for the AAAA answer, so that IPv6 is still preferred.
 _RESOLUTION_DELAY = 0.05
+# How soon a DNS lookup that was cancelled, and goes on, is cancelled again (see _end_lookup).
+_CANCEL_REPEAT_INTERVAL = 0.001
+
+
+def _end_lookup(lookup: 'asyncio.Future[Any]') -> None:
+    """Cancel a DNS lookup for good. aiodnsresolver times out an attempt by cancelling its
+    own task, and takes any CancelledError that arrives with its timer due as that timeout,
+    going on with the next attempt: one cancel() can be lost. So it is repeated until the
+    lookup ends; and whatever it ends with is retrieved, since no one else will look."""
+    if lookup.done():
+        return
+    lookup.cancel()
+    loop = lookup.get_loop()
+    retry = loop.call_later(_CANCEL_REPEAT_INTERVAL, _end_lookup, lookup)
+    lookup.add_done_callback(lambda _: retry.cancel())
+    lookup.add_done_callback(_retrieve_outcome)
+
+
+def _retrieve_outcome(lookup: 'asyncio.Future[Any]') -> None:
+    if not lookup.cancelled():
+        lookup.exception()
 
 
 def _succeeded(lookup: 'asyncio.Future[Any]') -> bool:
@@ -1588,7 +1624,7 @@ def Pool(
         finally:
             for lookup in lookups:
                 if not lookup.done() and not (lookup is a and _succeeded(aaaa)):
-                    lookup.cancel()
+                    _end_lookup(lookup)
         if _succeeded(aaaa) and not a.done():
             return answer_meanwhile(host, aaaa, a, deadline)
 
@@ -1619,7 +1655,7 @@ def Pool(
         addresses = tuple(str(result) for result in aaaa.result())
         expires_at = min(getattr(result, 'expires_at', 0) for result in aaaa.result())
         answer = dns_answers[host] = _DnsAnswer(addresses, frozenset(addresses), expires_at, a)
-        give_up = loop.call_at(deadline, a.cancel)
+        give_up = loop.call_at(deadline, _end_lookup, a)
         lookups_going_on.add(a)
 
         def on_a_done(_: Any) -> None:
@@ -2045,7 +2081,7 @@ def Pool(
         await dns_clear_cache(get_logger_adapter=get_resolver_logger_adapter({}))
         dns_answers.clear()
         for lookup in list(lookups_going_on):
-            lookup.cancel()
+            _end_lookup(lookup)
         for connections in list(hosts.values()):
             for conn in list(connections.idle):
                 conn.on_idle_close = _no_op
