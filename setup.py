@@ -22,6 +22,7 @@ setuptools.setup(
         'lowhaio_aws_sigv4',
         'lowhaio_aws_sigv4_unsigned_payload',
         'lowhaio_decompress',
+        'lowhaio_cookies',
     ],
     install_requires=[
         'aiodnsresolver>=0.0.157',
