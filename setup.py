@@ -23,6 +23,7 @@ setuptools.setup(
         'lowhaio_aws_sigv4_unsigned_payload',
         'lowhaio_decompress',
         'lowhaio_cookies',
+        'lowhaio_auth',
     ],
     install_requires=[
         'aiodnsresolver>=0.0.157',
