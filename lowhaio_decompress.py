@@ -292,6 +292,10 @@ def decompressed(request: Request, max_size: Optional[int] = DEFAULT_MAX_SIZE,
             headers += ((b'accept-encoding', accepted),)
         code, response_headers, body = await request(
             method, url, params=params, headers=headers, **kwargs)
+        # No body, whatever the headers say (RFC 9110 sections 9.3.2, 15.3.5 and 15.4.5): its
+        # content-encoding describes a body never sent, and needs no decoder installed here
+        if method.upper() == b'HEAD' or code in (b'204', b'304'):
+            return code, response_headers, body
         try:
             decoders_in_order = response_decoders(factories, response_headers)
         except DecompressionError:

@@ -271,6 +271,17 @@ async def test_no_body_under_a_content_encoding_is_an_empty_body(served, pool, c
     assert code == (case.encode() if case in ('204', '304') else b'200')
 
 
+@pytest.mark.parametrize('case', ['HEAD', '204', '304'])
+async def test_no_body_needs_no_decoder_for_its_content_encoding(served, pool, case):
+    responses, server = served
+    responses.add('/data', b'x', 'x-never-heard-of-it')
+    method = b'HEAD' if case == 'HEAD' else b'GET'
+    query = '' if case == 'HEAD' else f'?status={case}'
+    code, headers, body = await decompressed(pool)(method, server.url('/data' + query))
+    assert await buffered(body) == b''
+    assert dict(headers)[b'content-encoding'] == b'x-never-heard-of-it'
+
+
 async def test_uncompressed_responses_pass_through_untouched(served, pool):
     responses, server = served
     path = responses.add('/plain', ORIGINAL)
