@@ -315,7 +315,8 @@ def username_param(challenge: DigestChallenge, username: str) -> str:
 
 def digest_authorization(challenge: DigestChallenge, username: str, password: str,
                          method: bytes, uri: str, nc: int, cnonce: str) -> bytes:
-    response = digest_response(challenge, username, password, method.decode('ascii'), uri,
+    # latin-1 never fails: a method that is not a token is refused by lowhaio itself
+    response = digest_response(challenge, username, password, method.decode('latin-1'), uri,
                                nc, cnonce)
     params = [username_param(challenge, username), 'realm=' + quoted(challenge.realm),
               'uri=' + quoted(uri), 'algorithm=' + challenge.algorithm,

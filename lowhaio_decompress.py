@@ -55,7 +55,8 @@ ZSTD_MAX_WINDOW = 1 << 23
 
 class DecompressionError(HttpDataError):
     """The response body could not be decoded: corrupt, truncated, over the size or ratio
-    limits, or in a coding this machine cannot decode. The connection is closed."""
+    limits, or in a coding this machine cannot decode. The connection is closed unless the
+    whole encoded body had already arrived."""
 
 
 # ---------------------------------------------------------------------------------------------

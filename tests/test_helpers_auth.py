@@ -69,12 +69,13 @@ class DigestServer:
     times becomes stale."""
 
     def __init__(self, algorithms: Sequence[str] = ('SHA-256',), *, qop: Optional[str] = 'auth',
-                 userhash: bool = False, expire_after: int = 1000,
+                 userhash: bool = False, expire_after: int = 1000, next_nonce: bool = False,
                  realm: str = 'lowhaio@example.org', password: str = PASSWORD) -> None:
         self.algorithms = algorithms
         self.qop = qop
         self.userhash = userhash
         self.expire_after = expire_after
+        self.next_nonce = next_nonce
         self.realm = realm
         self.password = password
         self.opaque = os.urandom(8).hex()
@@ -111,7 +112,10 @@ class DigestServer:
             return self.challenge(stale=True)
         if verdict != 'ok':
             return self.challenge()
-        return web.Response(text=f'hello {request.method} {len(body)}')
+        response = web.Response(text=f'hello {request.method} {len(body)}')
+        if self.next_nonce:
+            response.headers['Authentication-Info'] = f'nextnonce="{self.new_nonce()}"'
+        return response
 
     def verdict(self, method: str, raw_path: str, params: Optional[Dict[str, str]]) -> str:
         if params is None:
@@ -267,6 +271,19 @@ async def test_a_stale_nonce_is_renewed_without_failing_the_request(pool):
     assert [params['nc'] for _, params, _, _ in server.log[1:]] == \
         ['00000001', '00000002', '00000003', '00000001', '00000002', '00000003', '00000001']
     assert len(calls) == 8
+
+
+async def test_a_nextnonce_in_authentication_info_is_used_next(pool):
+    server = DigestServer(next_nonce=True)
+    async with web_server(server.app()) as web_:
+        digest_request = digest(pool, USERNAME, PASSWORD)
+        for _ in range(3):
+            code, _, body = await digest_request(b'GET', web_.url('/'))
+            assert (code, await buffered(body)) == (b'200', b'hello GET 0')
+    assert server.verdicts() == ['no credentials', 'ok', 'ok', 'ok']
+    authorized = [params for _, params, _, _ in server.log[1:]]
+    assert len({params['nonce'] for params in authorized}) == 3
+    assert [params['nc'] for params in authorized] == ['00000001'] * 3
 
 
 async def test_concurrent_requests_never_reuse_a_nonce_count(pool):
