@@ -26,6 +26,9 @@ setuptools.setup(
         'lowhaio_sse',
         'lowhaio_breaker',
         'lowhaio_defaults',
+        'lowhaio_decompress',
+        'lowhaio_cookies',
+        'lowhaio_auth',
     ],
     install_requires=[
         'aiodnsresolver>=0.0.157',
@@ -33,6 +36,9 @@ setuptools.setup(
     extras_require={
         # lowhaio_json: orjson to encode and decode faster, msgspec for read_json(as_type=...)
         'json': ['orjson>=3.9', 'msgspec>=0.18'],
+        # br and zstd for lowhaio_decompress (gzip and deflate need nothing). brotli 1.2 is the
+        # first that can limit the output of one call, which bounded decoding needs
+        'compression': ['brotli>=1.2', 'zstandard>=0.18'],
     },
     classifiers=[
         'Framework :: AsyncIO',

@@ -61,6 +61,9 @@ def upload_chunks(size: int, chunk_size: int) -> Callable[[], AsyncIterator[byte
 #   get(url) -> int                    GET, whole body read, returns its length
 #   get_stream(url) -> int             GET, body streamed and discarded, returns its length
 #   post(url, size, gen_fn) -> bytes   POST of `size` bytes from gen_fn(), content-length; the body
+#   get_decoded(url) -> int            GET, accepting gzip, the body decoded as it streams and
+#                                      discarded, returns the decoded length (lowhaio, aiohttp
+#                                      and httpx only)
 #   close()
 # -------------------------------------------------------------------------------------------------
 
@@ -68,8 +71,10 @@ def upload_chunks(size: int, chunk_size: int) -> Callable[[], AsyncIterator[byte
 class LowhaioClient:
     def __init__(self, ctx: ssl.SSLContext) -> None:
         import lowhaio
+        import lowhaio_decompress
 
         self.request, self.close_pool = lowhaio.Pool(get_ssl_context=lambda: ctx)
+        self.decompressed_request = lowhaio_decompress.decompressed(self.request)
 
     async def get(self, url: str) -> int:
         code, _, body = await self.request(b'GET', url)
@@ -80,6 +85,14 @@ class LowhaioClient:
         return n
 
     get_stream = get  # lowhaio always streams: reading it all and streaming are the same loop
+
+    async def get_decoded(self, url: str) -> int:
+        code, _, body = await self.decompressed_request(b'GET', url)
+        n = 0
+        async for chunk in body:
+            n += len(chunk)
+        check_status(int(code), url)
+        return n
 
     async def post(self, url: str, size: int, gen_fn: Callable[[], AsyncIterator[bytes]]) -> bytes:
         headers = ((b'content-length', b'%d' % size),)
@@ -112,6 +125,9 @@ class AiohttpClient:
             check_status(resp.status, url)
         return n
 
+    # aiohttp decodes gzip while streaming by default (auto_decompress), and accepts gzip
+    get_decoded = get_stream
+
     async def post(self, url: str, size: int, gen_fn: Callable[[], AsyncIterator[bytes]]) -> bytes:
         headers = {'content-length': str(size)}
         async with self.session.post(url, data=gen_fn(), headers=headers) as resp:
@@ -139,6 +155,14 @@ class HttpxClient:
         n = 0
         async with self.client.stream('GET', url) as resp:
             async for chunk in resp.aiter_raw():
+                n += len(chunk)
+            check_status(resp.status_code, url)
+        return n
+
+    async def get_decoded(self, url: str) -> int:
+        n = 0
+        async with self.client.stream('GET', url) as resp:
+            async for chunk in resp.aiter_bytes():  # decoded, unlike aiter_raw
                 n += len(chunk)
             check_status(resp.status_code, url)
         return n
@@ -559,6 +583,16 @@ async def download(client, spec: dict) -> Tuple[int, int]:
     return spec['n'], total
 
 
+async def gzip_download(client, spec: dict) -> Tuple[int, int]:
+    total = 0
+    for _ in range(spec['n']):
+        length = await client.get_decoded(spec['url'])
+        if length != spec['expected_len']:
+            raise WrongResult(f"decoded {length} bytes, expected {spec['expected_len']}")
+        total += length
+    return spec['n'], total
+
+
 async def warm_other(client, spec: dict) -> None:
     # Opens the connection the measured request will reuse, so only the transfer is timed
     length = await client.get(spec['warm_url'])
@@ -580,6 +614,7 @@ WORKLOADS = {
     'small': (warm_small, measured_small),
     'download': (warm_other, download),
     'upload': (warm_other, upload),
+    'gzip': (warm_other, gzip_download),
 }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
+import gzip
 import hashlib
 import json
 import os
@@ -26,9 +27,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -65,8 +67,9 @@ class Workload:
     unit: str
     n: int = 1
     concurrency: int = 1
-    size: int = 0  # download / upload bytes
+    size: int = 0  # download / upload bytes (for gzip-download: decoded bytes)
     description: str = ''
+    clients: Tuple[str, ...] = ()  # the clients (base names) that run it; () for all
 
 
 def workloads(smoke: bool, scale: float) -> Dict[str, Workload]:
@@ -129,6 +132,15 @@ def workloads(smoke: bool, scale: float) -> Dict[str, Workload]:
                 n=count(10_000, 300),
                 description='sequential GETs of a chunked body',
             ),
+            Workload(
+                'gzip-download',
+                'gzip',
+                'MB/s',
+                size=size(128 * MiB, 4 * MiB),
+                description='a gzip-encoded text file streamed, decoded and discarded',
+                # the floor and aiosonic have no streaming gzip decoding to compare
+                clients=('lowhaio', 'aiohttp', 'httpx'),
+            ),
         ]
     }
 
@@ -190,6 +202,23 @@ http {{
 }}
 """
 
+def gzip_text_blocks(size: int) -> Iterator[bytes]:
+    """`size` bytes of access-log-like lines, in blocks of about 64 KiB: they compress about as
+    much as real text (about 5 to 1), and every line differs, so no client can take a shortcut.
+    Made block by block because the harness must stay small: every client process is forked
+    from it, and on Linux a child's peak RSS starts at its parent's."""
+    left, first = size, 0
+    while left:
+        block = b''.join(
+            b'%09d GET /api/v1/items/%d?page=%d 200 %d bytes in %d us\n'
+            % (n, n * 7919 % 100003, n % 97, n * 31 % 65536, n * 13 % 9973)
+            for n in range(first, first + 1000)
+        )[:left]
+        first += 1000
+        left -= len(block)
+        yield block
+
+
 NGINX_LOCATIONS = """
         root {tmp}/www;
         location = /small {{ alias {tmp}/www/small.txt; }}
@@ -198,6 +227,13 @@ NGINX_LOCATIONS = """
             add_header x-request-id $request_id;
         }}
         location = /big {{ alias {tmp}/www/big.bin; }}
+        # gzip_static: the file compressed in advance (text.txt.gz), sent with content-encoding
+        # gzip to clients that accept it, so nginx spends no CPU compressing
+        location = /gzip-download {{
+            alias {tmp}/www/text.txt;
+            default_type text/plain;
+            gzip_static on;
+        }}
         location = /chunked {{
             alias {tmp}/www/chunked.txt;
             default_type text/plain;
@@ -217,6 +253,9 @@ class Servers:
     ca_file: str = ''
     chunked_len: int = 0
     chunk_count: int = 0
+    gzip_size: int = 0  # decoded size of /gzip-download
+    gzip_sha256: str = ''  # of the decoded body
+    gzip_encoded_size: int = 0
     processes: List[subprocess.Popen] = field(default_factory=list)
 
     def url(self, path: str, tls: bool = False) -> str:
@@ -228,6 +267,19 @@ class Servers:
 
     def upload_url(self, path: str) -> str:
         return f'http://127.0.0.1:{self.upload_port}{path}'
+
+
+def write_gzip_files(www: str, size: int) -> str:
+    """text.txt and text.txt.gz (gzip level 6, as web servers usually compress); the sha256 of
+    the text."""
+    digest = hashlib.sha256()
+    with open(os.path.join(www, 'text.txt'), 'wb') as plain, \
+            gzip.open(os.path.join(www, 'text.txt.gz'), 'wb', 6) as packed:
+        for block in gzip_text_blocks(size):
+            plain.write(block)
+            packed.write(block)
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_files(tmp: str, download_size: int) -> None:
@@ -344,7 +396,9 @@ def stop_process(process: subprocess.Popen) -> None:
 # -- raw-socket checks that the servers serve what the workloads assume
 
 
-def raw_get(port: int, path: str, tls_ca: Optional[str] = None) -> Tuple[bytes, bytes]:
+def raw_get(
+    port: int, path: str, tls_ca: Optional[str] = None, extra: bytes = b''
+) -> Tuple[bytes, bytes]:
     sock = socket.create_connection(('127.0.0.1', port), timeout=10)
     if tls_ca:
         sock = ssl.create_default_context(cafile=tls_ca).wrap_socket(
@@ -352,7 +406,8 @@ def raw_get(port: int, path: str, tls_ca: Optional[str] = None) -> Tuple[bytes, 
         )
     with sock:
         sock.sendall(
-            b'GET %s HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n' % path.encode()
+            b'GET %s HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n%s\r\n'
+            % (path.encode(), extra)
         )
         data = b''
         while True:
@@ -398,6 +453,7 @@ def verify_servers(servers: Servers) -> None:
                 f'nginx /chunked sent an unexpected body ({len(data)} bytes, {chunks} chunks)'
             )
         servers.chunked_len, servers.chunk_count = len(data), chunks
+    verify_gzip_download(servers)
     sock = socket.create_connection(('127.0.0.1', servers.upload_port), timeout=10)
     with sock:
         sock.sendall(
@@ -415,8 +471,37 @@ def verify_servers(servers: Servers) -> None:
         raise RuntimeError(f'upload server answered {data!r}')
 
 
-def start_servers(servers: Servers, download_size: int) -> None:
+def verify_gzip_download(servers: Servers) -> None:
+    """/gzip-download is the text, gzip-encoded, for a client that accepts gzip: decoded as
+    it is read, so the harness never holds it whole."""
+    sock = socket.create_connection(('127.0.0.1', servers.http_port), timeout=10)
+    with sock:
+        sock.sendall(
+            b'GET /gzip-download HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n'
+            b'accept-encoding: gzip\r\n\r\n'
+        )
+        data = b''
+        while b'\r\n\r\n' not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, data = data.partition(b'\r\n\r\n')
+        decoder, digest, encoded = zlib.decompressobj(31), hashlib.sha256(), 0
+        while data:
+            encoded += len(data)
+            digest.update(decoder.decompress(data))
+            data = sock.recv(65536)
+    if b'\r\ncontent-encoding: gzip' not in head.lower() or not decoder.eof or \
+            digest.hexdigest() != servers.gzip_sha256:
+        raise RuntimeError(f'nginx /gzip-download is not the gzip-encoded text: {head!r}')
+    servers.gzip_encoded_size = encoded
+
+
+def start_servers(servers: Servers, download_size: int, gzip_size: int) -> None:
     write_files(servers.tmp, download_size)
+    servers.gzip_size = gzip_size
+    servers.gzip_sha256 = write_gzip_files(os.path.join(servers.tmp, 'www'), gzip_size)
     servers.ca_file = write_certs(servers.tmp)
     start_nginx(servers)
     start_upload_server(servers)
@@ -449,6 +534,13 @@ def spec_for(client: str, workload: Workload, servers: Servers, max_seconds: flo
         spec.update(
             url=servers.url('/big'),
             expected_len=workload.size,
+            warm_url=servers.url('/small'),
+            warm_expected_len=100,
+        )
+    elif workload.name == 'gzip-download':
+        spec.update(
+            url=servers.url('/gzip-download'),
+            expected_len=servers.gzip_size,
             warm_url=servers.url('/small'),
             warm_expected_len=100,
         )
@@ -791,6 +883,7 @@ def main(argv: List[str]) -> int:
         client_factory(client)  # unknown names fail now, not after the servers have started
     reps = 1 if args.profile else (args.reps or (1 if args.smoke else 3))
     download_size = all_workloads['download'].size
+    gzip_size = all_workloads['gzip-download'].size
 
     # SIGTERM (e.g. from the run script's trap) unwinds through the finally below: servers stop
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -799,7 +892,7 @@ def main(argv: List[str]) -> int:
     servers = Servers(tmp=tmp)
     try:
         lowhaio_sha = snapshot_lowhaio(tmp)
-        start_servers(servers, download_size)
+        start_servers(servers, download_size, gzip_size)
         print(
             f'servers up: nginx http :{servers.http_port} https :{servers.https_port}, '
             f'upload sink :{servers.upload_port}; /chunked is {servers.chunked_len} bytes in '
@@ -813,6 +906,8 @@ def main(argv: List[str]) -> int:
                 # rotate the order each rep, so no client always runs first (or right after another)
                 order = clients[rep % len(clients) :] + clients[: rep % len(clients)]
                 for client in order:
+                    if workload.clients and client.split('-')[0] not in workload.clients:
+                        continue
                     spec = spec_for(client, workload, servers, args.max_seconds)
                     result = run_one(spec, tmp, args.timeout, profile=bool(args.profile))
                     add_metrics(result, workload)
@@ -873,6 +968,8 @@ def sizes_line(wls: Dict[str, Workload], names: List[str], servers: Servers) -> 
             parts.append(f'{n} {w.size / MiB:,.0f} MiB')
     if 'chunked-seq' in names:
         parts.append(f'chunked body {servers.chunked_len:,} bytes in {servers.chunk_count} chunks')
+    if 'gzip-download' in names:
+        parts.append(f'gzip-download {servers.gzip_encoded_size / MiB:,.1f} MiB encoded')
     return ', '.join(parts)
 
 

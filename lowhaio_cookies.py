@@ -1,0 +1,157 @@
+"""A cookie jar for lowhaio, with the standard library's `http.cookiejar` doing the rules.
+
+    cookie_request = cookies(request)
+    code, headers, body = await cookie_request(b'GET', url)
+    cookie_request.jar   # the http.cookiejar.CookieJar
+
+`cookies` returns a function with the same signature as `request`. Before each request, the
+cookies of the jar that match its URL are added as a `cookie` header; after it, the response's
+`Set-Cookie` lines are stored. Domain and path matching, `Secure`, `Max-Age` and `Expires`,
+host-only cookies and refused domains are all `http.cookiejar`'s: this module only presents
+lowhaio's requests and responses to it in the shape it reads.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import urllib.parse
+import warnings
+from typing import AsyncGenerator, Awaitable, Callable, Dict, List, Optional, Tuple
+
+Headers = Tuple[Tuple[bytes, bytes], ...]
+Request = Callable[..., Awaitable[Tuple[bytes, Headers, AsyncGenerator[bytes, None]]]]
+
+
+def text(value: bytes) -> str:
+    # Header bytes are not always UTF-8; latin-1 gets any byte back out unchanged, and is
+    # what http.client and httpx hand http.cookiejar
+    return value.decode('latin-1')
+
+
+def wire(value: str) -> bytes:
+    try:
+        return value.encode('latin-1')
+    except UnicodeEncodeError:
+        # Only a cookie put in the jar by hand can get here
+        return value.encode('utf-8')
+
+
+class CookieRequest:
+    """A lowhaio request as http.cookiejar reads one: the parts of urllib.request.Request it
+    uses. The cookie header the jar adds is kept in `added`."""
+
+    def __init__(self, url: str, headers: Headers) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        self.full_url = url
+        self.type = parsed.scheme.lower()
+        self.host = parsed.netloc.rpartition('@')[2].lower()
+        self.origin_req_host = (parsed.hostname or '').lower()
+        # Every request is one the user asked for: redirects are followed by the user's
+        # choice of redirectable, so none is the "unverifiable" third-party kind
+        self.unverifiable = False
+        self.headers = {text(key).lower(): text(value) for key, value in headers}
+        self.added: Dict[str, str] = {}
+
+    def get_full_url(self) -> str:
+        return self.full_url
+
+    def get_host(self) -> str:
+        return self.host
+
+    def get_type(self) -> str:
+        return self.type
+
+    def get_origin_req_host(self) -> str:
+        return self.origin_req_host
+
+    def is_unverifiable(self) -> bool:
+        return self.unverifiable
+
+    def has_header(self, name: str) -> bool:
+        return name.lower() in self.headers
+
+    def get_header(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        return self.headers.get(name.lower(), default)
+
+    def header_items(self) -> List[Tuple[str, str]]:
+        return list(self.headers.items())
+
+    def add_unredirected_header(self, name: str, value: str) -> None:
+        self.added[name.lower()] = value
+
+
+class CookieResponse:
+    """A lowhaio response as http.cookiejar reads one: info().get_all(name)."""
+
+    def __init__(self, headers: Headers) -> None:
+        self.headers = headers
+
+    def info(self) -> CookieResponse:
+        return self
+
+    def get_all(self, name: str, default: Optional[List[str]] = None) -> Optional[List[str]]:
+        wanted = name.lower().encode('ascii')
+        values = [text(value) for key, value in self.headers if key == wanted]
+        return values or default
+
+
+def with_jar_cookies(jar: http.cookiejar.CookieJar, url: str, headers: Headers) -> Headers:
+    cookie_request = CookieRequest(url, headers)
+    jar.add_cookie_header(cookie_request)
+    return headers + tuple((wire(name), wire(value))
+                           for name, value in cookie_request.added.items())
+
+
+def store_cookies(jar: http.cookiejar.CookieJar, url: str, request_headers: Headers,
+                  response_headers: Headers) -> None:
+    """Each Set-Cookie line on its own: http.cookiejar drops every cookie of a response when
+    one line trips it up (it warns 'http.cookiejar bug!'), and a malformed line should cost
+    only itself."""
+    cookie_request = CookieRequest(url, request_headers)
+    for key, value in response_headers:
+        if key in (b'set-cookie', b'set-cookie2'):
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore', UserWarning)
+                jar.extract_cookies(CookieResponse(((key, value),)), cookie_request)
+
+
+def new_policy() -> http.cookiejar.DefaultCookiePolicy:
+    """http.cookiejar's policy with its two stricter options on: a cookie set without a Domain
+    attribute goes only to the host that set it (RFC 6265 section 5.3 step 6, "host-only"),
+    where the default would send it to every subdomain too; and a Domain like co.uk (a
+    two-letter country code under a generic second level) is refused."""
+    return http.cookiejar.DefaultCookiePolicy(
+        strict_domain=True,
+        strict_ns_domain=http.cookiejar.DefaultCookiePolicy.DomainStrictNonDomain)
+
+
+def new_jar() -> http.cookiejar.CookieJar:
+    return http.cookiejar.CookieJar(new_policy())
+
+
+def cookies(request: Request, jar: Optional[http.cookiejar.CookieJar] = None) -> Request:
+    """Wrap `request` so that cookies are kept in `jar` and sent where they belong.
+
+    jar: an http.cookiejar.CookieJar (or FileCookieJar, or one with its own policy); when not
+        given, `new_jar()`: a CookieJar that keeps host-only cookies to their host. It is also
+        the `jar` attribute of the returned function.
+
+    A `cookie` header given by the caller is sent as it is, without the jar's cookies, as
+    http.cookiejar does for urllib. Put `cookies` inside `redirectable`
+    (`redirectable(cookies(request))`) so that every hop stores its Set-Cookie and is sent
+    the cookies for its own URL.
+    """
+    cookie_jar = new_jar() if jar is None else jar
+
+    async def cookies_request(method: bytes, url: str, params=(), headers: Headers = (),
+                              **kwargs):
+        # Matching uses scheme, host and path, which params do not change
+        headers = tuple(headers)
+        code, response_headers, body = await request(
+            method, url, params=params, headers=with_jar_cookies(cookie_jar, url, headers),
+            **kwargs)
+        store_cookies(cookie_jar, url, headers, response_headers)
+        return code, response_headers, body
+
+    cookies_request.jar = cookie_jar  # type: ignore[attr-defined]
+    return cookies_request
