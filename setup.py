@@ -21,10 +21,18 @@ setuptools.setup(
         'lowhaio_chunked',
         'lowhaio_aws_sigv4',
         'lowhaio_aws_sigv4_unsigned_payload',
+        'lowhaio_cli',
     ],
     install_requires=[
         'aiodnsresolver>=0.0.157',
     ],
+    extras_require={
+        # The command-line client's progress bar; without it, the client works, with no bar
+        'cli': ['tqdm>=4.60'],
+    },
+    entry_points={
+        'console_scripts': ['lowhaio = lowhaio_cli:main'],
+    },
     classifiers=[
         'Framework :: AsyncIO',
         'Intended Audience :: Developers',
