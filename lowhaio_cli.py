@@ -183,21 +183,26 @@ def normalised_host(host: str) -> str:
 
 def parse_dns_servers(value: str) -> Tuple[Tuple[str, int], ...]:
     """ADDRESS[:PORT],...; an IPv6 address with a port is bracketed: [::1]:53."""
-    servers = []
-    for item in value.split(','):
-        item = item.strip()
-        if item.startswith('['):
-            address, _, port = item[1:].partition(']')
-            port = port[1:]
-        elif item.count(':') == 1:
-            address, port = item.split(':')
-        else:
-            address, port = item, ''
-        try:
-            servers.append((str(ipaddress.ip_address(address)), int(port or 53)))
-        except ValueError:
-            raise CliError(2, f'--dns-servers: {item!r} is not ADDRESS[:PORT]') from None
-    return tuple(servers)
+    try:
+        return tuple(parse_dns_server(item.strip()) for item in value.split(','))
+    except ValueError:
+        raise CliError(2, f'--dns-servers wants ADDRESS[:PORT],..., not {value!r}') from None
+
+
+def parse_dns_server(item: str) -> Tuple[str, int]:
+    if item.startswith('['):
+        address, bracket, rest = item[1:].partition(']')
+        if not bracket or rest[:1] not in ('', ':'):
+            raise ValueError(item)
+        has_port, port = bool(rest), rest[1:]
+    elif item.count(':') == 1:  # IPv4 and a port
+        address, port = item.split(':')
+        has_port = True
+    else:  # IPv4, or IPv6 without brackets and so without a port
+        address, port, has_port = item, '', False
+    if has_port and not port.isdigit():
+        raise ValueError(item)
+    return str(ipaddress.ip_address(address)), int(port) if has_port else 53
 
 
 def parse_header(value: str) -> Tuple[bytes, Optional[bytes]]:
@@ -343,12 +348,14 @@ def data_part(item: bytes) -> RequestBody:
 def file_part(path: str) -> RequestBody:
     try:
         info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            # A FIFO or a device: opened now, as `cat` would (a FIFO waits here for its
+            # writer), then read as a stream, sent chunked, and only once
+            return stream_part(os.open(path, os.O_RDONLY), path)
         with open(path, 'rb'):
             pass
     except OSError as exception:
         raise CliError(26, f'Failed to open {path}: {exception.strerror}') from exception
-    if not stat.S_ISREG(info.st_mode):  # a FIFO or a device: read as a stream, sent chunked
-        return RequestBody(lambda: stream_chunks(path), None)
 
     async def file_chunks() -> AsyncIterator[bytes]:
         # Opened again for every attempt, so that retries and 307/308 redirects resend it
@@ -368,41 +375,35 @@ def file_part(path: str) -> RequestBody:
 def stdin_part() -> RequestBody:
     fd = sys.stdin.fileno()
     info = os.fstat(fd)
-    if stat.S_ISREG(info.st_mode):  # redirected from a file: its size is known, and it seeks
-        start = os.lseek(fd, 0, os.SEEK_CUR)
+    if not stat.S_ISREG(info.st_mode):
+        return stream_part(fd, 'stdin')
 
-        async def stdin_file_chunks() -> AsyncIterator[bytes]:
-            os.lseek(fd, start, os.SEEK_SET)
-            while True:
-                chunk = os.read(fd, CHUNK_SIZE)
-                if not chunk:
-                    return
-                yield chunk
-        return RequestBody(stdin_file_chunks, info.st_size - start)
+    # Redirected from a file: its size is known, and it can be read again from the start
+    start = os.lseek(fd, 0, os.SEEK_CUR)
 
+    async def stdin_file_chunks() -> AsyncIterator[bytes]:
+        os.lseek(fd, start, os.SEEK_SET)
+        while True:
+            chunk = os.read(fd, CHUNK_SIZE)
+            if not chunk:
+                return
+            yield chunk
+    return RequestBody(stdin_file_chunks, info.st_size - start)
+
+
+def stream_part(fd: int, name: str) -> RequestBody:
+    """A pipe, FIFO or terminal: its length is unknown, and it can be read only once."""
     started = False
 
-    async def stdin_stream_chunks() -> AsyncIterator[bytes]:
+    async def stream_chunks() -> AsyncIterator[bytes]:
         nonlocal started
         if started:
-            # A pipe can be read once: resending would need it kept whole in memory
-            raise CliError(26, 'stdin was already sent once, and cannot be sent again')
+            # Resending would need the whole stream kept in memory
+            raise CliError(26, f'{name} was already sent once, and cannot be sent again')
         started = True
         async for chunk in fd_chunks(fd):
             yield chunk
-    return RequestBody(stdin_stream_chunks, None)
-
-
-async def stream_chunks(path: str) -> AsyncIterator[bytes]:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as exception:
-        raise CliError(26, f'Failed to open {path}: {exception.strerror}') from exception
-    try:
-        async for chunk in fd_chunks(fd):
-            yield chunk
-    finally:
-        os.close(fd)
+    return RequestBody(stream_chunks, None)
 
 
 async def fd_chunks(fd: int) -> AsyncIterator[bytes]:
@@ -737,6 +738,9 @@ def exit_code_for(exception: BaseException) -> int:
         if isinstance(cause, HttpDnsError):
             return 28 if timed_out else 6
         if isinstance(cause, HttpTlsError):
+            # asyncio and uvloop abort a handshake that outlasts its deadline (lowhaio's
+            # connect_timeout) with ConnectionAbortedError, not a TimeoutError
+            timed_out = timed_out or any(isinstance(c, ConnectionAbortedError) for c in chain)
             return 28 if timed_out else \
                 60 if any(isinstance(c, ssl.SSLCertVerificationError) for c in chain) else 35
         if isinstance(cause, HttpConnectionError):
