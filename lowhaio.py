@@ -44,6 +44,7 @@ from aiodnsresolver import (
     TYPES,
     DnsError,
     DnsRecordDoesNotExist,
+    DnsTimeout,
     Resolver,
     parse_etc_hosts,
     ResolverLoggerAdapter,
@@ -752,6 +753,8 @@ def _request_head(method: bytes, target: Target, params: Sequence[Tuple[str, str
 # ---------------------------------------------------------------------------------------------
 
 _READ_HIGH_WATER = 262144
+# How often, per socket_timeout, a send that waits checks whether bytes are still leaving.
+_DRAIN_CHECKS_PER_TIMEOUT = 8
 
 
 class _Connection(asyncio.Protocol):
@@ -763,7 +766,7 @@ class _Connection(asyncio.Protocol):
         'on_idle_close', '_poll', '_queue', '_queued', '_reading_paused', '_eof',
         '_eof_received', '_lost', '_lost_exception', '_waiter', '_drain_waiter',
         '_write_paused', '_deadline', '_timer', '_timer_when', '_keep_alive_timeout',
-        'received_any',
+        'received_any', '_drain_timeout', '_drain_size',
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, key: Tuple[str, str, int],
@@ -795,6 +798,8 @@ class _Connection(asyncio.Protocol):
         self._timer: Optional[asyncio.TimerHandle] = None
         self._timer_when = 0.0
         self._keep_alive_timeout = keep_alive_timeout
+        self._drain_timeout = 0.0
+        self._drain_size = 0
 
     # asyncio.Protocol callbacks
 
@@ -897,10 +902,21 @@ class _Connection(asyncio.Protocol):
             else:
                 self._arm_timer(expiry)
             return
-        waiting = self._waiter is not None or self._drain_waiter is not None
-        if not waiting:
+        if self._drain_waiter is not None:
+            # A send times out after socket_timeout with no byte moving, however long the
+            # whole chunk takes (0.0.89's rule): bytes that left the buffer restart the clock.
+            # Checked a few times per socket_timeout, so a stall is seen soon after it is due.
+            size = self.transport.get_write_buffer_size()
+            if size < self._drain_size:
+                self._drain_size = size
+                self._deadline = now + self._drain_timeout
+            if now < self._deadline:
+                self._arm_timer(min(self._deadline,
+                                    now + self._drain_timeout / _DRAIN_CHECKS_PER_TIMEOUT))
+                return
+        elif self._waiter is None:
             return
-        if now < self._deadline:
+        elif now < self._deadline:
             self._arm_timer(self._deadline)
             return
         for waiter in (self._waiter, self._drain_waiter):
@@ -947,7 +963,11 @@ class _Connection(asyncio.Protocol):
             raise ConnectionResetError('Connection lost') from self._lost_exception
         if not self._write_paused:
             return
-        self._set_deadline(self.loop.time() + socket_timeout)
+        now = self.loop.time()
+        self._drain_timeout = socket_timeout
+        self._drain_size = self.transport.get_write_buffer_size()
+        self._deadline = now + socket_timeout
+        self._fire_by(now + socket_timeout / _DRAIN_CHECKS_PER_TIMEOUT)
         waiter = self._drain_waiter = self.loop.create_future()
         try:
             await waiter
@@ -1048,9 +1068,11 @@ def _accepts_argument(func: Callable[..., Any]) -> bool:
 
 async def _open_first(loop: asyncio.AbstractEventLoop, addresses: Sequence[str], port: int,
                       make_sock: Callable[[int], socket.socket], delay: float,
-                      connect_timeout: float) -> Tuple[socket.socket, str]:
+                      connect_timeout: float, more: 'Optional[asyncio.Future[Any]]' = None,
+                      ) -> Tuple[socket.socket, str]:
     """Connect to the first of `addresses` that accepts, starting a new attempt every `delay`
-    seconds or as soon as one fails. Returns the connected socket and its address."""
+    seconds or as soon as one fails. Returns the connected socket and its address. `more`, a
+    DNS lookup still running, adds its addresses to the attempts when it completes."""
     done: asyncio.Future[Tuple[socket.socket, str]] = loop.create_future()
     pending = list(addresses)
     attempts: Dict[int, Tuple[socket.socket, str]] = {}
@@ -1088,8 +1110,21 @@ async def _open_first(loop: asyncio.AbstractEventLoop, addresses: Sequence[str],
             if pending:
                 next_attempt = loop.call_later(delay, start_next)
             return
-        if not attempts and not done.done():
+        if not attempts and not done.done() and (more is None or more.done()):
             fail()
+
+    def on_more_addresses(_: Any) -> None:
+        nonlocal next_attempt
+        if done.done():
+            return
+        if _succeeded(more):  # type: ignore[arg-type]
+            pending.extend(str(result) for result in more.result())  # type: ignore[union-attr]
+        elif not more.cancelled():  # type: ignore[union-attr]
+            errors.append(more.exception())  # type: ignore[union-attr, arg-type]
+        if not attempts:
+            start_next()
+        elif pending and next_attempt is None:
+            next_attempt = loop.call_later(delay, start_next)
 
     def on_writable(fd: int) -> None:
         nonlocal next_attempt
@@ -1125,6 +1160,8 @@ async def _open_first(loop: asyncio.AbstractEventLoop, addresses: Sequence[str],
             done.set_exception(asyncio.TimeoutError())
 
     timeout_handle = loop.call_later(connect_timeout, on_timeout)
+    if more is not None:
+        more.add_done_callback(on_more_addresses)
     start_next()
     try:
         return await done
@@ -1135,6 +1172,8 @@ async def _open_first(loop: asyncio.AbstractEventLoop, addresses: Sequence[str],
         raise
     finally:
         timeout_handle.cancel()
+        if more is not None:
+            more.remove_done_callback(on_more_addresses)
         if next_attempt is not None:
             next_attempt.cancel()
         for fd, (sock, _) in attempts.items():
@@ -1287,6 +1326,37 @@ class _BufferedBody:
         self._data = b''
 
 
+class _CappedBody:
+    """A response body whose pieces are at most `cap` bytes (the caller's `recv_bufsize`):
+    longer pieces are handed over in slices, each copied once."""
+
+    __slots__ = ('_body', '_cap', '_piece', '_offset')
+
+    def __init__(self, body: Any, cap: int) -> None:
+        self._body = body
+        self._cap = cap
+        self._piece = b''
+        self._offset = 0
+
+    def __aiter__(self) -> '_CappedBody':
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._offset >= len(self._piece):
+            self._piece = await self._body.__anext__()
+            self._offset = 0
+            if len(self._piece) <= self._cap:
+                self._offset = len(self._piece)
+                return self._piece
+        start = self._offset
+        self._offset = start + self._cap
+        return self._piece[start:self._offset]
+
+    async def aclose(self) -> None:
+        self._piece = b''
+        await self._body.aclose()
+
+
 class _HostConnections:
     """The connections of one (scheme, host, port): idle ones, and a count of all of them."""
     __slots__ = ('idle', 'total', 'waiters')
@@ -1319,10 +1389,40 @@ def _special_use_addresses(host: str) -> Optional[Tuple[str, ...]]:
     return None
 
 
+# RFC 8305 §3: how long an A answer waits for the AAAA answer, so that IPv6 is still preferred.
+_RESOLUTION_DELAY = 0.05
+
+
+def _succeeded(lookup: 'asyncio.Future[Any]') -> bool:
+    """A DNS lookup that is done and gave at least one address."""
+    return lookup.done() and not lookup.cancelled() and lookup.exception() is None and \
+        bool(lookup.result())
+
+
+def _dns_cause(errors: Sequence[BaseException]) -> BaseException:
+    """The error that best says why neither family resolved: our deadline passing, or the
+    resolver's own timeout, above all (as an asyncio.TimeoutError, so that callers can tell a
+    timeout from an answer); then an error other than "no such record" (SERVFAIL, say),
+    since NXDOMAIN or NODATA for one family is ordinary; else the last error."""
+    for error in errors:
+        if isinstance(error, asyncio.TimeoutError):
+            return error
+    for error in errors:
+        if isinstance(error, DnsTimeout):
+            timeout_error = asyncio.TimeoutError('DNS lookup timed out')
+            timeout_error.__cause__ = error
+            return timeout_error
+    return next((error for error in errors if not isinstance(error, DnsRecordDoesNotExist)),
+                errors[-1] if errors else DnsError('No addresses'))
+
+
 class _DnsAnswer(NamedTuple):
     addresses: Tuple[str, ...]
     address_set: frozenset  # type: ignore[type-arg]
     expires_at: float
+    # When AAAA answered first (and is used at once), the A lookup still running: its
+    # addresses join the connection attempts and the cached answer when it completes.
+    more: 'Optional[asyncio.Future[Any]]' = None
 
 
 def Pool(
@@ -1335,7 +1435,7 @@ def Pool(
         send_body: Optional[Callable[..., Awaitable[None]]] = None,
         http_version: bytes = b'HTTP/1.1',
         keep_alive_timeout: float = 15,
-        recv_bufsize: int = 16384,
+        recv_bufsize: Optional[int] = None,
         max_header_length: int = 16384,
         socket_timeout: float = 10,
         get_logger_adapter: Callable[[Dict[str, Any]], Any] = get_logger_adapter_default,
@@ -1367,6 +1467,8 @@ def Pool(
     )
     if connect_timeout is None:
         connect_timeout = socket_timeout
+    if recv_bufsize is not None and recv_bufsize < 1:
+        raise HttpInvalidRequestError('recv_bufsize must be at least 1, not %r' % (recv_bufsize,))
     first_head_wait = min(socket_timeout, response_head_timeout)
     keep_alive = keep_alive_timeout > 0
     custom_send = not (sock_pre_message is None and sock_post_message is None and
@@ -1379,6 +1481,7 @@ def Pool(
 
     hosts: Dict[Tuple[str, str, int], _HostConnections] = {}
     dns_answers: Dict[str, _DnsAnswer] = {}
+    lookups_going_on: 'set[asyncio.Future[Any]]' = set()  # see answer_meanwhile
     etc_hosts = _read_etc_hosts()
     targets: Dict[str, Target] = {}
     encoded_headers: Dict[Tuple[bytes, Any], RequestHeaders] = {}
@@ -1433,38 +1536,80 @@ def Pool(
         # AAAA and A at once (RFC 8305 §3), each in a task of its own. Only on a cache miss;
         # and aiodnsresolver times out by cancelling the task it runs in, so this way its
         # timeouts never touch the caller's task.
-        lookups = [asyncio.ensure_future(dns_resolve(host, qtype))
-                   for qtype in (TYPES.AAAA, TYPES.A)]
+        aaaa, a = lookups = [asyncio.ensure_future(dns_resolve(host, qtype))
+                             for qtype in (TYPES.AAAA, TYPES.A)]
         try:
-            done, pending = await asyncio.wait(
-                lookups, timeout=max(deadline - loop.time(), 0),
-                return_when=asyncio.FIRST_COMPLETED)
-            if pending and any(not lookup.exception() for lookup in done):
-                # RFC 8305 §3 "Resolution Delay": with one answer in, give the other 50 ms.
-                await asyncio.wait(pending, timeout=min(0.05, max(deadline - loop.time(), 0)))
+            await _wait_for_addresses(aaaa, a, deadline)
         finally:
             for lookup in lookups:
-                if not lookup.done():
+                if not lookup.done() and not (lookup is a and _succeeded(aaaa)):
                     lookup.cancel()
+        if _succeeded(aaaa) and not a.done():
+            return answer_meanwhile(host, aaaa, a, deadline)
 
         results: List[Any] = []
         errors: List[BaseException] = []
         for lookup in lookups:
             if not lookup.done() or lookup.cancelled():  # cancelled above: out of time
-                errors.append(asyncio.TimeoutError())
+                errors.append(asyncio.TimeoutError(
+                    'DNS lookup of %s not answered within connect_timeout' % (host,)))
             elif lookup.exception() is not None:
                 errors.append(lookup.exception())  # type: ignore[arg-type]
             else:
                 results.extend(lookup.result())
         if not results:
-            cause = next((e for e in errors if not isinstance(e, DnsRecordDoesNotExist)),
-                         errors[-1] if errors else DnsError('No addresses'))
-            raise HttpDnsError('Could not resolve %s: %r' % (host, cause)) from cause
+            raise HttpDnsError('Could not resolve %s: %r' % (host, _dns_cause(errors))) \
+                from _dns_cause(errors)
         addresses = tuple(_interleave_families([str(result) for result in results]))
         expires_at = min(getattr(result, 'expires_at', 0) for result in results)
         answer = _DnsAnswer(addresses, frozenset(addresses), expires_at)
         dns_answers[host] = answer
         return answer
+
+    def answer_meanwhile(host: str, aaaa: 'asyncio.Future[Any]', a: 'asyncio.Future[Any]',
+                         deadline: float) -> _DnsAnswer:
+        """The AAAA answer, to connect to at once, with the A lookup going on (RFC 8305 §3:
+        "the client SHOULD NOT wait" for it). Its addresses, when they come by the deadline,
+        are added to the cached answer and to connection attempts already under way."""
+        addresses = tuple(str(result) for result in aaaa.result())
+        expires_at = min(getattr(result, 'expires_at', 0) for result in aaaa.result())
+        answer = dns_answers[host] = _DnsAnswer(addresses, frozenset(addresses), expires_at, a)
+        give_up = loop.call_at(deadline, a.cancel)
+        lookups_going_on.add(a)
+
+        def on_a_done(_: Any) -> None:
+            give_up.cancel()
+            lookups_going_on.discard(a)
+            if _succeeded(a) and dns_answers.get(host) is answer:
+                both = addresses + tuple(str(result) for result in a.result())
+                dns_answers[host] = _DnsAnswer(
+                    both, frozenset(both),
+                    min([expires_at] + [getattr(result, 'expires_at', 0)
+                                        for result in a.result()]))
+            elif not a.cancelled():
+                a.exception()  # retrieved: a failed A lookup is ordinary here
+        a.add_done_callback(on_a_done)
+        return answer
+
+    async def _wait_for_addresses(aaaa: 'asyncio.Future[Any]', a: 'asyncio.Future[Any]',
+                                  deadline: float) -> None:
+        """Wait, by `deadline`, for the lookups as RFC 8305 §3 says: an AAAA answer is used at
+        once; an A answer that comes first waits up to 50 ms more ("Resolution Delay") for
+        AAAA; a lookup that fails (no such record, SERVFAIL...) ends nothing while the other
+        is still running. Returns with the unfinished lookups still running."""
+        pending = {aaaa, a}
+        resolution_delay_ends = float('inf')
+        while pending:
+            wait_until = min(deadline, resolution_delay_ends)
+            now = loop.time()
+            if now >= wait_until:
+                return
+            _, pending = await asyncio.wait(pending, timeout=wait_until - now,
+                                            return_when=asyncio.FIRST_COMPLETED)
+            if _succeeded(aaaa):
+                return
+            if _succeeded(a) and resolution_delay_ends == float('inf'):
+                resolution_delay_ends = loop.time() + _RESOLUTION_DELAY
 
     # Pool bookkeeping
 
@@ -1603,7 +1748,8 @@ def Pool(
         try:
             sock, address = await _open_first(loop, addresses, target.port, make_sock,
                                                happy_eyeballs_delay,
-                                               max(deadline - loop.time(), 0))
+                                               max(deadline - loop.time(), 0),
+                                               None if answer is None else answer.more)
         except asyncio.TimeoutError as exception:
             raise HttpConnectionError('Timed out connecting to %s:%d'
                                       % (target.host, target.port)) from exception
@@ -1630,6 +1776,14 @@ def Pool(
                     isinstance(exception, asyncio.CancelledError):
                 raise
             error = HttpTlsError if tls else HttpConnectionError
+            if isinstance(exception, asyncio.TimeoutError) or loop.time() >= deadline:
+                # asyncio reports its handshake timeout as a ConnectionAbortedError: said
+                # as a timeout, so that callers can tell it from a refusal.
+                timed_out = asyncio.TimeoutError('connect_timeout passed')
+                timed_out.__cause__ = exception
+                raise error('%s with %s:%d timed out' % (
+                    'TLS handshake' if tls else 'Connection', target.host, target.port)) \
+                    from timed_out
             raise error('%s with %s:%d failed: %r' % (
                 'TLS handshake' if tls else 'Connection', target.host, target.port,
                 exception)) from exception
@@ -1776,6 +1930,7 @@ def Pool(
                                                  'lowhaio_url': url})
             request_logger.debug('%s connection to %s', 'Reusing' if conn.reused else 'New',
                                  conn.peer_ip)
+        sending = True
         try:
             if custom_send:
                 await send_request_with_hooks(conn, method, url, params, headers, body,
@@ -1787,6 +1942,7 @@ def Pool(
                                    encoded.content_length)
             # The usual case without a further coroutine: the whole head arrives in one read,
             # and is one seen before (see parsed_heads).
+            sending = False
             started = loop.time()
             if not conn._queue and not conn._eof:
                 await conn.readable(started + first_head_wait)
@@ -1806,7 +1962,10 @@ def Pool(
                     isinstance(exception, asyncio.CancelledError):
                 raise
             if isinstance(exception, asyncio.TimeoutError):
-                raise HttpTimeoutError('Timed out waiting for the response') from exception
+                raise HttpTimeoutError(
+                    'Timed out sending the request: no byte left for %s seconds'
+                    % (socket_timeout,) if sending else
+                    'Timed out waiting for the response head') from exception
             if isinstance(exception, (ConnectionError, OSError)) and conn.reused and \
                     not conn.received_any:
                 raise HttpConnectionClosedBeforeResponseError(
@@ -1826,6 +1985,8 @@ def Pool(
             response_body = _ResponseBody(
                 conn, release, _tuple_new(Framing, (framing.kind, framing.length, keep)), rest,
                 socket_timeout, loop)
+        if recv_bufsize is not None:
+            response_body = _CappedBody(response_body, recv_bufsize)
         return code, response_headers, response_body
 
     async def close(get_logger_adapter: Callable[[Dict[str, Any]], Any] = get_logger_adapter,
@@ -1835,6 +1996,8 @@ def Pool(
         Connections in use are closed when their response is finished."""
         await dns_clear_cache(get_logger_adapter=get_resolver_logger_adapter({}))
         dns_answers.clear()
+        for lookup in list(lookups_going_on):
+            lookup.cancel()
         for connections in list(hosts.values()):
             for conn in list(connections.idle):
                 conn.on_idle_close = _no_op

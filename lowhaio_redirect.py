@@ -145,13 +145,16 @@ def redirectable(request: Request,
                                    **kwargs):
         headers = tuple(headers)
         for redirect_count in range(max_redirects + 1):
-            code, response_headers, response_body = await request(
+            result = await request(
                 method, url, params=params, headers=headers,
                 body=body, body_args=body_args, body_kwargs=body_kwargs, **kwargs)
+            if not is_response(result):
+                return result  # a wrapped function that returns something else: not ours
+            code, response_headers, response_body = result
 
             location = header_value(response_headers, b'location')
             if code not in rules or location is None:
-                return code, response_headers, response_body
+                return result
 
             await discard(response_body)
             if redirect_count == max_redirects:
@@ -173,6 +176,13 @@ def redirectable(request: Request,
     return redirectable_request
 
 
+def is_response(result: Any) -> bool:
+    """Whether a wrapped function returned (code, headers, body), as lowhaio request does
+    (the body may have been read already, into bytes), so that it may be a redirect."""
+    return isinstance(result, tuple) and len(result) == 3 and isinstance(result[0], bytes) \
+        and isinstance(result[1], (tuple, list))
+
+
 def header_value(headers: Headers, name: bytes) -> Optional[bytes]:
     return next((value for key, value in headers if key.lower() == name), None)
 
@@ -180,6 +190,8 @@ def header_value(headers: Headers, name: bytes) -> Optional[bytes]:
 async def discard(body: AsyncGenerator[bytes, None]) -> None:
     """Free the redirect response's connection: reading to the end returns it to the pool,
     abandoning a large body closes it instead of reading it all."""
+    if not hasattr(body, '__aiter__'):
+        return  # read already by the wrapped function: nothing holds a connection
     num_bytes = 0
     async for chunk in body:
         num_bytes += len(chunk)

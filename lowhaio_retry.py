@@ -132,7 +132,7 @@ def retry(request: Request,
 
         while True:
             try:
-                code, headers, body = await request(method, url, *args, **kwargs)
+                result = await request(method, url, *args, **kwargs)
             except BaseException as exception:
                 interval = next_interval_for(exception, exception_iterators)
                 if interval is None:
@@ -140,17 +140,39 @@ def retry(request: Request,
                 await sleep(interval)
                 continue
 
+            # Without status rules the wrapped function may return anything (lowhaio-retry
+            # 0.0.5 wrapped any coroutine function): it passes through untouched.
+            if not statuses:
+                return result
+            code, headers, body = response_parts(result)
             if code not in statuses:
-                return code, headers, body
+                return result
 
             interval = next(status_iterator, None)
             if interval is None:
-                return code, headers, body
+                return result
             retry_after = retry_after_seconds(headers)
-            await body.aclose()
+            await close_body(body)
             await sleep(interval if retry_after is None else min(retry_after, max_retry_after))
 
     return retriable_request
+
+
+def response_parts(result: Any) -> Tuple[Any, Any, Any]:
+    """(code, headers, body) of what the wrapped function returned, which retry_statuses
+    needs: a lowhaio response, or one whose body was read already (bytes)."""
+    if isinstance(result, tuple) and len(result) == 3 and isinstance(result[0], bytes):
+        return result
+    raise TypeError(
+        'retry_statuses needs the wrapped function to return (code: bytes, headers, body), '
+        'as lowhaio request does; it returned %s' % (type(result).__name__,))
+
+
+async def close_body(body: Any) -> None:
+    # A streamed body is closed, freeing its connection; one already read has nothing to close
+    aclose = getattr(body, 'aclose', None)
+    if aclose is not None:
+        await aclose()
 
 
 def fresh_iterator(intervals: Any) -> Iterator[float]:
