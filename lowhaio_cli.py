@@ -738,9 +738,6 @@ def exit_code_for(exception: BaseException) -> int:
         if isinstance(cause, HttpDnsError):
             return 28 if timed_out else 6
         if isinstance(cause, HttpTlsError):
-            # asyncio and uvloop abort a handshake that outlasts its deadline (lowhaio's
-            # connect_timeout) with ConnectionAbortedError, not a TimeoutError
-            timed_out = timed_out or any(isinstance(c, ConnectionAbortedError) for c in chain)
             return 28 if timed_out else \
                 60 if any(isinstance(c, ssl.SSLCertVerificationError) for c in chain) else 35
         if isinstance(cause, HttpConnectionError):
