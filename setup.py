@@ -21,12 +21,16 @@ setuptools.setup(
         'lowhaio_chunked',
         'lowhaio_aws_sigv4',
         'lowhaio_aws_sigv4_unsigned_payload',
+        'lowhaio_decompress',
         'lowhaio_cli',
     ],
     install_requires=[
         'aiodnsresolver>=0.0.157',
     ],
     extras_require={
+        # br and zstd for lowhaio_decompress (gzip and deflate need nothing). brotli 1.2 is the
+        # first that can limit the output of one call, which bounded decoding needs
+        'compression': ['brotli>=1.2', 'zstandard>=0.18'],
         # The command-line client's progress bar; without it, the client works, with no bar
         'cli': ['tqdm>=4.60'],
     },

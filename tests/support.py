@@ -605,6 +605,15 @@ http {{
             sub_filter '<lowhaio-never-matches>' '';
         }}
 
+        # The same files, gzip-encoded as they are sent when the request accepts gzip
+        # (streamed chunked, since the encoded length is not known in advance)
+        location /gzip/ {{
+            alias {root}/;
+            gzip on;
+            gzip_types *;
+            gzip_min_length 0;
+        }}
+
         # What nginx understood of the request framing; the body is read and discarded.
         location = /echo {{
             default_type text/plain;
@@ -629,7 +638,8 @@ class Nginx:
 
     Use as a context manager. Tests write files into `root`; `url(path)` and `tls_url(path)` give
     their addresses. `/chunked/<file>` serves the same file with Transfer-Encoding: chunked,
-    `/echo` describes the request's framing, and `/dav/<name>` stores a PUT body and serves it back.
+    `/gzip/<file>` serves it gzip-encoded to requests that accept gzip, `/echo` describes the
+    request's framing, and `/dav/<name>` stores a PUT body and serves it back.
     """
 
     START_ATTEMPTS = 10
