@@ -601,11 +601,11 @@ def retrying(request: Request, options: Options) -> Request:
 
 
 def decompressing(request: Request) -> Request:
-    try:
-        from lowhaio_decompress import decompressed
-    except ImportError as exception:
-        raise CliError(2, f'--compressed needs lowhaio_decompress: {exception}') from exception
-    return decompressed(request)  # type: ignore[no-any-return]
+    from lowhaio_decompress import decompressed
+
+    # No size or ratio limit, as curl has none: the body is streamed to the output, so even a
+    # decompression bomb holds only one decoded piece in memory at a time
+    return decompressed(request, max_size=None, max_ratio=None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -639,7 +639,11 @@ class Output:
                                    f'{exception.strerror}') from exception
 
 
-def content_length(headers: Headers) -> Optional[int]:
+def decoded_length(headers: Headers, compressed: bool) -> Optional[int]:
+    """The body's length if known in advance: with --compressed, content-length is the
+    encoded length, which says nothing of the decoded one."""
+    if compressed and any(name == b'content-encoding' for name, _ in headers):
+        return None
     value = next((value for name, value in headers if name == b'content-length'), None)
     return int(value) if value is not None and value.isdigit() else None
 
@@ -711,7 +715,8 @@ async def perform(request: Request, options: Options, body: Optional[RequestBody
         if options.include:
             output.write(b''.join(heads.responses))
         if not options.head_only:
-            with progress_bar(options, content_length(response_headers)) as advance:
+            with progress_bar(
+                    options, decoded_length(response_headers, options.compressed)) as advance:
                 await copy_body(response_body, output, advance)
         if output.file is None and options.output is not None:
             output.write(b'')  # an empty body still makes the file, as curl does
@@ -752,8 +757,9 @@ def exit_code_for(exception: BaseException) -> int:
 
 
 def decompression_error_class() -> Optional[type]:
+    # Only imported by --compressed: without it, this error cannot happen
     module = sys.modules.get('lowhaio_decompress')
-    error = getattr(module, 'HttpDecompressionError', None)
+    error = getattr(module, 'DecompressionError', None)
     return error if isinstance(error, type) else None
 
 

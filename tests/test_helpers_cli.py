@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gzip
 import hashlib
 import json
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from typing import Any, AsyncContextManager, Dict, Iterator, List, Optional, Sequence
 
 import pytest
@@ -74,6 +76,14 @@ def pattern(size: int) -> bytes:
     """Deterministic, incompressible-looking bytes, so a shifted or truncated copy differs."""
     block = hashlib.sha256(b'lowhaio').digest() * 2048   # 64 KiB
     return (block * (size // len(block) + 1))[:size]
+
+
+@functools.lru_cache(maxsize=None)
+def zeros_gzipped(size: int) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)   # 31: the gzip container
+    zeros = bytes(MIB)
+    return b''.join([compressor.compress(zeros) for _ in range(size // MIB)] +
+                    [compressor.flush()])
 
 
 class Counters:
@@ -155,6 +165,14 @@ def cli_app(counters: Counters) -> web.Application:
     async def bad_gzip(request: web.Request) -> web.Response:
         return web.Response(body=b'this is not gzip at all', headers={'content-encoding': 'gzip'})
 
+    async def unknown_coding(request: web.Request) -> web.Response:
+        return web.Response(body=b'xyz', headers={'content-encoding': 'x-unheard-of'})
+
+    async def zeros_gzip(request: web.Request) -> web.Response:
+        # A decompression bomb, in a small way: 1000 times smaller on the wire than decoded
+        return web.Response(body=zeros_gzipped(int(request.match_info['size'])),
+                            headers={'content-encoding': 'gzip'})
+
     app = web.Application(client_max_size=1024 * MIB)
     app.add_routes([
         web.get('/sized/{size}', sized), web.get('/chunked/{size}', chunked),
@@ -163,6 +181,7 @@ def cli_app(counters: Counters) -> web.Application:
         web.route('*', '/flaky/{key}/{failures}', flaky),
         web.get('/slow-head', slow_head), web.get('/slow-body', slow_body),
         web.get('/gzip/{size}', gzipped), web.get('/bad-gzip', bad_gzip),
+        web.get('/unknown-coding', unknown_coding), web.get('/zeros-gzip/{size}', zeros_gzip),
     ])
     return app
 
@@ -896,15 +915,40 @@ def test_without_compressed_the_body_is_written_as_received(servers: Servers) ->
 
 @pytest.mark.parametrize('size', [0, 100000, 3 * MIB])
 def test_compressed_response_is_decompressed(servers: Servers, size: int) -> None:
-    pytest.importorskip('lowhaio_decompress', reason='lowhaio_decompress not merged yet')
     result = run_cli('--compressed', '-v', servers.url(f'/gzip/{size}'))
     assert (result.returncode, result.stdout) == (0, pattern(size)), result.stderr
     assert re.search(rb'^> accept-encoding: .*gzip', result.stderr, re.M), result.stderr
 
 
-def test_corrupt_compressed_response_is_exit_61(servers: Servers) -> None:
-    pytest.importorskip('lowhaio_decompress', reason='lowhaio_decompress not merged yet')
-    assert run_cli('--compressed', servers.url('/bad-gzip')).returncode == 61
+def test_compressed_with_an_uncompressed_answer(servers: Servers) -> None:
+    result = run_cli('--compressed', servers.url('/sized/1000'))
+    assert (result.returncode, result.stdout) == (0, pattern(1000))
+
+
+def test_compressed_progress_bar_counts_decoded_bytes(servers: Servers,
+                                                      tmp_path: pathlib.Path) -> None:
+    target = tmp_path / 'out.bin'
+    result = run_cli('--compressed', '-o', str(target), servers.url(f'/gzip/{3 * MIB}'))
+    assert result.returncode == 0
+    assert target.read_bytes() == pattern(3 * MIB)
+    bar = last_bar(result.stderr)
+    # content-length is the gzip length, so the decoded length is not known in advance
+    assert '%' not in bar and '3.00M' in bar, bar
+
+
+def test_decompressing_a_large_body_needs_no_more_memory(servers: Servers,
+                                                         tmp_path: pathlib.Path) -> None:
+    baseline = peak_rss_of_cli('-s', '-o', os.devnull, servers.url('/sized/10'))
+    peak = peak_rss_of_cli('--compressed', '-s', '-o', os.devnull,
+                           servers.url(f'/zeros-gzip/{512 * MIB}'))
+    assert peak - baseline < 32 * MIB, (baseline, peak)
+
+
+@pytest.mark.parametrize('path', ['/bad-gzip', '/unknown-coding'])
+def test_undecodable_response_is_exit_61(servers: Servers, path: str) -> None:
+    result = run_cli('--compressed', servers.url(path))
+    assert result.returncode == 61, result.stderr
+    assert result.stderr.startswith(b'lowhaio: (61) ')
 
 
 # ---------------------------------------------------------------------------------------------
