@@ -100,7 +100,7 @@ class CliError(Exception):
 def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='lowhaio',
-        description='Make an HTTP/1.1 request with lowhaio and write the response body to '
+        description='Make an HTTP/1.1 request with lowhaio and write the response body to\n'
                     'stdout (or -o FILE), streaming both ways.',
         epilog=exit_codes_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
