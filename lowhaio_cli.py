@@ -33,6 +33,7 @@ from typing import (
     Optional,
     Sequence,
     Tuple,
+    Type,
 )
 
 import lowhaio
@@ -586,17 +587,17 @@ def wrapped(request: Request, options: Options, heads: Heads) -> Request:
 def retrying(request: Request, options: Options) -> Request:
     from lowhaio_retry import exponential_backoff, retry
 
-    # One iterator for errors and statuses together, so that N is the total number of retries
-    # (the CLI calls the wrapped request once, so sharing it across calls does not arise)
+    # One iterator object for every rule and for statuses, so that N is the total number of
+    # retries: an iterator is consumed once, and the CLI calls the wrapped request only once
     intervals = iter(
         exponential_backoff(base=1.0, cap=600.0, max_count=options.retry)
         if options.retry_delay is None else [options.retry_delay] * options.retry)
     # Nothing was sent: always safe. A timeout, or a reused connection closed before the
     # response: safe only when repeating the request cannot do anything twice.
-    retried: Tuple[type, ...] = (HttpConnectionError,)
+    retried: List[Type[BaseException]] = [HttpConnectionError]
     if options.method.upper() in IDEMPOTENT_METHODS:
-        retried += (HttpTimeoutError, lowhaio.HttpConnectionClosedBeforeResponseError)
-    return retry(request, exception_intervals=((retried, intervals),),
+        retried += [HttpTimeoutError, lowhaio.HttpConnectionClosedBeforeResponseError]
+    return retry(request, exception_intervals=[(cls, intervals) for cls in retried],
                  retry_statuses=TRANSIENT_STATUSES, status_intervals=intervals)
 
 
