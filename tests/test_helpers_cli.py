@@ -289,6 +289,15 @@ def test_help_lists_every_exit_code(entry: str) -> None:
         assert re.search(r'(^|[ ,])%s[ ,]' % re.escape(option), text, re.M), option
 
 
+def test_readme_lists_the_same_exit_codes() -> None:
+    import lowhaio_cli
+
+    section = (REPO_ROOT / 'README.md').read_text().split('\n## Command line\n')[1]
+    section = section.split('\n## ')[0]
+    listed = [int(code) for code in re.findall(r'^\| (\d+) \|', section, re.M)]
+    assert listed == [code for code, _ in lowhaio_cli.EXIT_CODES]
+
+
 def test_main_returns_the_exit_code_without_exiting(servers: Servers) -> None:
     import lowhaio_cli
 
