@@ -755,6 +755,8 @@ def _request_head(method: bytes, target: Target, params: Sequence[Tuple[str, str
 _READ_HIGH_WATER = 262144
 # How often, per socket_timeout, a send that waits checks whether bytes are still leaving.
 _DRAIN_CHECKS_PER_TIMEOUT = 8
+# How often the wait for the last bytes of a request to leave looks at the buffers.
+_FLUSH_POLL_INTERVAL = 0.005
 
 
 class _Connection(asyncio.Protocol):
@@ -766,7 +768,7 @@ class _Connection(asyncio.Protocol):
         'on_idle_close', '_poll', '_queue', '_queued', '_reading_paused', '_eof',
         '_eof_received', '_lost', '_lost_exception', '_waiter', '_drain_waiter',
         '_write_paused', '_deadline', '_timer', '_timer_when', '_keep_alive_timeout',
-        'received_any', '_drain_timeout', '_drain_size',
+        'received_any', '_drain_timeout', '_drain_size', 'raw_transport', '_flushing',
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, key: Tuple[str, str, int],
@@ -800,6 +802,10 @@ class _Connection(asyncio.Protocol):
         self._keep_alive_timeout = keep_alive_timeout
         self._drain_timeout = 0.0
         self._drain_size = 0
+        # Under TLS, the TCP transport beneath `transport`: it holds encrypted bytes that the
+        # TLS transport's own buffer size does not count.
+        self.raw_transport: Any = None
+        self._flushing = False
 
     # asyncio.Protocol callbacks
 
@@ -857,6 +863,9 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._wake_drainer()
+
+    def _wake_drainer(self) -> None:
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -906,13 +915,18 @@ class _Connection(asyncio.Protocol):
             # A send times out after socket_timeout with no byte moving, however long the
             # whole chunk takes (0.0.89's rule): bytes that left the buffer restart the clock.
             # Checked a few times per socket_timeout, so a stall is seen soon after it is due.
-            size = self.transport.get_write_buffer_size()
+            size = self.buffered_size()
+            if self._flushing and not size:
+                self._wake_drainer()
+                return
             if size < self._drain_size:
                 self._drain_size = size
                 self._deadline = now + self._drain_timeout
             if now < self._deadline:
-                self._arm_timer(min(self._deadline,
-                                    now + self._drain_timeout / _DRAIN_CHECKS_PER_TIMEOUT))
+                check = self._drain_timeout / _DRAIN_CHECKS_PER_TIMEOUT
+                # A flush also polls: nothing says when a TLS connection's TCP buffer empties
+                self._arm_timer(min(self._deadline, now + (
+                    min(check, _FLUSH_POLL_INTERVAL) if self._flushing else check)))
                 return
         elif self._waiter is None:
             return
@@ -963,11 +977,15 @@ class _Connection(asyncio.Protocol):
             raise ConnectionResetError('Connection lost') from self._lost_exception
         if not self._write_paused:
             return
+        await self._wait_for_writes(socket_timeout)
+
+    async def _wait_for_writes(self, socket_timeout: float) -> None:
         now = self.loop.time()
         self._drain_timeout = socket_timeout
-        self._drain_size = self.transport.get_write_buffer_size()
+        self._drain_size = self.buffered_size()
         self._deadline = now + socket_timeout
-        self._fire_by(now + socket_timeout / _DRAIN_CHECKS_PER_TIMEOUT)
+        self._fire_by(now + min(socket_timeout / _DRAIN_CHECKS_PER_TIMEOUT,
+                                _FLUSH_POLL_INTERVAL if self._flushing else float('inf')))
         waiter = self._drain_waiter = self.loop.create_future()
         try:
             await waiter
@@ -975,6 +993,33 @@ class _Connection(asyncio.Protocol):
             self._drain_waiter = None
         if self._lost:
             raise ConnectionResetError('Connection lost') from self._lost_exception
+
+    def buffered_size(self) -> int:
+        """Bytes written but not yet taken by the kernel."""
+        size: int = self.transport.get_write_buffer_size()
+        if self.raw_transport is not None:
+            size += self.raw_transport.get_write_buffer_size()
+        return size
+
+    async def flush(self, socket_timeout: float) -> None:
+        """Wait until every byte written has left for the kernel, with drain()'s rule: a
+        timeout only after socket_timeout in which no byte moved. The request is sent only
+        then, and so only then may the wait for the response head start (as in 0.0.89)."""
+        if self._lost:
+            raise ConnectionResetError('Connection lost') from self._lost_exception
+        if not self.buffered_size():
+            return
+        # With no room allowed, the transport pauses while anything is buffered, and
+        # resume_writing says when it is empty.
+        self.transport.set_write_buffer_limits(0)
+        self._flushing = True
+        try:
+            while self.buffered_size():
+                await self._wait_for_writes(socket_timeout)
+        finally:
+            self._flushing = False
+            if not self._lost:
+                self.transport.set_write_buffer_limits()
 
     @property
     def ended_cleanly(self) -> bool:
@@ -1760,14 +1805,16 @@ def Pool(
         conn = _Connection(loop, target.key, address, keep_alive_timeout)
         tls = target.scheme == 'https'
         try:
+            raw_transport, _ = await loop.create_connection(lambda: conn, sock=sock)
             if tls:
                 if ssl_context is None:
                     ssl_context = get_ssl_context()
-                await loop.create_connection(
-                    lambda: conn, sock=sock, ssl=ssl_context, server_hostname=target.host,
+                # TLS started on the TCP transport, rather than asked of create_connection,
+                # so that the TCP transport stays reachable: its buffer counts as unsent.
+                conn.transport = await loop.start_tls(
+                    raw_transport, conn, ssl_context, server_hostname=target.host,
                     ssl_handshake_timeout=max(deadline - loop.time(), 0.001))
-            else:
-                await loop.create_connection(lambda: conn, sock=sock)
+                conn.raw_transport = raw_transport
         except BaseException as exception:
             sock.close()
             if conn.transport is not None:
@@ -1821,6 +1868,7 @@ def Pool(
         if content_length is not None and sent != content_length:
             raise HttpDataError('Body shorter (%d bytes) than its content-length (%d)'
                                 % (sent, content_length))
+        await conn.flush(socket_timeout)
 
     async def send_request_with_hooks(conn: _Connection, method: bytes, url: str, params: Any,
                                       headers: Headers, body: BodyFunction,
@@ -1833,7 +1881,7 @@ def Pool(
         await body_sender(request_logger, loop, conn, socket_timeout, body, body_args,
                           body_kwargs)
         post_message(conn)
-        await conn.drain(socket_timeout)
+        await conn.flush(socket_timeout)
 
     # Final response heads already parsed, keyed by their exact bytes. A server repeats its
     # head byte for byte from one response to the next (Date changes once a second), and

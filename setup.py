@@ -21,6 +21,11 @@ setuptools.setup(
         'lowhaio_chunked',
         'lowhaio_aws_sigv4',
         'lowhaio_aws_sigv4_unsigned_payload',
+        'lowhaio_multipart',
+        'lowhaio_json',
+        'lowhaio_sse',
+        'lowhaio_breaker',
+        'lowhaio_defaults',
         'lowhaio_decompress',
         'lowhaio_cli',
     ],
@@ -28,6 +33,8 @@ setuptools.setup(
         'aiodnsresolver>=0.0.157',
     ],
     extras_require={
+        # lowhaio_json: orjson to encode and decode faster, msgspec for read_json(as_type=...)
+        'json': ['orjson>=3.9', 'msgspec>=0.18'],
         # br and zstd for lowhaio_decompress (gzip and deflate need nothing). brotli 1.2 is the
         # first that can limit the output of one call, which bounded decoding needs
         'compression': ['brotli>=1.2', 'zstandard>=0.18'],
