@@ -8,7 +8,9 @@ that DNS server, then
 1. streams a large upload, which the server counts without keeping;
 2. streams a large download, which this script counts without keeping;
 3. makes two small requests, which share one connection;
-4. points demo.test at 127.0.0.3 and, once the old answer expires, lands on the other server.
+4. points demo.test at 127.0.0.3 and, once the old answer expires, lands on the other server;
+5. runs the command-line client (`python -m lowhaio`) to download into a temporary file, with
+   its progress bar on stderr, asking the same DNS server and trusting the same CA.
 
 Run with `bash scripts/demo`, or `python demo.py --size-mib 8` for a quick run.
 """
@@ -22,6 +24,7 @@ import json
 import os
 import pathlib
 import sys
+import tempfile
 import time
 from typing import AsyncIterator, Dict, Tuple
 
@@ -30,7 +33,16 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / 'tests'))
 from aiohttp import web  # noqa: E402
 
 from lowhaio import Pool, buffered  # noqa: E402
-from support import DnsServer, WebServer, client_ssl_context, dns_server, web_server  # noqa: E402
+from support import (  # noqa: E402
+    DnsServer,
+    WebServer,
+    ca,
+    client_ssl_context,
+    dns_server,
+    web_server,
+)
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent
 
 HOSTNAME = 'demo.test'
 FIRST_ADDRESS = '127.0.0.2'
@@ -180,6 +192,24 @@ async def follow_dns(request, base_url: str, dns: DnsServer) -> str:
     return str(answer['served_by'])
 
 
+async def command_line(base_url: str, dns: DnsServer, size: int) -> bool:
+    say(f'5. The command-line client: python -m lowhaio -o FILE {base_url}/download?bytes={size}')
+    with tempfile.TemporaryDirectory(prefix='lowhaio-demo-') as directory:
+        cacert = pathlib.Path(directory) / 'ca.pem'
+        ca.cert_pem.write_to_path(str(cacert))
+        target = pathlib.Path(directory) / 'download.bin'
+        # A subprocess awaited without blocking: the servers it talks to run in this loop.
+        # Its stderr is ours, so the progress bar draws on this terminal.
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, '-m', 'lowhaio', '--progress', '--cacert', str(cacert),
+            '--dns-servers', f'127.0.0.1:{dns.port}', '-o', str(target),
+            f'{base_url}/download?bytes={size}', cwd=str(REPO_ROOT))
+        status = await process.wait()
+        written = target.stat().st_size if target.exists() else 0
+    say(f'   exit status {status}; {written} bytes written to the file')
+    return status == 0 and written == size
+
+
 def rate(size: int, seconds: float) -> str:
     return f'{size / MIB:.0f} MiB in {seconds:.2f}s = {size / MIB / seconds:.1f} MiB/s'
 
@@ -208,11 +238,11 @@ async def main(size: int) -> int:
         finally:
             await close()
 
-        say()
         followed = before == FIRST_ADDRESS and after == SECOND_ADDRESS
-        say(f'The same URL was served by {before}, then by {after}: '
+        say(f'   the same URL was served by {before}, then by {after}: '
             + ('lowhaio followed the DNS change.' if followed else 'UNEXPECTED.'))
-        return 0 if reused and followed else 1
+        downloaded = await command_line(base_url, dns, size)
+        return 0 if reused and followed and downloaded else 1
 
 
 def parse_args() -> argparse.Namespace:

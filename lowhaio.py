@@ -2104,3 +2104,8 @@ def Pool(
 
     request.status = status  # type: ignore[attr-defined]
     return request, close
+
+
+if __name__ == '__main__':  # python -m lowhaio: the command-line client
+    import lowhaio_cli
+    raise SystemExit(lowhaio_cli.main())

@@ -29,6 +29,7 @@ setuptools.setup(
         'lowhaio_decompress',
         'lowhaio_cookies',
         'lowhaio_auth',
+        'lowhaio_cli',
     ],
     install_requires=[
         'aiodnsresolver>=0.0.157',
@@ -39,6 +40,11 @@ setuptools.setup(
         # br and zstd for lowhaio_decompress (gzip and deflate need nothing). brotli 1.2 is the
         # first that can limit the output of one call, which bounded decoding needs
         'compression': ['brotli>=1.2', 'zstandard>=0.18'],
+        # The command-line client's progress bar; without it, the client works, with no bar
+        'cli': ['tqdm>=4.60'],
+    },
+    entry_points={
+        'console_scripts': ['lowhaio = lowhaio_cli:main'],
     },
     classifiers=[
         'Framework :: AsyncIO',
