@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import itertools
 import logging
 import os
+import time
 from typing import (
     Any,
     AsyncIterator,
@@ -43,6 +45,7 @@ from typing import (
     Set,
     Tuple,
     Type,
+    TypeVar,
     Union,
 )
 
@@ -52,7 +55,7 @@ from aiodnsresolver import DnsRecordDoesNotExist, DnsResponseCode, DnsTimeout
 from aiohttp import web
 
 import support
-from lowhaio import HttpDnsError, HttpError, Pool, buffered
+from lowhaio import HttpConnectionError, HttpDnsError, HttpError, Pool, buffered
 
 Request = Callable[..., Awaitable[Tuple[bytes, Any, AsyncIterator[bytes]]]]
 
@@ -103,10 +106,14 @@ def fresh_name(label: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def whoami_app() -> web.Application:
-    """Responds with the address it was reached at and the loop time it was reached."""
+    """Responds with the address it was reached at, the loop time it was reached, and the
+    client's port (the same for requests on one connection)."""
     async def handle(request: web.Request) -> web.Response:
-        address = request.transport.get_extra_info('sockname')[0]  # type: ignore[union-attr]
-        return web.Response(text=f'{address} {asyncio.get_running_loop().time()!r}')
+        transport = request.transport
+        assert transport is not None
+        address = transport.get_extra_info('sockname')[0]
+        client_port = transport.get_extra_info('peername')[1]
+        return web.Response(text=f'{address} {asyncio.get_running_loop().time()!r} {client_port}')
 
     app = web.Application()
     app.router.add_get('/', handle)
@@ -156,6 +163,7 @@ class Outcome(NamedTuple):
     ended: float
     reached: Optional[str] = None  # the address of the server that answered
     handled_at: float = 0.0  # when that server saw the request
+    client_port: int = 0  # the same for two requests on one connection
     error: Optional[HttpError] = None
 
     @property
@@ -176,10 +184,38 @@ async def fetch(request: Request, url: str) -> Outcome:
     started = loop.time()
     try:
         _, _, body = await request(b'GET', url)
-        address, handled_at = (await buffered(body)).decode().split()
+        address, handled_at, client_port = (await buffered(body)).decode().split()
     except HttpError as error:
         return Outcome(started, loop.time(), error=error)
-    return Outcome(started, loop.time(), reached=address, handled_at=float(handled_at))
+    return Outcome(started, loop.time(), reached=address, handled_at=float(handled_at),
+                   client_port=int(client_port))
+
+
+class Tracked:
+    """Fetches that remember the latest deadline among them."""
+
+    def __init__(self, connect_timeout: float) -> None:
+        self.connect_timeout = connect_timeout
+        self.latest = 0.0
+
+    async def fetch(self, request: Request, url: str) -> Outcome:
+        self.latest = max(self.latest, asyncio.get_running_loop().time() + self.connect_timeout)
+        return await fetch(request, url)
+
+    def last_deadline(self) -> float:
+        return self.latest
+
+
+T = TypeVar('T')
+
+
+async def staggered(factories: Sequence[Callable[[], Awaitable[T]]],
+                    stagger: float = STAGGER) -> List[T]:
+    """Run all at once, each started `stagger` seconds after the one before."""
+    async def run(index: int, factory: Callable[[], Awaitable[T]]) -> T:
+        await asyncio.sleep(index * stagger)
+        return await factory()
+    return await asyncio.gather(*(run(index, factory) for index, factory in enumerate(factories)))
 
 
 class Reaches(NamedTuple):
@@ -390,7 +426,6 @@ async def test_each_answer_of_a_and_aaaa_in_every_order(a: str, aaaa: str,
     resolves the name, the second resolves it again (its answer expired) with a connection of
     the first in the pool. Both must do what `expected_for` says, and leave no task behind."""
     connect_timeout = connect_timeout_for(a, aaaa)
-    loop = asyncio.get_running_loop()
     async with support.dns_server() as dns, servers_on(V4, V6) as servers:
         # Two attempts, each given long enough that only the cells' own silences time out (and
         # half the load of the usual five when every one is answered with SERVFAIL)
@@ -402,19 +437,17 @@ async def test_each_answer_of_a_and_aaaa_in_every_order(a: str, aaaa: str,
                 dns.set_reply(name, 'A', family_reply(a, V4, a_delay, ttl=0))
                 dns.set_reply(name, 'AAAA', family_reply(aaaa, V6, aaaa_delay, ttl=0))
                 cases.append((order, name))
-        last_start = [loop.time()]
+        tracked = Tracked(connect_timeout)
 
-        async def first_then_again(index: int, name: str) -> Tuple[Outcome, Outcome]:
-            await asyncio.sleep(index * STAGGER)
-            first = await fetch(request, servers.url(name))
-            last_start[0] = loop.time()
-            return first, await fetch(request, servers.url(name))
+        async def first_then_again(name: str) -> Tuple[Outcome, Outcome]:
+            first = await tracked.fetch(request, servers.url(name))
+            return first, await tracked.fetch(request, servers.url(name))
 
-        async with no_leftovers(lambda: last_start[0] + connect_timeout), \
+        async with no_leftovers(tracked.last_deadline), \
                 open_pool(get_dns_resolver=dns.get_dns_resolver,
                           connect_timeout=connect_timeout) as request:
-            results = await asyncio.gather(*(
-                first_then_again(index, name) for index, (_, name) in enumerate(cases)))
+            results = await staggered([functools.partial(first_then_again, name)
+                                       for _, name in cases])
 
         mismatches = []
         for (order, name), outcomes in zip(cases, results):
@@ -425,3 +458,237 @@ async def test_each_answer_of_a_and_aaaa_in_every_order(a: str, aaaa: str,
                     mismatches.append(f'{order}, {lookup} of {name}: {problem}; got {outcome}')
         assert_no_mismatches(mismatches, 2 * len(cases))
         assert not dns.errors
+
+
+# ---------------------------------------------------------------------------------------------
+# The family that answers first is not kept waiting by the other
+# ---------------------------------------------------------------------------------------------
+
+LATE = 0.4  # far later than the resolution delay and than connecting, however busy the machine
+
+
+@pytest.mark.parametrize('first', ['A', 'AAAA'])
+async def test_the_family_answering_first_is_used_without_waiting_for_the_other(
+        first: str, quiet_resolver: None) -> None:
+    """AAAA is used at once; A waits 50 ms at most. Whatever the other family's reply is
+    (addresses, NODATA, NXDOMAIN, SERVFAIL), when it comes LATE seconds later the request has
+    already reached the server of the first family."""
+    later = 'A' if first == 'AAAA' else 'AAAA'
+    address = {'A': V4, 'AAAA': V6}
+    connect_timeout = 3.0
+    async with support.dns_server() as dns, servers_on(V4, V6) as servers:
+        dns.attempts, dns.attempt_timeout = 1, 2.0  # one SERVFAIL is the whole reply
+        cases = []
+        for _ in range(REPETITIONS // 2):
+            for outcome in (ANSWERS, NODATA, NXDOMAIN, SERVFAIL):
+                name = fresh_name('w')
+                dns.set_reply(name, first, support.dns_addresses(address[first], ttl=0))
+                dns.set_reply(name, later, family_reply(outcome, address[later], LATE, ttl=0))
+                cases.append((outcome, name))
+        tracked = Tracked(connect_timeout)
+        async with no_leftovers(tracked.last_deadline), \
+                open_pool(get_dns_resolver=dns.get_dns_resolver,
+                          connect_timeout=connect_timeout) as request:
+            outcomes = await staggered([functools.partial(tracked.fetch, request, servers.url(name))
+                                        for _, name in cases])
+            await asyncio.sleep(LATE)  # every later reply has been sent
+
+    mismatches = []
+    for (outcome_of_later, name), outcome in zip(cases, outcomes):
+        later_replies = [answer.sent_at for answer in dns.answered
+                         if answer.name == name and answer.qtype == later]
+        if outcome.reached != address[first]:
+            mismatches.append(f'{later} {outcome_of_later} for {name}: expected to reach '
+                              f'{address[first]}; got {outcome}')
+        elif not later_replies or later_replies[0] <= outcome.handled_at:
+            mismatches.append(f'{later} {outcome_of_later} for {name}: the request waited for '
+                              f'the {later} reply; got {outcome}')
+    assert_no_mismatches(mismatches, len(cases))
+
+
+# ---------------------------------------------------------------------------------------------
+# AAAA first, A joining later
+# ---------------------------------------------------------------------------------------------
+
+A_JOINING: Dict[str, Expected] = {
+    # The AAAA answer's address refuses connections: the A answer, when it comes, is tried
+    ANSWERS: Reaches(V4),
+    # A has nothing to add: the connection failed, DNS did not (AAAA gave an address)
+    NODATA: FailsWith(OSError, at_deadline=False),
+    NXDOMAIN: FailsWith(OSError, at_deadline=False),
+    SERVFAIL: FailsWith(OSError, at_deadline=False),
+    NEVER: FailsWith(asyncio.TimeoutError, at_deadline=True),
+}
+
+
+@pytest.mark.parametrize('a', list(A_JOINING), ids=[f'A {o}' for o in A_JOINING])
+async def test_a_addresses_join_the_attempts_when_the_aaaa_addresses_fail(
+        a: str, quiet_resolver: None) -> None:
+    """AAAA answers at once with an address that refuses connections; A replies 20 or 120 ms
+    later. The request waits for A rather than failing, and connects to its addresses; if A has
+    none, it raises HttpConnectionError (not HttpDnsError: the name did resolve)."""
+    expected = A_JOINING[a]
+    connect_timeout = 1.0 if a == NEVER else 3.0
+    async with support.dns_server() as dns, servers_on(V4, V6) as servers:
+        dns.attempts, dns.attempt_timeout = 2, 2.0
+        cases = []
+        for _ in range(REPETITIONS // 2):
+            for a_delay in (0.02, 0.12):
+                name = fresh_name('j')
+                dns.set_reply(name, 'AAAA', support.dns_addresses(DEAD_V6, ttl=0))
+                dns.set_reply(name, 'A', family_reply(a, V4, a_delay, ttl=0))
+                cases.append((a_delay, name))
+        tracked = Tracked(connect_timeout)
+        async with no_leftovers(tracked.last_deadline), \
+                open_pool(get_dns_resolver=dns.get_dns_resolver,
+                          connect_timeout=connect_timeout) as request:
+            outcomes = await staggered([functools.partial(tracked.fetch, request, servers.url(name))
+                                        for _, name in cases])
+
+    mismatches = []
+    for (a_delay, name), outcome in zip(cases, outcomes):
+        problem = connection_mismatch(expected, outcome, connect_timeout)
+        if problem:
+            mismatches.append(f'A after {a_delay}s for {name}: {problem}; got {outcome}')
+    assert_no_mismatches(mismatches, len(cases))
+
+
+def connection_mismatch(expected: Expected, outcome: Outcome,
+                        connect_timeout: float) -> Optional[str]:
+    """As `mismatch`, for a failure to connect rather than to resolve."""
+    if isinstance(expected, Reaches):
+        return mismatch(expected, outcome, connect_timeout)
+    error = outcome.error
+    if type(error) is not HttpConnectionError or \
+            not isinstance(error.__cause__, expected.cause):
+        return f'expected HttpConnectionError from {expected.cause.__name__}'
+    at_deadline = outcome.elapsed >= connect_timeout - 0.01
+    if at_deadline != expected.at_deadline or \
+            outcome.elapsed > connect_timeout + DEADLINE_MARGIN:
+        return f'expected {"" if expected.at_deadline else "no "}wait for the deadline'
+    return None
+
+
+async def test_a_addresses_arriving_later_join_the_cached_answer() -> None:
+    """AAAA answers at once and is used; A answers 100 ms later, by the deadline. Its address
+    joins the cached answer: with the IPv6 server gone, the next request (no new lookup, the
+    TTL is long) connects over IPv4."""
+    async with support.dns_server(ttl=60) as dns, servers_on(V4, V6) as servers:
+        names = [fresh_name('c') for _ in range(REPETITIONS // 2)]
+        for name in names:
+            dns.set_reply(name, 'AAAA', support.dns_addresses(V6))
+            dns.set_reply(name, 'A', support.dns_addresses(V4).after(0.1))
+        tracked = Tracked(3.0)
+        async with no_leftovers(tracked.last_deadline), \
+                open_pool(get_dns_resolver=dns.get_dns_resolver, connect_timeout=3.0) as request:
+            first = await staggered([functools.partial(tracked.fetch, request, servers.url(name))
+                                     for name in names])
+            await asyncio.sleep(0.2)  # every A answer is in
+            queries = len(dns.queries)
+            await servers.stop(V6)
+            second = await staggered([functools.partial(tracked.fetch, request, servers.url(name))
+                                      for name in names])
+        assert [outcome.reached for outcome in first] == [V6] * len(names), first
+        assert [outcome.reached for outcome in second] == [V4] * len(names), second
+        assert len(dns.queries) == queries  # from the cache
+
+
+async def test_a_addresses_arriving_after_the_deadline_are_not_used() -> None:
+    """As above, but A answers only after connect_timeout: the lookup has ended by then, and
+    the cached answer stays the AAAA one (until its TTL runs out)."""
+    connect_timeout = 0.5
+    async with support.dns_server(ttl=60) as dns, servers_on(V4, V6) as servers:
+        dns.attempt_timeout = 2.0  # only our deadline ends the A lookup
+        names = [fresh_name('d') for _ in range(REPETITIONS // 2)]
+        for name in names:
+            dns.set_reply(name, 'AAAA', support.dns_addresses(V6))
+            dns.set_reply(name, 'A', support.dns_addresses(V4).after(connect_timeout + 0.2))
+        tracked = Tracked(connect_timeout)
+        async with no_leftovers(tracked.last_deadline), \
+                open_pool(get_dns_resolver=dns.get_dns_resolver,
+                          connect_timeout=connect_timeout) as request:
+            first = await staggered([functools.partial(tracked.fetch, request, servers.url(name))
+                                     for name in names])
+            await asyncio.sleep(connect_timeout + 0.3)  # every A answer has been sent
+            queries = len(dns.queries)
+            await servers.stop(V6)
+            second = await staggered([functools.partial(tracked.fetch, request, servers.url(name))
+                                      for name in names])
+        assert [outcome.reached for outcome in first] == [V6] * len(names), first
+        assert all(type(outcome.error) is HttpConnectionError for outcome in second), second
+        assert len(dns.queries) == queries
+
+
+# ---------------------------------------------------------------------------------------------
+# Timeouts: the resolver's own, and the deadline landing on one of the resolver's
+# ---------------------------------------------------------------------------------------------
+
+RESOLVER_TIMEOUT_CELLS: Dict[Tuple[str, str], Expected] = {
+    (NEVER, NEVER): FailsWith(asyncio.TimeoutError, False, DnsTimeout),
+    (NEVER, NXDOMAIN): FailsWith(asyncio.TimeoutError, False, DnsTimeout),
+    (NODATA, NEVER): FailsWith(asyncio.TimeoutError, False, DnsTimeout),
+    (NEVER, SERVFAIL): FailsWith(asyncio.TimeoutError, False, DnsTimeout),
+    (NEVER, ANSWERS): Reaches(V6),
+    (ANSWERS, NEVER): Reaches(V4),
+}
+
+
+@pytest.mark.parametrize('a, aaaa', list(RESOLVER_TIMEOUT_CELLS),
+                         ids=[f'A {a}-AAAA {aaaa}' for a, aaaa in RESOLVER_TIMEOUT_CELLS])
+async def test_a_resolver_timing_out_before_the_deadline_is_a_timeout_caused_by_dns_timeout(
+        a: str, aaaa: str, quiet_resolver: None) -> None:
+    """The resolver gives up (2 attempts of 0.1 s) long before connect_timeout: the request
+    fails then, with an asyncio.TimeoutError whose cause is aiodnsresolver's DnsTimeout."""
+    expected = RESOLVER_TIMEOUT_CELLS[(a, aaaa)]
+    connect_timeout = 3.0
+    async with support.dns_server() as dns, servers_on(V4, V6) as servers:
+        dns.attempts, dns.attempt_timeout = 2, 0.1
+        names = [fresh_name('t') for _ in range(REPETITIONS // 2)]
+        for name in names:
+            dns.set_reply(name, 'A', family_reply(a, V4, 0.0, ttl=0))
+            dns.set_reply(name, 'AAAA', family_reply(aaaa, V6, 0.0, ttl=0))
+        tracked = Tracked(connect_timeout)
+        async with no_leftovers(tracked.last_deadline), \
+                open_pool(get_dns_resolver=dns.get_dns_resolver,
+                          connect_timeout=connect_timeout) as request:
+            outcomes = await staggered([functools.partial(tracked.fetch, request, servers.url(name))
+                                        for name in names])
+    mismatches = [f'{name}: {problem}; got {outcome}'
+                  for name, outcome in zip(names, outcomes)
+                  for problem in (mismatch(expected, outcome, connect_timeout),) if problem]
+    assert_no_mismatches(mismatches, len(names))
+
+
+@pytest.mark.parametrize('aaaa', [ANSWERS, NXDOMAIN], ids=['AAAA answers', 'AAAA NXDOMAIN'])
+async def test_a_deadline_falling_on_a_resolver_attempt_timeout_still_ends_the_lookup(
+        aaaa: str, quiet_resolver: None) -> None:
+    """connect_timeout 1 s, and aiodnsresolver's usual attempts of 0.5 s each: the deadline
+    and the end of the second attempt fall due together, and a busy loop (40 ms of work in one
+    callback, as a loaded machine or a CPU-bound callback gives) runs both timers in the same
+    iteration. A stays silent. The lookup must still end at the deadline: no task left after
+    it, no exception left unretrieved, no third A query, and the request does what the matrix
+    says."""
+    connect_timeout = 1.0
+    expected = expected_for(NEVER, aaaa, 'together')
+    async with support.dns_server() as dns, servers_on(V4, V6) as servers:
+        assert (dns.attempts, dns.attempt_timeout) == (5, 0.5)  # aiodnsresolver's defaults
+        names = [fresh_name('k') for _ in range(REPETITIONS)]
+        for name in names:
+            dns.set_reply(name, 'A', support.DNS_SILENT)
+            dns.set_reply(name, 'AAAA', family_reply(aaaa, V6, 0.0, ttl=0))
+        tracked = Tracked(connect_timeout)
+        async with no_leftovers(tracked.last_deadline), \
+                open_pool(get_dns_resolver=dns.get_dns_resolver,
+                          connect_timeout=connect_timeout) as request:
+            loop = asyncio.get_running_loop()
+            busy = loop.call_at(loop.time() + connect_timeout - 0.01, time.sleep, 0.04)
+            outcomes = await asyncio.gather(*(tracked.fetch(request, servers.url(name))
+                                              for name in names))
+            busy.cancel()
+        mismatches = [f'{name}: {problem}; got {outcome}'
+                      for name, outcome in zip(names, outcomes)
+                      for problem in (mismatch(expected, outcome, connect_timeout),) if problem]
+        mismatches += [f'{name}: {count} A queries, a new attempt after the deadline'
+                       for name in names for count in (dns.queries_for(name).count('A'),)
+                       if count > 2]
+        assert_no_mismatches(mismatches, len(names))
