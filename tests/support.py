@@ -413,7 +413,9 @@ class DnsServer(asyncio.DatagramProtocol):
                 for record in (_address_record(address, qtype) for address in reply.addresses)
                 if record is not None)
             return _Answer(reply.rcode, records, reply.delay, reply.silent)
-        if name in self._cnames and hops < _MAX_CNAME_HOPS:
+        if name in self._cnames:
+            if hops >= _MAX_CNAME_HOPS:  # a loop: what recursive resolvers answer then
+                return _Answer('SERVFAIL', (), 0.0, False)
             target, ttl, include_target = self._cnames[name]
             alias = dnslib.RR(qname, dnslib.QTYPE.CNAME, rdata=dnslib.CNAME(target + '.'),
                               ttl=ttl)

@@ -51,7 +51,12 @@ from typing import (
 
 import aiodnsresolver
 import pytest
-from aiodnsresolver import DnsRecordDoesNotExist, DnsResponseCode, DnsTimeout
+from aiodnsresolver import (
+    DnsCnameChainTooLong,
+    DnsRecordDoesNotExist,
+    DnsResponseCode,
+    DnsTimeout,
+)
 from aiohttp import web
 
 import support
@@ -692,3 +697,151 @@ async def test_a_deadline_falling_on_a_resolver_attempt_timeout_still_ends_the_l
                        for name in names for count in (dns.queries_for(name).count('A'),)
                        if count > 2]
         assert_no_mismatches(mismatches, len(names))
+
+
+# ---------------------------------------------------------------------------------------------
+# Re-lookup once a TTL of 1 s has expired, with the pool holding a connection of the old answer
+# ---------------------------------------------------------------------------------------------
+
+# What the name answers after the TTL: (A, AAAA), and where requests must go then
+AFTER_EXPIRY: Dict[Tuple[str, str], Callable[[str], Expected]] = {
+    (ANSWERS, NODATA): lambda order: Reaches(V4),
+    (ANSWERS, NXDOMAIN): lambda order: Reaches(V4),
+    (ANSWERS, SERVFAIL): lambda order: Reaches(V4),
+    (NXDOMAIN, ANSWERS): lambda order: Reaches(V6),
+    (ANSWERS, ANSWERS): lambda order: expected_for(ANSWERS, ANSWERS, order),
+}
+
+
+async def test_a_re_lookup_after_the_ttl_expires_uses_the_new_answers_in_every_order(
+        quiet_resolver: None) -> None:
+    """Both families answer with a TTL of 1 s and the request goes over IPv6. Once the TTL has
+    run out (in lowhaio's cache and in aiodnsresolver's alike), the name answers differently,
+    in each order of arrival: the next request must follow the new answers, most of all when
+    only A is left (the failure that issue 9 reported, most often at re-lookups)."""
+    connect_timeout = 5.0
+    async with support.dns_server() as dns, servers_on(V4, V6) as servers:
+        dns.attempts, dns.attempt_timeout = 2, 2.0
+        cases = []
+        for (a, aaaa), expected in AFTER_EXPIRY.items():
+            for order in ORDERS:
+                for _ in range(4):
+                    name = fresh_name('e')
+                    dns.set_reply(name, 'A', support.dns_addresses(V4, ttl=1))
+                    dns.set_reply(name, 'AAAA', support.dns_addresses(V6, ttl=1))
+                    cases.append((a, aaaa, order, expected(order), name))
+        tracked = Tracked(connect_timeout)
+        async with no_leftovers(tracked.last_deadline), \
+                open_pool(get_dns_resolver=dns.get_dns_resolver,
+                          connect_timeout=connect_timeout) as request:
+            before = await staggered([functools.partial(tracked.fetch, request, servers.url(name))
+                                      for *_, name in cases])
+            for a, aaaa, order, _, name in cases:
+                a_delay, aaaa_delay = ORDERS[order]
+                dns.set_reply(name, 'A', family_reply(a, V4, a_delay, ttl=1))
+                dns.set_reply(name, 'AAAA', family_reply(aaaa, V6, aaaa_delay, ttl=1))
+            await asyncio.sleep(max(outcome.ended for outcome in before) + 1.05 -
+                                asyncio.get_running_loop().time())
+            after = await staggered([functools.partial(tracked.fetch, request, servers.url(name))
+                                     for *_, name in cases])
+    assert [outcome.reached for outcome in before] == [V6] * len(cases), before
+    mismatches = [f'A {a}, AAAA {aaaa}, {order}, {name}: {problem}; got {outcome}'
+                  for (a, aaaa, order, expected, name), outcome in zip(cases, after)
+                  for problem in (mismatch(expected, outcome, connect_timeout),) if problem]
+    assert_no_mismatches(mismatches, len(cases))
+
+
+# ---------------------------------------------------------------------------------------------
+# TTL 0, CNAME chains, many addresses
+# ---------------------------------------------------------------------------------------------
+
+async def test_an_answer_with_ttl_0_is_looked_up_again_for_each_request() -> None:
+    """TTL 0: nothing is cached, so every request asks again and follows a change at once;
+    while the answer keeps the address, the pooled connection to it is reused."""
+    async with support.dns_server(ttl=0) as dns, servers_on(V4, V6) as servers:
+        dns.set('zero.test', [V4])
+        async with no_leftovers(asyncio.get_running_loop().time), \
+                open_pool(get_dns_resolver=dns.get_dns_resolver) as request:
+            same = [await fetch(request, servers.url('zero.test')) for _ in range(3)]
+            dns.set('zero.test', [V6])
+            moved = await fetch(request, servers.url('zero.test'))
+        assert [outcome.reached for outcome in same] == [V4] * 3, same
+        assert len({outcome.client_port for outcome in same}) == 1  # one connection, reused
+        assert moved.reached == V6, moved
+        assert dns.queries_for('zero.test').count('A') == 4
+
+
+CNAME_CASES = {
+    # name: (what the chain ends in, where the request must go)
+    'alias of a dual-stack name': ('both', Reaches(V6)),
+    'alias of an IPv4-only name': ('v4', Reaches(V4)),
+    'alias of an IPv6-only name': ('v6', Reaches(V6)),
+    'alias of a name whose AAAA lookup fails': ('v4-aaaa-servfail', Reaches(V4)),
+    'alias of a missing name': ('missing', FailsWith(DnsRecordDoesNotExist, at_deadline=False)),
+    # A recursive resolver answers SERVFAIL for a loop; followed hop by hop, aiodnsresolver
+    # gives up after 20 hops
+    'alias loop': ('loop', FailsWith(DnsResponseCode, at_deadline=False)),
+}
+
+
+@pytest.mark.parametrize('include_target', [True, False], ids=['whole chain', 'hop by hop'])
+@pytest.mark.parametrize('case', list(CNAME_CASES))
+async def test_cname_chains_resolve_to_the_end_of_the_chain(
+        case: str, include_target: bool, quiet_resolver: None) -> None:
+    """A chain of three CNAMEs, served whole in one answer (as recursive resolvers do) or one
+    hop per query; the end of the chain decides, family by family, as for a plain name."""
+    end, expected = CNAME_CASES[case]
+    if end == 'loop' and not include_target:
+        expected = FailsWith(DnsCnameChainTooLong, at_deadline=False)
+    connect_timeout = 3.0
+    async with support.dns_server() as dns, servers_on(V4, V6) as servers:
+        dns.attempts, dns.attempt_timeout = 2, 2.0
+        target = fresh_name(end)
+        if end == 'both':
+            dns.set(target, [V4, V6])
+        elif end == 'v4':
+            dns.set(target, [V4])
+        elif end == 'v6':
+            dns.set(target, [V6])
+        elif end == 'v4-aaaa-servfail':
+            dns.set_reply(target, 'A', support.dns_addresses(V4).after(0.02))
+            dns.set_reply(target, 'AAAA', support.DNS_SERVFAIL)
+        names = [fresh_name('alias') for _ in range(3)]
+        for name, next_name in zip(names, names[1:] + [names[0] if end == 'loop' else target]):
+            dns.set_cname(name, next_name, include_target=include_target)
+        async with no_leftovers(asyncio.get_running_loop().time), \
+                open_pool(get_dns_resolver=dns.get_dns_resolver,
+                          connect_timeout=connect_timeout) as request:
+            outcome = await fetch(request, servers.url(names[0]))
+        assert mismatch(expected, outcome, connect_timeout) is None, (expected, str(outcome))
+
+
+@pytest.mark.parametrize('reachable', [V4, V6])
+async def test_many_addresses_with_only_one_reachable(reachable: str) -> None:
+    """16 A and 16 AAAA records, every one refusing connections except the last of one
+    family: the request tries them all, the families interleaved, and reaches that one."""
+    async with support.dns_server() as dns, servers_on(V4, V6) as servers:
+        dead_v4 = [f'127.0.0.{i}' for i in range(10, 26)]
+        dead_v6 = [f'::ffff:127.0.0.{i}' for i in range(10, 26)]
+        if reachable == V4:
+            dead_v4[-1] = V4
+        else:
+            dead_v6[-1] = V6
+        dns.set('many.test', dead_v4 + dead_v6)
+        async with no_leftovers(asyncio.get_running_loop().time), \
+                open_pool(get_dns_resolver=dns.get_dns_resolver) as request:
+            outcome = await fetch(request, servers.url('many.test'))
+        # Reaching the last record also shows that all 16 fitted in the 512-byte UDP answer
+        assert outcome.reached == reachable, str(outcome)
+        assert not dns.errors
+
+
+async def test_many_addresses_none_reachable_is_a_connection_error_not_a_dns_error() -> None:
+    async with support.dns_server() as dns, servers_on(V4, V6) as servers:
+        dns.set('none.test', [f'127.0.0.{i}' for i in range(10, 26)] +
+                [f'::ffff:127.0.0.{i}' for i in range(10, 26)])
+        async with no_leftovers(asyncio.get_running_loop().time), \
+                open_pool(get_dns_resolver=dns.get_dns_resolver) as request:
+            outcome = await fetch(request, servers.url('none.test'))
+        assert type(outcome.error) is HttpConnectionError, str(outcome)
+        assert isinstance(outcome.error.__cause__, OSError)
