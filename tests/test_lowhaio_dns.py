@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import functools
 import gc
+import ipaddress
 import itertools
 import logging
 import os
@@ -845,3 +846,100 @@ async def test_many_addresses_none_reachable_is_a_connection_error_not_a_dns_err
             outcome = await fetch(request, servers.url('none.test'))
         assert type(outcome.error) is HttpConnectionError, str(outcome)
         assert isinstance(outcome.error.__cause__, OSError)
+
+
+# ---------------------------------------------------------------------------------------------
+# Names in /etc/hosts
+# ---------------------------------------------------------------------------------------------
+
+def loopback_names_in_etc_hosts() -> Dict[str, List[str]]:
+    """The names this machine's /etc/hosts gives loopback addresses only, with those addresses,
+    IPv6 first, read with aiodnsresolver as lowhaio reads it; localhost always (RFC 6761)."""
+    try:
+        by_type = aiodnsresolver.parse_etc_hosts()
+    except (OSError, ValueError):
+        by_type = {}
+    names: Dict[str, List[str]] = {}
+    for qtype in (aiodnsresolver.TYPES.AAAA, aiodnsresolver.TYPES.A):
+        for name, address in by_type.get(qtype, {}).items():
+            names.setdefault(name.decode('ascii').lower(), []).append(str(address))
+    names.setdefault('localhost', [V6, '127.0.0.1'])
+    return {name: addresses for name, addresses in names.items()
+            if all(ipaddress.ip_address(address).is_loopback for address in addresses)}
+
+
+ETC_HOSTS = loopback_names_in_etc_hosts()
+
+
+@pytest.mark.parametrize('name', sorted(ETC_HOSTS))
+async def test_a_name_in_etc_hosts_is_never_sent_to_dns(name: str) -> None:
+    """Whatever this machine's /etc/hosts says (it is read, never changed): the request goes
+    to the address listed there, IPv6 first, though DNS would send it elsewhere, and neither A
+    nor AAAA is asked of DNS, even for a family the file does not list."""
+    addresses = ETC_HOSTS[name]
+    async with support.dns_server() as dns, servers_on(*sorted(set(addresses))) as servers:
+        dns.set(name, [DEAD_V4, DEAD_V6])
+        async with no_leftovers(asyncio.get_running_loop().time), \
+                open_pool(get_dns_resolver=dns.get_dns_resolver) as request:
+            outcomes = [await fetch(request, servers.url(name)) for _ in range(2)]
+        assert [outcome.reached for outcome in outcomes] == [addresses[0]] * 2, outcomes
+        assert dns.queries_for(name) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# dnsmasq, the resolver most systems run
+# ---------------------------------------------------------------------------------------------
+
+DNSMASQ_CELLS: Dict[str, Tuple[Tuple[str, ...], Expected]] = {
+    # kind of name: (its addresses in dnsmasq, where the request must go)
+    'IPv4 only': ((V4,), Reaches(V4)),
+    'both': ((V4, V6), Reaches(V6)),
+    'IPv6 only': ((V6,), Reaches(V6)),
+    'NXDOMAIN': ((), FailsWith(DnsRecordDoesNotExist, at_deadline=False)),
+}
+
+
+def dnsmasq_name(kind: str, index: int) -> str:
+    return f'{kind.replace(" ", "-").lower()}-{index}.test'
+
+
+@pytest.fixture(scope='module')
+def dnsmasq() -> Iterator[support.Dnsmasq]:
+    """One dnsmasq for the module, answering (with its default TTL, 0) for REPETITIONS names
+    of each kind; the NXDOMAIN names are simply not given to it."""
+    if support.dnsmasq_binary() is None:
+        if IN_CI:
+            pytest.fail('dnsmasq is not installed; scripts/test installs it')
+        pytest.skip('dnsmasq is not installed (scripts/test installs it)')
+    records = [(dnsmasq_name(kind, index), addresses)
+               for kind, (addresses, _) in DNSMASQ_CELLS.items() if addresses
+               for index in range(REPETITIONS)]
+    with support.Dnsmasq(records) as server:
+        yield server
+
+
+@pytest.mark.parametrize('kind', list(DNSMASQ_CELLS))
+async def test_dnsmasq_answers_lead_where_the_rule_says(kind: str,
+                                                        dnsmasq: support.Dnsmasq) -> None:
+    """dnsmasq answers NODATA for the family a name lacks and NXDOMAIN for a name it does not
+    know, at once and with TTL 0: every request, first or again, looks the name up."""
+    _, expected = DNSMASQ_CELLS[kind]
+    connect_timeout = 5.0
+    names = [dnsmasq_name(kind, index) for index in range(REPETITIONS)]
+    async with servers_on(V4, V6) as servers:
+        tracked = Tracked(connect_timeout)
+
+        async def first_then_again(name: str) -> Tuple[Outcome, Outcome]:
+            first = await tracked.fetch(request, servers.url(name))
+            return first, await tracked.fetch(request, servers.url(name))
+
+        async with no_leftovers(tracked.last_deadline), \
+                open_pool(get_dns_resolver=dnsmasq.get_dns_resolver,
+                          connect_timeout=connect_timeout) as request:
+            results = await staggered([functools.partial(first_then_again, name)
+                                       for name in names])
+    mismatches = [f'{lookup} of {name}: {problem}; got {outcome}'
+                  for name, outcomes in zip(names, results)
+                  for lookup, outcome in zip(('first lookup', 're-lookup'), outcomes)
+                  for problem in (mismatch(expected, outcome, connect_timeout),) if problem]
+    assert_no_mismatches(mismatches, 2 * len(names))
