@@ -24,12 +24,14 @@ import ssl
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 from typing import (
     AsyncIterator,
     Awaitable,
     Callable,
     Dict,
+    Iterator,
     List,
     NamedTuple,
     Optional,
@@ -458,8 +460,18 @@ def _address_record(address: str, qtype: str) -> Optional[dnslib.RD]:
 
 
 @contextlib.asynccontextmanager
-async def dns_server(ttl: int = 60) -> AsyncIterator[DnsServer]:
-    """Run a `DnsServer` on 127.0.0.1 (UDP, kernel-chosen port) in the running loop."""
+async def dns_server(ttl: int = 60, own_thread: bool = False) -> AsyncIterator[DnsServer]:
+    """Run a `DnsServer` on 127.0.0.1 (UDP, kernel-chosen port) in the running loop.
+
+    With `own_thread`, it runs on an event loop of its own in a thread instead, so that it
+    answers on time however busy the test's loop is: asyncio reads one datagram per loop
+    iteration, so hundreds of queries at once would queue behind the test's own work. Its
+    loop's time is the same monotonic clock as the test's loop (asyncio's and uvloop's alike).
+    """
+    if own_thread:
+        with _dns_server_in_thread(ttl) as server:
+            yield server
+        return
     loop = asyncio.get_running_loop()
     server = DnsServer(ttl)
     transport, _ = await loop.create_datagram_endpoint(
@@ -470,6 +482,41 @@ async def dns_server(ttl: int = 60) -> AsyncIterator[DnsServer]:
     finally:
         server._cancel_delayed()
         transport.close()
+
+
+@contextlib.contextmanager
+def _dns_server_in_thread(ttl: int) -> Iterator[DnsServer]:
+    server = DnsServer(ttl)
+    loop = asyncio.new_event_loop()
+    started: List[asyncio.DatagramTransport] = []
+    ready = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            transport, _ = loop.run_until_complete(loop.create_datagram_endpoint(
+                lambda: server, local_addr=(server.host, 0)))
+            server.port = transport.get_extra_info('sockname')[1]
+            started.append(transport)
+        finally:
+            ready.set()
+        loop.run_forever()
+        server._cancel_delayed()
+        transport.close()
+        loop.run_until_complete(asyncio.sleep(0))  # the transport closes its socket
+        loop.close()
+
+    thread = threading.Thread(target=serve, name='dns-server', daemon=True)
+    thread.start()
+    ready.wait(10)
+    if not started:
+        thread.join(10)
+        raise RuntimeError('the DNS server thread failed to start')
+    try:
+        yield server
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
 
 
 # ---------------------------------------------------------------------------------------------
