@@ -84,15 +84,15 @@ NEVER = 'never answers'
 OUTCOMES = (ANSWERS, NODATA, NXDOMAIN, SERVFAIL, NEVER)
 
 # Orders of arrival: (seconds before the A answer, seconds before the AAAA answer). 10 ms is
-# well inside the 50 ms resolution delay and 150 ms well past it, with room either side for a
-# loop that sees an answer some milliseconds late on a busy machine. The resolver asks again on
+# well inside the 50 ms resolution delay and 200 ms well past it, with room either side for a
+# loop that sees an answer late on a busy machine. The resolver asks again on
 # SERVFAIL, so a SERVFAIL arrives after as many times its delay as the resolver makes attempts.
 ORDERS: Dict[str, Tuple[float, float]] = {
     'together': (0.0, 0.0),
     'A 10 ms first': (0.0, 0.01),
-    'A 150 ms first': (0.0, 0.15),
+    'A 200 ms first': (0.0, 0.2),
     'AAAA 10 ms first': (0.01, 0.0),
-    'AAAA 150 ms first': (0.15, 0.0),
+    'AAAA 200 ms first': (0.2, 0.0),
 }
 
 REPETITIONS = 20  # of every timing-dependent cell, each with a fresh name
@@ -416,7 +416,7 @@ def expected_for(a: str, aaaa: str, order: str) -> Expected:
     if a == ANSWERS and aaaa == ANSWERS:
         # An A answer waits 50 ms for AAAA, an AAAA answer is used at once: IPv6, unless A
         # came so much earlier that the resolution delay was over before AAAA arrived.
-        return Reaches(V4 if order == 'A 150 ms first' else V6)
+        return Reaches(V4 if order == 'A 200 ms first' else V6)
     if aaaa == ANSWERS:
         return Reaches(V6)
     if a == ANSWERS:
@@ -544,7 +544,7 @@ A_JOINING: Dict[str, Expected] = {
 @pytest.mark.parametrize('a', list(A_JOINING), ids=[f'A {o}' for o in A_JOINING])
 async def test_a_addresses_join_the_attempts_when_the_aaaa_addresses_fail(
         a: str, quiet_resolver: None) -> None:
-    """AAAA answers at once with an address that refuses connections; A replies 10 or 150 ms
+    """AAAA answers at once with an address that refuses connections; A replies 10 or 200 ms
     later. The request waits for A rather than failing, and connects to its addresses; if A has
     none, it raises HttpConnectionError (not HttpDnsError: the name did resolve)."""
     expected = A_JOINING[a]
@@ -553,7 +553,7 @@ async def test_a_addresses_join_the_attempts_when_the_aaaa_addresses_fail(
         dns.attempts, dns.attempt_timeout = 2, 2.0
         cases = []
         for _ in range(REPETITIONS // 2):
-            for a_delay in (0.01, 0.15):
+            for a_delay in (0.01, 0.2):
                 name = fresh_name('j')
                 dns.set_reply(name, 'AAAA', support.dns_addresses(DEAD_V6, ttl=0))
                 dns.set_reply(name, 'A', family_reply(a, V4, a_delay, ttl=0))
