@@ -85,8 +85,8 @@ OUTCOMES = (ANSWERS, NODATA, NXDOMAIN, SERVFAIL, NEVER)
 
 # Orders of arrival: (seconds before the A answer, seconds before the AAAA answer). 10 ms is
 # well inside the 50 ms resolution delay and 200 ms well past it, with room either side for a
-# loop that sees an answer late on a busy machine. The resolver asks again on
-# SERVFAIL, so a SERVFAIL arrives after as many times its delay as the resolver makes attempts.
+# loop that sees an answer late on a busy machine. The resolver asks again on SERVFAIL, so a
+# SERVFAIL arrives after as many times its delay as the resolver makes attempts.
 ORDERS: Dict[str, Tuple[float, float]] = {
     'together': (0.0, 0.0),
     'A 10 ms first': (0.0, 0.01),
@@ -132,8 +132,7 @@ def whoami_app() -> web.Application:
 
 class Servers(NamedTuple):
     port: int
-    stack: contextlib.AsyncExitStack  # to stop them one by one: see stop()
-    stops: Dict[str, Callable[[], Awaitable[None]]]
+    stops: Dict[str, Callable[[], Awaitable[None]]]  # to stop them one by one
 
     def url(self, name: str) -> str:
         return f'http://{name}:{self.port}/'
@@ -159,7 +158,7 @@ async def servers_on(*addresses: str) -> AsyncIterator[Servers]:
                     stops[address] = inner.aclose
             except OSError:
                 continue  # the port was taken on another address: try another
-            yield Servers(port, stack, stops)
+            yield Servers(port, stops)
             return
     raise RuntimeError(f'no port free on all of {addresses}')
 
@@ -280,9 +279,34 @@ def dns_timeline(dns: support.DnsServer, name: str, since: float) -> str:
                      for answer in dns.answered if answer.name == name)
 
 
-def assert_no_mismatches(mismatches: Sequence[str], total: int) -> None:
+def assert_no_mismatches(mismatches: Sequence[str], total: int,
+                         lag: Optional[LoopLag] = None) -> None:
     shown = '\n'.join(mismatches[:1000])
-    assert not mismatches, f'{len(mismatches)} of {total} requests went wrong:\n{shown}'
+    late = '' if lag is None else f' (the loop ran up to {1000 * lag.worst:.0f} ms late meanwhile)'
+    assert not mismatches, f'{len(mismatches)} of {total} requests went wrong{late}:\n{shown}'
+
+
+class LoopLag:
+    """How late the loop runs a timer, at worst, while in use: to tell, when a timing cell
+    fails, whether the machine was too busy for the loop to see answers on time."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._handle: Optional[asyncio.TimerHandle] = None
+
+    def __enter__(self) -> LoopLag:
+        self._tick(asyncio.get_running_loop().time())
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+
+    def _tick(self, due: float) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self.worst = max(self.worst, now - due)
+        self._handle = loop.call_at(now + 0.005, self._tick, now + 0.005)
 
 
 @contextlib.asynccontextmanager
@@ -442,7 +466,22 @@ async def test_each_answer_of_a_and_aaaa_in_every_order(a: str, aaaa: str,
                                                          quiet_resolver: None) -> None:
     """Each order of arrival, many times with fresh names (TTL 0): the first request
     resolves the name, the second resolves it again (its answer expired) with a connection of
-    the first in the pool. Both must do what `expected_for` says, and leave no task behind."""
+    the first in the pool. Both must do what `expected_for` says, and leave no task behind.
+
+    The orders leave 40 ms between an answer and the end of the resolution delay. A run in
+    which the loop itself ran later than that (a machine too busy to test timing on) is run
+    again, up to twice; any other failure stands at once."""
+    for _attempt in range(3):
+        mismatches, total, lag = await run_matrix_cell(a, aaaa)
+        if not mismatches or lag.worst < LAG_LIMIT:
+            break
+    assert_no_mismatches(mismatches, total, lag)
+
+
+LAG_LIMIT = 0.04  # the least room an order leaves either side of the resolution delay
+
+
+async def run_matrix_cell(a: str, aaaa: str) -> Tuple[List[str], int, LoopLag]:
     connect_timeout = connect_timeout_for(a, aaaa)
     async with support.dns_server(own_thread=True) as dns, servers_on(V4, V6) as servers:
         # Two attempts, each given long enough that only the cells' own silences time out (and
@@ -462,22 +501,23 @@ async def test_each_answer_of_a_and_aaaa_in_every_order(a: str, aaaa: str,
             first = await tracked.fetch(request, servers.url(name))
             return first, await tracked.fetch(request, servers.url(name))
 
-        async with no_leftovers(tracked.last_deadline), \
-                open_pool(get_dns_resolver=dns.get_dns_resolver,
-                          connect_timeout=connect_timeout) as request:
-            results = await staggered([functools.partial(first_then_again, name)
-                                       for _, name in cases])
-
-        mismatches = []
-        for (order, name), outcomes in zip(cases, results):
-            expected = expected_for(a, aaaa, order)
-            for lookup, outcome in zip(('first lookup', 're-lookup'), outcomes):
-                problem = mismatch(expected, outcome, connect_timeout)
-                if problem:
-                    mismatches.append(f'{order}, {lookup} of {name}: {problem}; got {outcome}; '
-                                      f'DNS: {dns_timeline(dns, name, outcome.started)}')
-        assert_no_mismatches(mismatches, 2 * len(cases))
+        with LoopLag() as lag:
+            async with no_leftovers(tracked.last_deadline), \
+                    open_pool(get_dns_resolver=dns.get_dns_resolver,
+                              connect_timeout=connect_timeout) as request:
+                results = await staggered([functools.partial(first_then_again, name)
+                                           for _, name in cases])
         assert not dns.errors
+
+    mismatches = []
+    for (order, name), outcomes in zip(cases, results):
+        expected = expected_for(a, aaaa, order)
+        for lookup, outcome in zip(('first lookup', 're-lookup'), outcomes):
+            problem = mismatch(expected, outcome, connect_timeout)
+            if problem:
+                mismatches.append(f'{order}, {lookup} of {name}: {problem}; got {outcome}; '
+                                  f'DNS: {dns_timeline(dns, name, outcome.started)}')
+    return mismatches, 2 * len(cases), lag
 
 
 # ---------------------------------------------------------------------------------------------
@@ -733,7 +773,16 @@ async def test_a_re_lookup_after_the_ttl_expires_uses_the_new_answers_in_every_o
     """Both families answer with a TTL of 1 s and the request goes over IPv6. Once the TTL has
     run out (in lowhaio's cache and in aiodnsresolver's alike), the name answers differently,
     in each order of arrival: the next request must follow the new answers, most of all when
-    only A is left (the failure that issue 9 reported, most often at re-lookups)."""
+    only A is left (the failure that issue 9 reported, most often at re-lookups). As in the
+    matrix, a run on a loop too late to judge timing is run again, up to twice."""
+    for _attempt in range(3):
+        mismatches, total, lag = await run_re_lookups()
+        if not mismatches or lag.worst < LAG_LIMIT:
+            break
+    assert_no_mismatches(mismatches, total, lag)
+
+
+async def run_re_lookups() -> Tuple[List[str], int, LoopLag]:
     connect_timeout = 5.0
     async with support.dns_server(own_thread=True) as dns, servers_on(V4, V6) as servers:
         dns.attempts, dns.attempt_timeout = 2, 2.0
@@ -746,24 +795,28 @@ async def test_a_re_lookup_after_the_ttl_expires_uses_the_new_answers_in_every_o
                     dns.set_reply(name, 'AAAA', support.dns_addresses(V6, ttl=1))
                     cases.append((a, aaaa, order, expected(order), name))
         tracked = Tracked(connect_timeout)
-        async with no_leftovers(tracked.last_deadline), \
-                open_pool(get_dns_resolver=dns.get_dns_resolver,
-                          connect_timeout=connect_timeout) as request:
-            before = await staggered([functools.partial(tracked.fetch, request, servers.url(name))
-                                      for *_, name in cases])
-            for a, aaaa, order, _, name in cases:
-                a_delay, aaaa_delay = ORDERS[order]
-                dns.set_reply(name, 'A', family_reply(a, V4, a_delay, ttl=1))
-                dns.set_reply(name, 'AAAA', family_reply(aaaa, V6, aaaa_delay, ttl=1))
-            await asyncio.sleep(max(outcome.ended for outcome in before) + 1.05 -
-                                asyncio.get_running_loop().time())
-            after = await staggered([functools.partial(tracked.fetch, request, servers.url(name))
-                                     for *_, name in cases])
-    assert [outcome.reached for outcome in before] == [V6] * len(cases), before
-    mismatches = [f'A {a}, AAAA {aaaa}, {order}, {name}: {problem}; got {outcome}'
-                  for (a, aaaa, order, expected, name), outcome in zip(cases, after)
-                  for problem in (mismatch(expected, outcome, connect_timeout),) if problem]
-    assert_no_mismatches(mismatches, len(cases))
+        with LoopLag() as lag:
+            async with no_leftovers(tracked.last_deadline), \
+                    open_pool(get_dns_resolver=dns.get_dns_resolver,
+                              connect_timeout=connect_timeout) as request:
+                before = await staggered([
+                    functools.partial(tracked.fetch, request, servers.url(name))
+                    for *_, name in cases])
+                for a, aaaa, order, _, name in cases:
+                    a_delay, aaaa_delay = ORDERS[order]
+                    dns.set_reply(name, 'A', family_reply(a, V4, a_delay, ttl=1))
+                    dns.set_reply(name, 'AAAA', family_reply(aaaa, V6, aaaa_delay, ttl=1))
+                await asyncio.sleep(max(outcome.ended for outcome in before) + 1.05 -
+                                    asyncio.get_running_loop().time())
+                after = await staggered([
+                    functools.partial(tracked.fetch, request, servers.url(name))
+                    for *_, name in cases])
+    mismatches = [f'before the TTL ran out, {name}: expected {Reaches(V6)}; got {outcome}'
+                  for (*_, name), outcome in zip(cases, before) if outcome.reached != V6]
+    mismatches += [f'A {a}, AAAA {aaaa}, {order}, {name}: {problem}; got {outcome}'
+                   for (a, aaaa, order, expected, name), outcome in zip(cases, after)
+                   for problem in (mismatch(expected, outcome, connect_timeout),) if problem]
+    return mismatches, 2 * len(cases), lag
 
 
 # ---------------------------------------------------------------------------------------------
