@@ -14,21 +14,26 @@ import asyncio
 import contextlib
 import functools
 import ipaddress
+import itertools
 import os
 import pathlib
+import pwd
 import shutil
 import socket
 import ssl
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 from typing import (
     AsyncIterator,
     Awaitable,
     Callable,
     Dict,
+    Iterator,
     List,
+    NamedTuple,
     Optional,
     Sequence,
     Tuple,
@@ -48,6 +53,15 @@ __all__ = [
     'WebServer',
     'dns_server',
     'DnsServer',
+    'DnsReply',
+    'DnsAnswerSent',
+    'dns_addresses',
+    'DNS_NODATA',
+    'DNS_NXDOMAIN',
+    'DNS_SERVFAIL',
+    'DNS_SILENT',
+    'Dnsmasq',
+    'dnsmasq_binary',
     'scripted_server',
     'ScriptedServer',
     'Connection',
@@ -193,11 +207,66 @@ def _bound_port(site: web.TCPSite) -> int:
 # DNS server
 # ---------------------------------------------------------------------------------------------
 
+class DnsReply(NamedTuple):
+    """How a `DnsServer` answers one name for one record type: see `DnsServer.set_reply`.
+
+    Build one with `dns_addresses(...)` or start from `DNS_NODATA`, `DNS_NXDOMAIN`,
+    `DNS_SERVFAIL` or `DNS_SILENT`; `.after(seconds)` delays it.
+    """
+
+    rcode: str = 'NOERROR'  # a dnslib.RCODE name: NOERROR, NXDOMAIN, SERVFAIL, REFUSED...
+    addresses: Tuple[str, ...] = ()  # records of the asked type; none with NOERROR is NODATA
+    ttl: Optional[int] = None  # None: the server's default
+    delay: float = 0.0  # seconds between the query and the answer
+    silent: bool = False  # never answer at all
+
+    def after(self, delay: float) -> DnsReply:
+        """The same reply, sent `delay` seconds after the query arrives."""
+        return self._replace(delay=delay)
+
+
+def dns_addresses(*addresses: str, ttl: Optional[int] = None) -> DnsReply:
+    """A positive answer: one record per address, all of the asked type."""
+    for address in addresses:
+        ipaddress.ip_address(address)  # fail here, not in the middle of a query
+    return DnsReply(addresses=tuple(addresses), ttl=ttl)
+
+
+DNS_NODATA = DnsReply()  # NOERROR with an empty answer section: the name has no such record
+DNS_NXDOMAIN = DnsReply(rcode='NXDOMAIN')
+DNS_SERVFAIL = DnsReply(rcode='SERVFAIL')
+DNS_SILENT = DnsReply(silent=True)
+
+# RFC 1035 §4.2.1: a UDP message is at most 512 bytes; longer answers are cut and marked TC.
+_UDP_LIMIT = 512
+_MAX_CNAME_HOPS = 32
+
+
+class DnsAnswerSent(NamedTuple):
+    """One answer a `DnsServer` sent: loop times of the query and of the answer."""
+    asked_at: float
+    sent_at: float
+    name: str
+    qtype: str
+
+
+class _Answer(NamedTuple):
+    rcode: str
+    records: Tuple[dnslib.RR, ...]
+    delay: float
+    silent: bool
+
+
 class DnsServer(asyncio.DatagramProtocol):
     """An authoritative-only DNS server for names a test sets, over UDP on 127.0.0.1.
 
     Names it was never told about, or told to forget, get NXDOMAIN. It answers with the question
     exactly as asked, since aiodnsresolver randomises the case of names (0x20) and checks it.
+
+    `set` gives a name its addresses; `set_reply` scripts one record type of a name on its own
+    (addresses, NODATA, NXDOMAIN, SERVFAIL or silence, each after a delay); `set_cname` makes a
+    name an alias. Delays run on the event loop's timers, so the server never blocks the loop
+    and answers other queries meanwhile.
     """
 
     def __init__(self, ttl: int) -> None:
@@ -205,9 +274,18 @@ class DnsServer(asyncio.DatagramProtocol):
         self.host = '127.0.0.1'
         self.port = 0
         self.queries: List[Tuple[str, str]] = []
+        # Every answer sent, with when it was asked and when sent, for ordering assertions
+        self.answered: List[DnsAnswerSent] = []
         self.errors: List[BaseException] = []
+        # How the resolver from get_dns_resolver asks: this many attempts, each given this long
+        self.attempts = 5
+        self.attempt_timeout = 0.5
         self._records: Dict[str, Tuple[Tuple[str, ...], int]] = {}
+        self._replies: Dict[Tuple[str, str], DnsReply] = {}
+        self._cnames: Dict[str, Tuple[str, int, bool]] = {}
         self._transport: Optional[asyncio.DatagramTransport] = None
+        self._delayed: Dict[int, asyncio.TimerHandle] = {}  # answers not sent yet
+        self._serials = itertools.count()
 
     # -- what tests call ----------------------------------------------------------------------
 
@@ -215,7 +293,8 @@ class DnsServer(asyncio.DatagramProtocol):
         """Answer `name` with `addresses`: A records for IPv4 ones, AAAA for IPv6 ones.
 
         Takes effect for the next query; clients may still use what they cached until the TTL
-        of their previous answer runs out.
+        of their previous answer runs out. A reply set with `set_reply` for one type of the
+        name takes precedence for that type.
         """
         for address in addresses:
             ipaddress.ip_address(address)  # fail here, not in the middle of a query
@@ -223,9 +302,37 @@ class DnsServer(asyncio.DatagramProtocol):
             tuple(addresses), self.ttl if ttl is None else ttl,
         )
 
+    def set_reply(self, name: str, qtype: str, reply: DnsReply) -> None:
+        """Answer queries of type `qtype` ('A', 'AAAA'...) for `name` as `reply` says.
+
+        Each type of a name is scripted independently, so a test can have the A lookup answer
+        at once while the AAAA one fails late, or never comes back.
+        """
+        self._replies[(_normalise_name(name), qtype.upper())] = reply
+
+    def set_cname(self, name: str, target: str, ttl: Optional[int] = None,
+                  include_target: bool = True) -> None:
+        """Make `name` an alias of `target`, for every record type.
+
+        With `include_target`, the answer carries the whole chain and the target's records of
+        the asked type, with the target's response code and delay, as a recursive resolver
+        gives them; without, only the CNAME record, so the client asks again for the target.
+        """
+        self._cnames[_normalise_name(name)] = (
+            _normalise_name(target), self.ttl if ttl is None else ttl, include_target)
+
     def remove(self, name: str) -> None:
         """From now on, answer NXDOMAIN for `name`."""
-        self._records.pop(_normalise_name(name), None)
+        name = _normalise_name(name)
+        self._records.pop(name, None)
+        self._cnames.pop(name, None)
+        for key in [key for key in self._replies if key[0] == name]:
+            del self._replies[key]
+
+    def queries_for(self, name: str) -> List[str]:
+        """The types asked for `name`, in the order the queries arrived."""
+        name = _normalise_name(name)
+        return [qtype for queried, qtype in self.queries if queried == name]
 
     def get_dns_resolver(self, **kwargs: object) -> Tuple[Callable, Callable]:
         """A drop-in for `aiodnsresolver.Resolver` that asks only this server.
@@ -239,37 +346,103 @@ class DnsServer(asyncio.DatagramProtocol):
 
     async def _get_nameservers(self, _: object, __: object) -> AsyncIterator[
             Tuple[float, Tuple[str, int]]]:
-        for _attempt in range(5):
-            yield (0.5, (self.host, self.port))
+        for _attempt in range(self.attempts):
+            yield (self.attempt_timeout, (self.host, self.port))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: Tuple[str, int]) -> None:
         try:
-            reply = self._reply_to(dnslib.DNSRecord.parse(data))
+            query = dnslib.DNSRecord.parse(data)
+            reply, delay, silent = self._reply_to(query)
         except Exception as exception:  # a malformed query is a test bug: keep it for asserting
             self.errors.append(exception)
             return
-        assert self._transport is not None
-        self._transport.sendto(reply.pack(), addr)
+        if silent:
+            return
+        now = asyncio.get_running_loop().time()
+        asked = [DnsAnswerSent(now, now, _normalise_name(str(q.qname)), dnslib.QTYPE.get(q.qtype))
+                 for q in query.questions]
+        packed = _packed_within_udp_limit(reply)
+        if delay > 0:
+            serial = next(self._serials)
+            self._delayed[serial] = asyncio.get_running_loop().call_later(
+                delay, self._send_delayed, serial, packed, addr, asked)
+        else:
+            self._send(packed, addr, asked)
 
-    def _reply_to(self, query: dnslib.DNSRecord) -> dnslib.DNSRecord:
+    def _send_delayed(self, serial: int, packed: bytes, addr: Tuple[str, int],
+                      asked: List[DnsAnswerSent]) -> None:
+        del self._delayed[serial]
+        self._send(packed, addr, asked)
+
+    def _send(self, packed: bytes, addr: Tuple[str, int], asked: List[DnsAnswerSent]) -> None:
+        assert self._transport is not None
+        if self._transport.is_closing():
+            return
+        self._transport.sendto(packed, addr)
+        now = asyncio.get_running_loop().time()
+        self.answered.extend(answer._replace(sent_at=now) for answer in asked)
+
+    def _cancel_delayed(self) -> None:
+        for handle in self._delayed.values():
+            handle.cancel()
+        self._delayed.clear()
+
+    def _reply_to(self, query: dnslib.DNSRecord) -> Tuple[dnslib.DNSRecord, float, bool]:
         reply = query.reply()  # copies the question byte for byte, so its case is preserved
+        delay, silent = 0.0, False
         for question in query.questions:
             name = _normalise_name(str(question.qname))
             qtype = dnslib.QTYPE.get(question.qtype)
             self.queries.append((name, qtype))
-            if name not in self._records:
-                reply.header.rcode = dnslib.RCODE.NXDOMAIN
-                continue
-            addresses, ttl = self._records[name]
-            for address in addresses:
-                record = _address_record(address, qtype)
-                if record is not None:
-                    reply.add_answer(
-                        dnslib.RR(question.qname, question.qtype, rdata=record, ttl=ttl))
-        return reply
+            answer = self._answer(question.qname, name, qtype, question.qtype)
+            reply.header.rcode = getattr(dnslib.RCODE, answer.rcode)
+            for record in answer.records:
+                reply.add_answer(record)
+            delay, silent = max(delay, answer.delay), silent or answer.silent
+        return reply, delay, silent
+
+    def _answer(self, qname: dnslib.DNSLabel, name: str, qtype: str, qtype_code: int,
+                hops: int = 0) -> _Answer:
+        """What this server knows of (name, type): its records, response code and delay."""
+        reply = self._replies.get((name, qtype))
+        if reply is not None:
+            ttl = self.ttl if reply.ttl is None else reply.ttl
+            records = tuple(
+                dnslib.RR(qname, qtype_code, rdata=record, ttl=ttl)
+                for record in (_address_record(address, qtype) for address in reply.addresses)
+                if record is not None)
+            return _Answer(reply.rcode, records, reply.delay, reply.silent)
+        if name in self._cnames:
+            if hops >= _MAX_CNAME_HOPS:  # a loop: what recursive resolvers answer then
+                return _Answer('SERVFAIL', (), 0.0, False)
+            target, ttl, include_target = self._cnames[name]
+            alias = dnslib.RR(qname, dnslib.QTYPE.CNAME, rdata=dnslib.CNAME(target + '.'),
+                              ttl=ttl)
+            if not include_target:
+                return _Answer('NOERROR', (alias,), 0.0, False)
+            rest = self._answer(dnslib.DNSLabel(target + '.'), target, qtype, qtype_code,
+                                hops + 1)
+            return rest._replace(records=(alias,) + rest.records)
+        if name not in self._records:
+            return _Answer('NXDOMAIN', (), 0.0, False)
+        addresses, ttl = self._records[name]
+        records = tuple(
+            dnslib.RR(qname, qtype_code, rdata=record, ttl=ttl)
+            for record in (_address_record(address, qtype) for address in addresses)
+            if record is not None)
+        return _Answer('NOERROR', records, 0.0, False)
+
+
+def _packed_within_udp_limit(reply: dnslib.DNSRecord) -> bytes:
+    packed = reply.pack()
+    while len(packed) > _UDP_LIMIT and reply.rr:
+        reply.rr.pop()
+        reply.header.tc = 1
+        packed = reply.pack()
+    return packed
 
 
 def _normalise_name(name: str) -> str:
@@ -277,17 +450,28 @@ def _normalise_name(name: str) -> str:
 
 
 def _address_record(address: str, qtype: str) -> Optional[dnslib.RD]:
-    version = ipaddress.ip_address(address).version
-    if qtype == 'A' and version == 4:
+    parsed = ipaddress.ip_address(address)
+    if qtype == 'A' and parsed.version == 4:
         return dnslib.A(address)
-    if qtype == 'AAAA' and version == 6:
-        return dnslib.AAAA(address)
+    if qtype == 'AAAA' and parsed.version == 6:
+        # As 16 bytes: dnslib's own parser does not read every IPv6 notation (::ffff:1.2.3.4)
+        return dnslib.AAAA(tuple(parsed.packed))
     return None
 
 
 @contextlib.asynccontextmanager
-async def dns_server(ttl: int = 60) -> AsyncIterator[DnsServer]:
-    """Run a `DnsServer` on 127.0.0.1 (UDP, kernel-chosen port) in the running loop."""
+async def dns_server(ttl: int = 60, own_thread: bool = False) -> AsyncIterator[DnsServer]:
+    """Run a `DnsServer` on 127.0.0.1 (UDP, kernel-chosen port) in the running loop.
+
+    With `own_thread`, it runs on an event loop of its own in a thread instead, so that it
+    answers on time however busy the test's loop is: asyncio reads one datagram per loop
+    iteration, so hundreds of queries at once would queue behind the test's own work. Its
+    loop's time is the same monotonic clock as the test's loop (asyncio's and uvloop's alike).
+    """
+    if own_thread:
+        with _dns_server_in_thread(ttl) as server:
+            yield server
+        return
     loop = asyncio.get_running_loop()
     server = DnsServer(ttl)
     transport, _ = await loop.create_datagram_endpoint(
@@ -296,7 +480,43 @@ async def dns_server(ttl: int = 60) -> AsyncIterator[DnsServer]:
     try:
         yield server
     finally:
+        server._cancel_delayed()
         transport.close()
+
+
+@contextlib.contextmanager
+def _dns_server_in_thread(ttl: int) -> Iterator[DnsServer]:
+    server = DnsServer(ttl)
+    loop = asyncio.new_event_loop()
+    started: List[asyncio.DatagramTransport] = []
+    ready = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            transport, _ = loop.run_until_complete(loop.create_datagram_endpoint(
+                lambda: server, local_addr=(server.host, 0)))
+            server.port = transport.get_extra_info('sockname')[1]
+            started.append(transport)
+        finally:
+            ready.set()
+        loop.run_forever()
+        server._cancel_delayed()
+        transport.close()
+        loop.run_until_complete(asyncio.sleep(0))  # the transport closes its socket
+        loop.close()
+
+    thread = threading.Thread(target=serve, name='dns-server', daemon=True)
+    thread.start()
+    ready.wait(10)
+    if not started:
+        thread.join(10)
+        raise RuntimeError('the DNS server thread failed to start')
+    try:
+        yield server
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -751,3 +971,133 @@ def _accepting(host: str, port: int) -> bool:
     except OSError:
         return False
 
+
+
+# ---------------------------------------------------------------------------------------------
+# dnsmasq
+# ---------------------------------------------------------------------------------------------
+
+def dnsmasq_binary() -> Optional[str]:
+    """Path to dnsmasq, also looking in sbin directories, which are often not on a user's PATH."""
+    return shutil.which('dnsmasq') or shutil.which(
+        'dnsmasq', path='/usr/sbin:/usr/local/sbin:/sbin')
+
+
+class Dnsmasq:
+    """dnsmasq, the resolver many systems run, answering on 127.0.0.1 for names under `domain`.
+
+    Use as a context manager. `host_records` are (name, addresses) pairs given to dnsmasq as
+    `--host-record`: a name answers A for its IPv4 addresses and AAAA for its IPv6 ones, and
+    NODATA for a family it has none of; every other name under `domain` gets NXDOMAIN. Nothing
+    is forwarded anywhere. `local_ttl` is the TTL of those answers (dnsmasq's default is 0).
+    """
+
+    START_ATTEMPTS = 10
+
+    def __init__(self, host_records: Sequence[Tuple[str, Sequence[str]]], domain: str = 'test',
+                 local_ttl: int = 0, binary: Optional[str] = None) -> None:
+        found = binary or dnsmasq_binary()
+        if found is None:
+            raise FileNotFoundError('dnsmasq not found on PATH nor in sbin directories')
+        self.binary = found
+        self.host = '127.0.0.1'
+        self.port = 0
+        self.domain = domain
+        self.local_ttl = local_ttl
+        self.host_records = [(name, tuple(addresses)) for name, addresses in host_records]
+        self._tmp: Optional[tempfile.TemporaryDirectory] = None
+        self._process: Optional[subprocess.Popen] = None
+
+    @property
+    def tmp(self) -> pathlib.Path:
+        assert self._tmp is not None, 'dnsmasq is not started'
+        return pathlib.Path(self._tmp.name)
+
+    @property
+    def log(self) -> str:
+        """dnsmasq's log, queries included."""
+        path = self.tmp / 'dnsmasq.log'
+        return path.read_text() if path.exists() else ''
+
+    def get_dns_resolver(self, **kwargs: object) -> Tuple[Callable, Callable]:
+        """A drop-in for `aiodnsresolver.Resolver` that asks only this dnsmasq."""
+        async def get_nameservers(_: object, __: object) -> AsyncIterator[
+                Tuple[float, Tuple[str, int]]]:
+            for _attempt in range(5):
+                yield (0.5, (self.host, self.port))
+        return aiodnsresolver.Resolver(get_nameservers=get_nameservers, **kwargs)
+
+    def __enter__(self) -> Dnsmasq:
+        self._tmp = tempfile.TemporaryDirectory(prefix='lowhaio-dnsmasq-')
+        try:
+            for _ in range(self.START_ATTEMPTS):
+                self.port = _free_udp_port()
+                if self._start():
+                    return self
+            raise RuntimeError(f'dnsmasq failed to start:\n{self.log}')
+        except BaseException:
+            self._stop()
+            self._tmp.cleanup()
+            raise
+
+    def __exit__(self, *_: object) -> None:
+        self._stop()
+        assert self._tmp is not None
+        self._tmp.cleanup()
+
+    def _arguments(self) -> List[str]:
+        user = pwd.getpwuid(os.geteuid()).pw_name  # run as root, it would switch to "nobody"
+        return [
+            self.binary, '--keep-in-foreground', '--no-resolv', '--no-hosts',
+            '--conf-file=/dev/null', f'--listen-address={self.host}', '--bind-interfaces',
+            f'--port={self.port}', f'--pid-file={self.tmp / "dnsmasq.pid"}',
+            f'--log-facility={self.tmp / "dnsmasq.log"}', '--log-queries', f'--user={user}',
+            f'--local=/{self.domain}/', f'--local-ttl={self.local_ttl}',
+        ] + [f'--host-record={name},{",".join(addresses)}'
+             for name, addresses in self.host_records]
+
+    def _start(self) -> bool:
+        self._process = subprocess.Popen(
+            self._arguments(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                self._process = None
+                return False  # most likely the port was taken
+            if _answers_dns(self.host, self.port):
+                return True
+            time.sleep(0.02)
+        self._stop()
+        return False
+
+    def _stop(self) -> None:
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+
+def _free_udp_port() -> int:
+    """A UDP port that was free a moment ago, for a server that cannot bind port 0."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(('127.0.0.1', 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers_dns(host: str, port: int) -> bool:
+    query = dnslib.DNSRecord.question('ready.invalid').pack()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.2)
+        try:
+            sock.sendto(query, (host, port))
+            sock.recv(_UDP_LIMIT)
+        except OSError:  # refused: not listening yet; timed out: not answering yet
+            return False
+    return True
