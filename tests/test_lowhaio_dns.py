@@ -726,8 +726,13 @@ async def test_a_deadline_falling_on_a_resolver_attempt_timeout_still_ends_the_l
     and the end of the second attempt fall due together, and a busy loop (40 ms of work in one
     callback, as a loaded machine or a CPU-bound callback gives) runs both timers in the same
     iteration. A stays silent. The lookup must still end at the deadline: no task left after
-    it, no exception left unretrieved, no third A query, and the request does what the matrix
-    says."""
+    it, no exception left unretrieved, and the request does what the matrix says.
+
+    At most one A query more than the two attempts may leave, at the deadline itself:
+    aiodnsresolver takes the one cancellation for its attempt timeout and sends the next
+    attempt's query in the same step, before any code of lowhaio's can run again. lowhaio then
+    cancels again (within a millisecond), so that attempt is never waited for; without that
+    (the defect found here) every attempt up to the resolver's own total ran, five in all."""
     connect_timeout = 1.0
     expected = expected_for(NEVER, aaaa, 'together')
     async with support.dns_server(own_thread=True) as dns, servers_on(V4, V6) as servers:
@@ -748,9 +753,9 @@ async def test_a_deadline_falling_on_a_resolver_attempt_timeout_still_ends_the_l
         mismatches = [f'{name}: {problem}; got {outcome}'
                       for name, outcome in zip(names, outcomes)
                       for problem in (mismatch(expected, outcome, connect_timeout),) if problem]
-        mismatches += [f'{name}: {count} A queries, a new attempt after the deadline'
+        mismatches += [f'{name}: {count} A queries, attempts went on after the deadline'
                        for name in names for count in (dns.queries_for(name).count('A'),)
-                       if count > 2]
+                       if count > 3]
         assert_no_mismatches(mismatches, len(names))
 
 
