@@ -21,6 +21,7 @@ setuptools.setup(
         'lowhaio_chunked',
         'lowhaio_aws_sigv4',
         'lowhaio_aws_sigv4_unsigned_payload',
+        'lowhaio_proxy',
     ],
     install_requires=[
         'aiodnsresolver>=0.0.157',

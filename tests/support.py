@@ -805,6 +805,10 @@ class ProxyServer:
     def command(self) -> List[str]:
         raise NotImplementedError
 
+    def ports(self) -> List[int]:
+        """The ports that must accept connections before the server counts as started."""
+        return [self.port]
+
     def write_config(self) -> None:
         pass
 
@@ -837,7 +841,7 @@ class ProxyServer:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 return False  # most likely the port was taken
-            if _accepting(self.host, self.port):
+            if all(_accepting(self.host, port) for port in self.ports()):
                 return True
             time.sleep(0.05)
         self._stop()
@@ -872,14 +876,29 @@ class Tinyproxy(ProxyServer):
 
 
 class Squid(ProxyServer):
-    """squid with Basic authentication: a request without the right credentials gets 407."""
+    """squid with Basic authentication: a request without the right credentials gets 407.
+
+    It also listens with TLS on `tls_port` (an https:// proxy, certificate from `ca`)."""
 
     NAME = 'squid'
 
     def __init__(self, username: str = 'proxy-user', password: str = 'proxy-secret') -> None:
         super().__init__(username, password)
+        self.tls_port = 0
+
+    @property
+    def tls_url(self) -> str:
+        """The https:// proxy URL, with the credentials."""
+        return self.url_with(self.username, self.password, scheme='https').rsplit(':', 1)[0] + \
+            f':{self.tls_port}'
+
+    def ports(self) -> List[int]:
+        return [self.port, self.tls_port]
 
     def write_config(self) -> None:
+        self.tls_port = _free_port()
+        server_cert().private_key_pem.write_to_path(str(self.tmp / 'key.pem'))
+        server_cert().cert_chain_pems[0].write_to_path(str(self.tmp / 'cert.pem'))
         hashed = subprocess.run(['openssl', 'passwd', '-apr1', self.password or ''],
                                 check=True, capture_output=True, text=True).stdout.strip()
         (self.tmp / 'passwd').write_text(f'{self.username}:{hashed}\n')
@@ -888,6 +907,7 @@ class Squid(ProxyServer):
                        if os.path.exists(path)), 'basic_ncsa_auth')
         (self.tmp / 'squid.conf').write_text(f'''\
 http_port {self.host}:{self.port}
+https_port {self.host}:{self.tls_port} tls-cert={self.tmp}/cert.pem tls-key={self.tmp}/key.pem
 pid_filename {self.tmp}/squid.pid
 cache_log {self.tmp}/cache.log
 access_log none
