@@ -1165,7 +1165,8 @@ class HttpProxyError(HttpConnectionError):
 
 
 _PROXY_DEFAULT_PORTS = {'http': 80, 'https': 443, 'socks5': 1080, 'socks5h': 1080}
-_USERINFO_RE = re.compile(r'(?<=//)[^/?#]*@')
+# The userinfo of a URL, with or without a scheme before it
+_USERINFO_RE = re.compile(r'^((?:[^/?#@]*//)?)[^/?#]*@')
 # Enough for any proxy's error page; a longer one is abandoned, as the connection is closed.
 _MAX_PROXY_ERROR_BODY = 65536
 _SOCKS_REPLIES = {
@@ -1183,7 +1184,7 @@ _SOCKS_TRY_NEXT_ADDRESS = frozenset((3, 4, 5, 6, 8))
 
 
 def _redact_userinfo(url: str) -> str:
-    return _USERINFO_RE.sub('***@', url)
+    return _USERINFO_RE.sub(r'\1***@', url)
 
 
 class Proxy:
@@ -1369,6 +1370,7 @@ async def _discard_proxy_error_body(conn: _Connection, head: ResponseHead, data:
                                     deadline: float) -> None:
     # Read so that the proxy is not reset mid-write, but only so much and so long: the
     # connection is closed afterwards whatever happens here.
+    deadline = min(deadline, conn.loop.time() + 0.25)
     try:
         framing = response_framing(b'CONNECT', head)
         decoder = ChunkedDecoder() if framing.kind == CHUNKED else None
@@ -1457,7 +1459,7 @@ def _proxy_layer(
         make_sock: Callable[[int], socket.socket],
         get_ssl_context: Callable[[], ssl.SSLContext], happy_eyeballs_delay: float,
         keep_alive_timeout: float, max_header_length: int, max_header_count: int,
-        has_send_header_hook: bool,
+        has_send_header_hook: bool, logger: Any,
 ) -> Tuple[Callable[..., Tuple[Any, bytes]], Callable[..., Awaitable[_Connection]]]:
     """`route(method, target, params, http_version, headers) -> (target, head)` and
     `connect_through_proxy(target, answer, deadline) -> connection`, for Pool."""
@@ -1532,6 +1534,8 @@ def _proxy_layer(
                            origin_address: Optional[str], deadline: float) -> _Connection:
         proxy, origin = target.proxy, target.origin
         addresses = (proxy.host,) if proxy_answer is None else proxy_answer.addresses
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug('Connecting to %s through the proxy at %s', target.key, addresses)
         try:
             sock, address = await _open_first(loop, addresses, proxy.port, make_sock,
                                                happy_eyeballs_delay,
@@ -1599,10 +1603,16 @@ def _proxy_layer(
                 conn.transport, conn, context(), server_hostname=origin.host,
                 ssl_handshake_timeout=max(deadline - loop.time(), 0.001))
         except TypeError as exception:
-            # asyncio before Python 3.11 cannot start TLS on a TLS transport
-            raise HttpConnectionError(
-                'TLS inside TLS (an https:// proxy to an https:// origin) needs Python 3.11+ '
-                'or uvloop: %r' % (exception,)) from exception
+            if 'not supported by start_tls' in str(exception):
+                # asyncio before Python 3.11 cannot start TLS on a TLS transport
+                raise HttpConnectionError(
+                    'TLS inside TLS (an https:// proxy to an https:// origin) needs Python '
+                    '3.11+ or uvloop: %r' % (exception,)) from exception
+            # asyncio 3.11 and 3.12 fail this way while failing a TLS-in-TLS handshake: the
+            # handshake's own error is the one to report
+            cause = exception.__context__
+            raise HttpTlsError('TLS handshake with %s:%d through the proxy failed: %r' % (
+                origin.host, origin.port, cause or exception)) from cause or exception
         conn.transport = transport
 
     return route, connect_through_proxy
@@ -2111,7 +2121,8 @@ def Pool(
             proxy, loop=loop, resolve=resolve, make_sock=make_sock,
             get_ssl_context=get_ssl_context, happy_eyeballs_delay=happy_eyeballs_delay,
             keep_alive_timeout=keep_alive_timeout, max_header_length=max_header_length,
-            max_header_count=max_header_count, has_send_header_hook=send_header is not None)
+            max_header_count=max_header_count, has_send_header_hook=send_header is not None,
+            logger=logger)
 
     # Sending and receiving
 

@@ -363,6 +363,26 @@ class Connection:
             await self._writer.drain()
             await asyncio.sleep(delay)
 
+    async def relay_to(self, host: str, port: int) -> None:
+        """Pipe bytes both ways between this connection and a new one to host:port, until
+        either side closes: what a proxy does once its tunnel is open."""
+        reader, writer = await asyncio.open_connection(host, port)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    data = await source.read(65536)
+                    if not data:
+                        break
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        try:
+            await asyncio.gather(pipe(self._reader, writer), pipe(reader, self._writer))
+        finally:
+            writer.close()
+
     def close(self) -> None:
         """Close gracefully: what was written is still sent, then a FIN."""
         if not self.closed:
