@@ -47,6 +47,8 @@ DEFAULT_CLIENTS = [
     'aiosonic',
 ]
 PEERS = ['aiohttp', 'httpx', 'aiosonic']
+# Workloads through a proxy, run only by clients whose adapter has PROXIES = True
+PROXY_WORKLOADS = ('proxy-small-seq',)
 
 SMALL_BODY = (b'lowhaio benchmark small body; ' * 4)[:99] + b'\n'
 assert len(SMALL_BODY) == 100
@@ -128,6 +130,13 @@ def workloads(smoke: bool, scale: float) -> Dict[str, Workload]:
                 'req/s',
                 n=count(10_000, 300),
                 description='sequential GETs of a chunked body',
+            ),
+            Workload(
+                'proxy-small-seq',
+                'small',
+                'req/s',
+                n=count(5_000, 300),
+                description='as small-seq, forwarded through tinyproxy',
             ),
         ]
     }
@@ -214,6 +223,7 @@ class Servers:
     http_port: int = 0
     https_port: int = 0
     upload_port: int = 0
+    proxy_port: int = 0
     ca_file: str = ''
     chunked_len: int = 0
     chunk_count: int = 0
@@ -323,6 +333,43 @@ def start_upload_server(servers: Servers) -> None:
     wait_listening(servers.upload_port, process, 'upload server')
 
 
+TINYPROXY_CONF = '''\
+{user}Port {port}
+Listen 127.0.0.1
+Timeout 600
+MaxClients 100
+LogLevel Error
+LogFile "{tmp}/tinyproxy.log"
+DisableViaHeader Yes
+'''
+
+
+def start_tinyproxy(servers: Servers) -> None:
+    tinyproxy = shutil.which('tinyproxy') or '/usr/sbin/tinyproxy'
+    user = 'User nobody\nGroup nogroup\n' if os.geteuid() == 0 else ''
+    for attempt in range(5):
+        servers.proxy_port = free_port()
+        conf_path = os.path.join(servers.tmp, 'tinyproxy.conf')
+        with open(conf_path, 'w') as file:
+            file.write(TINYPROXY_CONF.format(user=user, port=servers.proxy_port, tmp=servers.tmp))
+        process = subprocess.Popen(
+            ['taskset', '-c', SERVER_CPU, tinyproxy, '-d', '-c', conf_path],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        servers.processes.append(process)
+        register_pid(process.pid)
+        try:
+            wait_listening(servers.proxy_port, process, 'tinyproxy')
+            return
+        except RuntimeError:
+            stop_process(process)
+            if attempt == 4:
+                raise
+
+
 def register_pid(pid: int) -> None:
     # benchmarks/run kills these on exit too, in case this process dies without running its cleanup
     pid_file = os.environ.get('BENCH_PID_FILE')
@@ -415,11 +462,13 @@ def verify_servers(servers: Servers) -> None:
         raise RuntimeError(f'upload server answered {data!r}')
 
 
-def start_servers(servers: Servers, download_size: int) -> None:
+def start_servers(servers: Servers, download_size: int, with_proxy: bool = False) -> None:
     write_files(servers.tmp, download_size)
     servers.ca_file = write_certs(servers.tmp)
     start_nginx(servers)
     start_upload_server(servers)
+    if with_proxy:
+        start_tinyproxy(servers)
     verify_servers(servers)
 
 
@@ -442,6 +491,12 @@ def spec_for(client: str, workload: Workload, servers: Servers, max_seconds: flo
     elif workload.name in ('small-seq', 'small-c64', 'tls-small-seq'):
         spec.update(
             url=servers.url('/small', tls=workload.name.startswith('tls')), expected_len=100
+        )
+    elif workload.name == 'proxy-small-seq':
+        spec.update(
+            url=servers.url('/small'),
+            expected_len=100,
+            proxy=f'http://127.0.0.1:{servers.proxy_port}',
         )
     elif workload.name == 'chunked-seq':
         spec.update(url=servers.url('/chunked'), expected_len=servers.chunked_len)
@@ -799,7 +854,7 @@ def main(argv: List[str]) -> int:
     servers = Servers(tmp=tmp)
     try:
         lowhaio_sha = snapshot_lowhaio(tmp)
-        start_servers(servers, download_size)
+        start_servers(servers, download_size, with_proxy='proxy-small-seq' in names)
         print(
             f'servers up: nginx http :{servers.http_port} https :{servers.https_port}, '
             f'upload sink :{servers.upload_port}; /chunked is {servers.chunked_len} bytes in '
@@ -813,6 +868,8 @@ def main(argv: List[str]) -> int:
                 # rotate the order each rep, so no client always runs first (or right after another)
                 order = clients[rep % len(clients) :] + clients[: rep % len(clients)]
                 for client in order:
+                    if name in PROXY_WORKLOADS and not client_factory(client)[0].PROXIES:
+                        continue  # the floor has no proxy support; aiosonic's is not compared
                     spec = spec_for(client, workload, servers, args.max_seconds)
                     result = run_one(spec, tmp, args.timeout, profile=bool(args.profile))
                     add_metrics(result, workload)
