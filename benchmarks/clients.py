@@ -73,6 +73,15 @@ class LowhaioClient:
 
         options = {} if proxy is None else {'proxy': proxy}
         self.request, self.close_pool = lowhaio.Pool(get_ssl_context=lambda: ctx, **options)
+        if proxy is not None:
+            # tinyproxy closes each connection just after a response, unannounced, so the next
+            # request can race that close; aiohttp then retries once by itself, and lowhaio with
+            # lowhaio_retry, the same way: once, at once, only for that error
+            import lowhaio_retry
+
+            self.request = lowhaio_retry.retry(
+                self.request, ((lowhaio.HttpConnectionClosedBeforeResponseError, (0,)),)
+            )
 
     async def get(self, url: str) -> int:
         code, _, body = await self.request(b'GET', url)
