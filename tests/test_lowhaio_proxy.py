@@ -693,6 +693,30 @@ async def test_socks5_tries_the_origins_next_address_when_one_is_unreachable(
         assert seen['path_qs'] == '/echo'
 
 
+@pytest.mark.parametrize('scheme', ['http', 'socks5', 'socks5h'])
+async def test_a_proxy_on_an_ipv6_address(scheme: str) -> None:
+    async with origin('https') as server:
+        async def proxy(conn: support.Connection) -> None:
+            if scheme == 'http':
+                await conn.read_head()
+                conn.write(b'HTTP/1.1 200 Connection established\r\n\r\n')
+            else:
+                greeting = await conn.read(2)
+                await conn.read(greeting[1])
+                conn.write(b'\x05\x00')
+                await read_socks_request(conn)
+                conn.write(b'\x05\x00\x00\x04' + bytes(18))
+            await conn.relay_to(server.host, server.port)
+
+        async with support.scripted_server(proxy, host='::1') as proxy_server:
+            proxy_url = f'{scheme}://{USER}:{PASSWORD}@[::1]:{proxy_server.port}'
+            async with pool(proxy_url) as request:
+                await get_json(request, server.url('/echo'))
+                assert set(request.status()) == {
+                    ('https', '127.0.0.1', server.port,
+                     f'{scheme}://{USER}:***@[::1]:{proxy_server.port}')}
+
+
 @pytest.mark.parametrize('stall', ['CONNECT reply', 'origin TLS', 'SOCKS greeting',
                                    'SOCKS connect reply', 'proxy TLS'])
 async def test_connect_timeout_covers_the_proxy_handshake_and_the_origin_tls(stall: str) -> None:
