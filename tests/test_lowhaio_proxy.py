@@ -107,8 +107,10 @@ def tls_in_tls_supported() -> bool:
 # ---------------------------------------------------------------------------------------------
 
 async def echo(request: web.Request) -> web.Response:
-    """What the origin received: method, target, headers."""
+    """What the origin received: method, target, headers, and the address it was reached on."""
+    assert request.transport is not None
     return web.json_response({
+        'server': request.transport.get_extra_info('sockname')[0],
         'method': request.method, 'path_qs': request.path_qs,
         'headers': {name.lower(): value for name, value in request.headers.items()},
     })
@@ -905,17 +907,18 @@ async def test_socks5_connections_follow_the_origins_dns_answer(
             dns.set('origin.test', ['127.0.0.2'])
             dns.set('proxy.test', ['127.0.0.1'])
             url = f'http://origin.test:{first.port}/echo'
-            async with pool(microsocks.url_with(host='proxy.test'),
+            get_sock, sockets = counting_sockets()
+            async with pool(microsocks.url_with(host='proxy.test'), get_sock=get_sock,
                             get_dns_resolver=dns.get_dns_resolver) as request:
-                for _ in range(2):
-                    await get_json(request, url)
+                served = [(await get_json(request, url))['server'] for _ in range(2)]
+                assert (served, len(sockets)) == (['127.0.0.2'] * 2, 1)
                 dns.set('origin.test', ['127.0.0.3'])
                 await asyncio.sleep(1.2)
-                await get_json(request, url)
+                assert (await get_json(request, url))['server'] == '127.0.0.3'
                 # The connection to the old address was dropped for one to the new
+                assert len(sockets) == 2
                 assert list(request.status().values()) == \
                     [{'idle': 1, 'in_use': 0, 'waiting': 0}]
-            assert sorted(name for name, _ in dns.queries if name == 'origin.test') != []
 
 
 # ---------------------------------------------------------------------------------------------
