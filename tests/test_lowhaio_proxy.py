@@ -588,6 +588,30 @@ async def test_a_hostile_connect_reply_is_a_clear_proxy_error(case: str, how: st
     assert support.open_fds() <= baseline + 1
 
 
+@pytest.mark.parametrize('sent, message, code', [
+    (b'', 'closed the connection during the CONNECT response head', None),
+    (b'HTTP/1.1 20', 'closed the connection during the CONNECT response head', None),
+    (b'HTTP/1.1 200 OK\r\nx: y\r\n', 'closed the connection during the CONNECT', None),
+    (b'HTTP/1.1 407 No\r\ncontent-length: 10\r\n\r\nabc', 'refused to CONNECT', b'407'),
+], ids=['nothing', 'part of the status line', 'part of the head', 'part of a 407 body'])
+@pytest.mark.parametrize('how', ['FIN', 'RST'])
+async def test_a_proxy_closing_mid_connect_is_a_clear_proxy_error(
+        sent: bytes, message: str, code: Optional[bytes], how: str) -> None:
+    async def proxy(conn: support.Connection) -> None:
+        await conn.read_head()
+        conn.write(sent)
+        await conn.drain()
+        conn.close() if how == 'FIN' else conn.reset()
+
+    async with support.scripted_server(proxy) as proxy_server:
+        async with pool(f'http://127.0.0.1:{proxy_server.port}', connect_timeout=5) as request:
+            for _ in range(5):  # timing-dependent: the close may come with the bytes or after
+                with pytest.raises(HttpProxyError, match=message) as raised:
+                    await request(b'GET', 'https://origin.test/')
+                assert raised.value.code == code
+            assert_no_connection(request)
+
+
 # SOCKS5 replies: (after the greeting, after the connect request) or a handshake cut short
 SOCKS_REPLIES = {
     'greeting reply version 4': (b'\x04\x00', None, 'version 4'),
