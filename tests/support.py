@@ -936,6 +936,7 @@ cache_mem 8 MB
 coredump_dir {self.tmp}
 shutdown_lifetime 0 seconds
 visible_hostname lowhaio-test
+pinger_enable off
 auth_param basic program {helper} {self.tmp}/passwd
 auth_param basic realm lowhaio
 acl authenticated proxy_auth REQUIRED
