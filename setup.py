@@ -30,6 +30,7 @@ setuptools.setup(
         'lowhaio_cookies',
         'lowhaio_auth',
         'lowhaio_cli',
+        'lowhaio_proxy',
     ],
     install_requires=[
         'aiodnsresolver>=0.0.157',

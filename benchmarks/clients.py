@@ -69,12 +69,24 @@ def upload_chunks(size: int, chunk_size: int) -> Callable[[], AsyncIterator[byte
 
 
 class LowhaioClient:
-    def __init__(self, ctx: ssl.SSLContext) -> None:
+    PROXIES = True
+
+    def __init__(self, ctx: ssl.SSLContext, proxy: Optional[str] = None) -> None:
         import lowhaio
         import lowhaio_decompress
 
-        self.request, self.close_pool = lowhaio.Pool(get_ssl_context=lambda: ctx)
+        options = {} if proxy is None else {'proxy': proxy}
+        self.request, self.close_pool = lowhaio.Pool(get_ssl_context=lambda: ctx, **options)
         self.decompressed_request = lowhaio_decompress.decompressed(self.request)
+        if proxy is not None:
+            # tinyproxy closes each connection just after a response, unannounced, so the next
+            # request can race that close; aiohttp then retries once by itself, and lowhaio with
+            # lowhaio_retry, the same way: once, at once, only for that error
+            import lowhaio_retry
+
+            self.request = lowhaio_retry.retry(
+                self.request, ((lowhaio.HttpConnectionClosedBeforeResponseError, (0,)),)
+            )
 
     async def get(self, url: str) -> int:
         code, _, body = await self.request(b'GET', url)
@@ -106,10 +118,15 @@ class LowhaioClient:
 
 
 class AiohttpClient:
-    def __init__(self, ctx: ssl.SSLContext) -> None:
+    PROXIES = True
+
+    def __init__(self, ctx: ssl.SSLContext, proxy: Optional[str] = None) -> None:
         import aiohttp
 
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=128, ssl=ctx))
+        options = {} if proxy is None else {'proxy': proxy}
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=128, ssl=ctx), **options
+        )
 
     async def get(self, url: str) -> int:
         async with self.session.get(url) as resp:
@@ -140,11 +157,15 @@ class AiohttpClient:
 
 
 class HttpxClient:
-    def __init__(self, ctx: ssl.SSLContext) -> None:
+    PROXIES = True
+
+    def __init__(self, ctx: ssl.SSLContext, proxy: Optional[str] = None) -> None:
         import httpx
 
         limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
-        self.client = httpx.AsyncClient(verify=ctx, limits=limits, timeout=httpx.Timeout(60.0))
+        self.client = httpx.AsyncClient(
+            verify=ctx, limits=limits, timeout=httpx.Timeout(60.0), proxy=proxy
+        )
 
     async def get(self, url: str) -> int:
         resp = await self.client.get(url)
@@ -177,6 +198,8 @@ class HttpxClient:
 
 
 class AiosonicClient:
+    PROXIES = False
+
     def __init__(self, ctx: ssl.SSLContext) -> None:
         import aiosonic
         from aiosonic.pools import PoolConfig
@@ -423,6 +446,8 @@ class FloorClient:
     """Pre-built request bytes per URL, and a free list of connections per host: a task takes a free
     connection or opens one, so 64 concurrent tasks end up with one connection each."""
 
+    PROXIES = False
+
     def __init__(self, ctx: ssl.SSLContext) -> None:
         self.ctx = ctx
         self.targets: Dict[str, Tuple[Tuple[str, int, bool], bytes, bytes]] = {}
@@ -624,7 +649,8 @@ def rusage_kb() -> int:
 
 async def measure(spec: dict, profile: bool) -> dict:
     adapter, _ = client_factory(spec['client'])
-    client = adapter(ssl_context_trusting(spec['ca_file']))
+    ctx = ssl_context_trusting(spec['ca_file'])
+    client = adapter(ctx, proxy=spec['proxy']) if 'proxy' in spec else adapter(ctx)
     warm, work = WORKLOADS[spec['kind']]
     try:
         await warm(client, spec)
