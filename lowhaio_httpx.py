@@ -59,7 +59,7 @@ class LowhaioTransport(httpx.AsyncBaseTransport):
     `pool_options` are `lowhaio.Pool` keyword arguments (`get_ssl_context`,
     `max_connections_per_host`, `keep_alive_timeout`, `get_dns_resolver`, ...). The deadlines
     come from httpx's timeouts instead: `connect` is `connect_timeout`, `pool` is
-    `pool_timeout`, and `read` and `write` share `socket_timeout` (the larger of the two, since
+    `pool_timeout`, and `read` and `write` share `socket_timeout` (the smaller of the two, since
     lowhaio has one limit for any wait on the socket). `response_head_timeout`, a total limit
     httpx has no equivalent of, is off unless given.
 
@@ -123,7 +123,9 @@ def request_timeouts(request: httpx.Request) -> Timeouts:
 
 def pool_deadlines(timeouts: Timeouts) -> Dict[str, Optional[float]]:
     connect, read, write, pool = timeouts
-    socket_timeout = NO_LIMIT if read is None or write is None else max(read, write)
+    # One limit for any wait on the socket: never longer than httpx allows either phase
+    limits = [limit for limit in (read, write) if limit is not None]
+    socket_timeout = min(limits) if limits else NO_LIMIT
     return {
         'connect_timeout': NO_LIMIT if connect is None else connect,
         'socket_timeout': socket_timeout,
@@ -173,7 +175,7 @@ def body_function(request: httpx.Request, headers: Headers,
     """
     stream = request.stream
     if isinstance(stream, httpx.ByteStream):
-        content = request.content  # httpx reads a bytes body when it builds the request
+        content = b''.join(stream)  # bytes in memory: one piece, so no copy is made
         if not content:
             return empty_async_iterator
         source: BodyFunction = streamed(content)
