@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import gzip
 import hashlib
-import json
 import socket
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional
 
