@@ -39,8 +39,10 @@ async def uvicorn_server(app: Callable[..., Any], host: str = '127.0.0.1',
     import uvicorn
 
     sock = _bound_socket(host)
+    # proxy_headers off: uvicorn would otherwise take a loopback client's X-Forwarded-For as
+    # the client's address, and these servers face their clients directly
     config = uvicorn.Config(app, loop='none', lifespan=lifespan, log_level='warning',
-                            access_log=False, timeout_graceful_shutdown=1)
+                            access_log=False, timeout_graceful_shutdown=1, proxy_headers=False)
     server = uvicorn.Server(config)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
     try:
@@ -74,36 +76,13 @@ async def hypercorn_server(app: Callable[..., Any], host: str = '127.0.0.1'
     stop = asyncio.Event()
     task = asyncio.ensure_future(serve(app, config, shutdown_trigger=stop.wait))
     try:
-        await _until_accepting(host, sock.getsockname()[1], task)
+        # No need to wait for it to start: the socket already listens, and connections wait
+        # in its backlog until hypercorn accepts them
         yield AsgiServer(host, sock.getsockname()[1])
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
         sock.close()
-
-
-async def _until_accepting(host: str, port: int, task: 'asyncio.Future[Any]') -> None:
-    # hypercorn has no "started" flag: its listening socket was bound by us, so what tells that
-    # it serves is that it has taken a connection and answered it
-    for _ in range(500):
-        if task.done():
-            task.result()
-            raise RuntimeError('hypercorn stopped before starting')
-        try:
-            reader, writer = await asyncio.open_connection(host, port)
-        except OSError:
-            await asyncio.sleep(0.01)
-            continue
-        writer.write(b'GET /__ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n')
-        try:
-            answer = await asyncio.wait_for(reader.read(12), 0.5)
-        except asyncio.TimeoutError:
-            answer = b''
-        writer.close()
-        if answer.startswith(b'HTTP/1.1'):
-            return
-        await asyncio.sleep(0.01)
-    raise RuntimeError('hypercorn did not start')
 
 
 def asgi_server(kind: str, app: Callable[..., Any], **kwargs: Any) -> Any:
