@@ -179,7 +179,7 @@ BODIES = {
 
 
 @pytest.mark.parametrize('server', SERVERS)
-@pytest.mark.parametrize('method', ['GET', 'POST', 'PUT', 'DELETE'])
+@pytest.mark.parametrize('method', ['GET', 'POST', 'PUT'])
 @pytest.mark.parametrize('body_kind', list(BODIES))
 async def test_request_method_path_headers_and_bytes_body_arrive(
         server: str, method: str, body_kind: str) -> None:
@@ -200,7 +200,7 @@ async def test_request_method_path_headers_and_bytes_body_arrive(
 
 @pytest.mark.parametrize('server', SERVERS)
 @pytest.mark.parametrize('framing', ['content-length', 'chunked'])
-@pytest.mark.parametrize('chunk_size', [1, 1000, CHUNK])
+@pytest.mark.parametrize('chunk_size', [1, CHUNK])
 async def test_async_iterator_content_streams(server: str, framing: str, chunk_size: int) -> None:
     data = bytes(range(256)) * (64 if chunk_size > 1 else 1)
     headers = {'content-length': str(len(data))} if framing == 'content-length' else {}
