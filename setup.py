@@ -21,10 +21,18 @@ setuptools.setup(
         'lowhaio_chunked',
         'lowhaio_aws_sigv4',
         'lowhaio_aws_sigv4_unsigned_payload',
+        'lowhaio_httpx',
+        'lowhaio_asgi',
     ],
     install_requires=[
         'aiodnsresolver>=0.0.157',
     ],
+    extras_require={
+        # lowhaio_httpx: an httpx transport
+        'httpx': ['httpx>=0.25'],
+        # lowhaio_asgi needs no package of its own, only an ASGI server to run it
+        'asgi': ['uvicorn>=0.24'],
+    },
     classifiers=[
         'Framework :: AsyncIO',
         'Intended Audience :: Developers',
