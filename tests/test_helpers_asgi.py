@@ -437,6 +437,36 @@ async def test_the_client_going_away_closes_the_upstream_connection(
     assert watch.requests == 1
 
 
+@pytest.mark.parametrize('server', ASGI_SERVERS)
+@pytest.mark.parametrize('framing', ['content-length', 'chunked'])
+async def test_the_client_going_away_mid_upload_closes_the_upstream_connection(
+        server: str, framing: str) -> None:
+    received = asyncio.Queue()  # type: asyncio.Queue[int]
+
+    async def reads_until_closed(conn: support.Connection) -> None:
+        await conn.read_head()
+        try:
+            total = len(await conn.read_until_eof())
+        except (ConnectionError, OSError):
+            total = -1  # a reset: the assertion below fails, as the proxy should close in order
+        await received.put(total)
+
+    length = b'content-length: %d' % (64 * MiB) if framing == 'content-length' else \
+        b'transfer-encoding: chunked'
+    async with support.scripted_server(reads_until_closed) as upstream, \
+            proxied(server, upstream.url()) as proxy:
+        reader, writer = await asyncio.open_connection('127.0.0.1', proxy.port)
+        writer.write(b'PUT /up HTTP/1.1\r\nhost: proxy\r\n%s\r\n\r\n' % length)
+        piece = b'p' * MiB
+        for _ in range(2):
+            writer.write(piece if framing == 'content-length' else
+                         b'%x\r\n%s\r\n' % (len(piece), piece))
+            await writer.drain()
+        writer.transport.abort()
+        total = await asyncio.wait_for(received.get(), 10)
+    assert 0 < total < 64 * MiB, 'the upstream saw the upload end early, by a close'
+
+
 # ---------------------------------------------------------------------------------------------
 # Lifespan
 # ---------------------------------------------------------------------------------------------
