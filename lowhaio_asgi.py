@@ -210,8 +210,9 @@ def parse_upstream(upstream: str) -> Upstream:
 def request_path(scope: Scope) -> str:
     """The request's path below where the proxy is mounted, as it came on the wire when the
     server gives it (`raw_path`), so that escapes such as %2F reach the upstream unchanged."""
-    root_path = scope.get('root_path', '')
+    root_path: str = scope.get('root_path', '')
     raw_path = scope.get('raw_path')
+    path: str
     if raw_path is not None:
         path = raw_path.decode('latin-1')
         encoded_root = urllib.parse.quote(root_path, safe=_PATH_SAFE)

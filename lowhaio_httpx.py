@@ -121,7 +121,7 @@ def request_timeouts(request: httpx.Request) -> Timeouts:
             timeout.get('pool'))
 
 
-def pool_deadlines(timeouts: Timeouts) -> Dict[str, Optional[float]]:
+def pool_deadlines(timeouts: Timeouts) -> Dict[str, Any]:
     connect, read, write, pool = timeouts
     # One limit for any wait on the socket: never longer than httpx allows either phase
     limits = [limit for limit in (read, write) if limit is not None]
