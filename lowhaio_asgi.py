@@ -234,6 +234,10 @@ def end_to_end(headers: Iterable[Tuple[bytes, bytes]]) -> HeaderList:
     for name, value in headers:
         if name == b'connection':
             dropped.update(option.strip().lower() for option in value.split(b','))
+        elif name == b'transfer-encoding':
+            # RFC 9112 §6.3: transfer-encoding overrides content-length, which then says
+            # nothing about the body. Passed on, it would frame the re-framed body wrongly.
+            dropped.add(b'content-length')
     return [(name, value) for name, value in headers if name not in dropped]
 
 

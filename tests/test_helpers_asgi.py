@@ -222,6 +222,21 @@ async def test_hop_by_hop_response_headers_are_dropped(server: str) -> None:
         assert dropped not in names
 
 
+@pytest.mark.parametrize('server', ASGI_SERVERS)
+async def test_a_content_length_beside_transfer_encoding_is_not_passed_on(server: str) -> None:
+    # Chunked framing wins (RFC 9112 §6.3); the stale length must not reach the client
+    response = (b'HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n'
+                b'5\r\nhello\r\n0\r\n\r\n')
+    async with support.scripted_server(answer(response)) as upstream, \
+            proxied(server, upstream.url()) as proxy:
+        reader, writer = await raw_get(proxy.port, close=True)
+        head = await reader.readuntil(b'\r\n\r\n')
+        rest = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    assert b'content-length: 3' not in head.lower()
+    assert b'hello' in rest
+
+
 def test_connection_options_are_matched_case_insensitively() -> None:
     headers = [(b'connection', b'X-Hop , Close'), (b'x-hop', b'1'), (b'x-other', b'2')]
     assert end_to_end(headers) == [(b'x-other', b'2')]
@@ -409,10 +424,11 @@ class UpstreamWatch:
             self.closed.set()
 
 
-async def raw_get(port: int, path: str = '/') -> Tuple[asyncio.StreamReader,
-                                                      asyncio.StreamWriter]:
+async def raw_get(port: int, path: str = '/', close: bool = False) -> Tuple[
+        asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection('127.0.0.1', port)
-    writer.write(b'GET %s HTTP/1.1\r\nhost: proxy\r\n\r\n' % path.encode())
+    writer.write(b'GET %s HTTP/1.1\r\nhost: proxy\r\n%s\r\n'
+                 % (path.encode(), b'connection: close\r\n' if close else b''))
     await writer.drain()
     return reader, writer
 
