@@ -79,13 +79,14 @@ class LowhaioTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = lowhaio_url(request.url)
+        method = request_method(request)
         timeouts = request_timeouts(request)
         lowhaio_request = await self._request_for(timeouts)
         sending = SendingState()
         headers = tuple(request.headers.raw)
         try:
             code, response_headers, body = await lowhaio_request(
-                request.method.encode('ascii'), url, headers=headers,
+                method, url, headers=headers,
                 body=body_function(request, headers, sending))
         except HttpError as exception:
             if sending.failure is not None and exception.__cause__ is sending.failure:
@@ -144,6 +145,14 @@ def lowhaio_url(url: httpx.URL) -> str:
                                         'protocol, or a host')
     return '%s://%s%s' % (url.scheme, url.netloc.decode('ascii'),
                           url.raw_path.decode('ascii'))
+
+
+def request_method(request: httpx.Request) -> bytes:
+    try:
+        return request.method.encode('ascii')
+    except UnicodeEncodeError as exception:
+        raise httpx.LocalProtocolError('Method must be a token: %r' % (request.method,),
+                                       request=request) from exception
 
 
 def reason_phrase(status: int) -> bytes:

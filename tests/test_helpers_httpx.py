@@ -664,6 +664,13 @@ async def test_bad_requests_are_local_protocol_errors(transport: str, case: str)
     assert server.requests == [] or case.startswith('body'), 'nothing malformed was sent'
 
 
+async def test_a_method_that_is_not_ascii_is_a_local_protocol_error() -> None:
+    # (httpx's own transport raises a TypeError here)
+    async with lowhaio_client() as client:
+        with pytest.raises(httpx.LocalProtocolError):
+            await client.request('G\u00c9T', 'http://127.0.0.1:%d/' % refused_port())
+
+
 class ContentFailed(Exception):
     pass
 
