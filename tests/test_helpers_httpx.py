@@ -415,6 +415,17 @@ async def test_pools_beyond_the_limit_are_closed() -> None:
             assert await support.wait_for_fds(baseline + 2 * 8) <= baseline + 2 * 8
 
 
+async def test_a_response_outlives_the_closing_of_its_pool() -> None:
+    async with serving('aiohttp') as url, lowhaio_client() as client:
+        async with client.stream('GET', url('/bytes/%d' % BIG), timeout=1) as response:
+            stream = response.aiter_raw()
+            first = await stream.__anext__()
+            for timeout in range(2, 11):  # its pool is the least recently used, and is closed
+                await client.get(url('/echo'), timeout=timeout)
+            rest = [chunk async for chunk in stream]
+    assert len(first) + sum(map(len, rest)) == BIG
+
+
 # ---------------------------------------------------------------------------------------------
 # Errors: every lowhaio error becomes the httpx exception httpx's own transport would raise,
 # with the lowhaio exception as its cause.
