@@ -144,6 +144,18 @@ async def test_responses_stream_from_an_aiohttp_upstream(server: str, framing: s
 
 
 @pytest.mark.parametrize('server', ASGI_SERVERS)
+async def test_head_keeps_the_length_and_sends_no_body(server: str, nginx: support.Nginx) -> None:
+    (nginx.root / 'head.bin').write_bytes(b'h' * 1000)
+    async with proxied(server, nginx.url()) as proxy, client_pool() as request:
+        for _ in range(3):  # on one client connection: the framing stays in step
+            code, headers, body = await request(b'HEAD', proxy.url('/head.bin'))
+            assert code == b'200' and await buffered(body) == b''
+            assert dict(headers)[b'content-length'] == b'1000'
+            code, _, body = await request(b'GET', proxy.url('/head.bin'))
+            assert await buffered(body) == b'h' * 1000
+
+
+@pytest.mark.parametrize('server', ASGI_SERVERS)
 async def test_nginx_upstream_upload_then_download(server: str, nginx: support.Nginx) -> None:
     data = os.urandom(3 * MiB)
     name = 'proxied-%s-%d' % (server, time.monotonic_ns())
