@@ -31,6 +31,8 @@ setuptools.setup(
         'lowhaio_auth',
         'lowhaio_cli',
         'lowhaio_proxy',
+        'lowhaio_httpx',
+        'lowhaio_asgi',
     ],
     install_requires=[
         'aiodnsresolver>=0.0.157',
@@ -43,6 +45,10 @@ setuptools.setup(
         'compression': ['brotli>=1.2', 'zstandard>=0.18'],
         # The command-line client's progress bar; without it, the client works, with no bar
         'cli': ['tqdm>=4.60'],
+        # lowhaio_httpx: an httpx transport
+        'httpx': ['httpx>=0.25'],
+        # lowhaio_asgi needs no package of its own, only an ASGI server to run it
+        'asgi': ['uvicorn>=0.24'],
     },
     entry_points={
         'console_scripts': ['lowhaio = lowhaio_cli:main'],

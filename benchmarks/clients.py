@@ -197,6 +197,18 @@ class HttpxClient:
         await self.client.aclose()
 
 
+class HttpxLowhaioClient(HttpxClient):
+    """httpx's API over lowhaio_httpx.LowhaioTransport: the same calls as `httpx`, one line
+    different. Connection limits are lowhaio's (none by default), the CA goes to the pool."""
+
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        import httpx
+        from lowhaio_httpx import LowhaioTransport
+
+        transport = LowhaioTransport(get_ssl_context=lambda: ctx)
+        self.client = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(60.0))
+
+
 class AiosonicClient:
     PROXIES = False
 
@@ -524,6 +536,7 @@ CLIENTS: Dict[str, Callable[[ssl.SSLContext], object]] = {
     'lowhaio': LowhaioClient,
     'aiohttp': AiohttpClient,
     'httpx': HttpxClient,
+    'httpx-lowhaio': HttpxLowhaioClient,
     'aiosonic': AiosonicClient,
     'floor': FloorClient,
 }

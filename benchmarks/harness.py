@@ -46,6 +46,7 @@ DEFAULT_CLIENTS = [
     'lowhaio-uvloop',
     'aiohttp',
     'httpx',
+    'httpx-lowhaio',
     'aiosonic',
 ]
 PEERS = ['aiohttp', 'httpx', 'aiosonic']
