@@ -2041,8 +2041,10 @@ def Pool(
     )
     if connect_timeout is None:
         connect_timeout = socket_timeout
-    if recv_bufsize is not None and recv_bufsize < 1:
-        raise HttpInvalidRequestError('recv_bufsize must be at least 1, not %r' % (recv_bufsize,))
+    if recv_bufsize is not None and (not isinstance(recv_bufsize, int) or
+                                     isinstance(recv_bufsize, bool) or recv_bufsize < 1):
+        raise HttpInvalidRequestError(
+            'recv_bufsize must be a whole number of bytes, at least 1, not %r' % (recv_bufsize,))
     first_head_wait = min(socket_timeout, response_head_timeout)
     keep_alive = keep_alive_timeout > 0
     custom_send = not (sock_pre_message is None and sock_post_message is None and
