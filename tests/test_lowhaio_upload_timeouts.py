@@ -21,7 +21,6 @@ import contextlib
 import fcntl
 import hashlib
 import math
-import os
 import random
 import socket
 import ssl
@@ -32,7 +31,7 @@ import time
 from typing import AsyncIterator, Awaitable, Callable, Iterator, List, Optional, Tuple
 
 import pytest
-from support import client_ssl_context, server_ssl_context
+from support import client_ssl_context, open_sockets, server_ssl_context, wait_for_sockets
 
 import lowhaio
 from lowhaio import HttpDataError, HttpTimeoutError, Pool, buffered
@@ -275,24 +274,6 @@ def slow_step(chunk_size: int, socket_timeout: float) -> int:
     """Bytes per step for a chunk to take DRAIN_FACTOR x socket_timeout to be read."""
     steps = DRAIN_FACTOR * socket_timeout / STEP_INTERVAL
     return max(MIN_STEP, math.ceil(chunk_size / steps))
-
-
-def open_sockets() -> int:
-    """How many sockets this process has open. Sockets rather than all descriptors: the
-    first upload a uvloop loop aborts makes libuv open /dev/null, once, for good."""
-    count = 0
-    for fd in os.listdir('/proc/self/fd'):
-        with contextlib.suppress(OSError):
-            count += os.readlink('/proc/self/fd/' + fd).startswith('socket:')
-    return count
-
-
-async def wait_for_sockets(expected: int, timeout: float = 2.0) -> int:
-    """Wait until at most `expected` sockets are open, or `timeout`; the final count."""
-    deadline = time.monotonic() + timeout
-    while open_sockets() > expected and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    return open_sockets()
 
 
 def pool_entry(request: Callable[..., Awaitable], port: int) -> dict:
