@@ -66,10 +66,14 @@ def upload_chunks(size: int, chunk_size: int) -> Callable[[], AsyncIterator[byte
 
 
 class LowhaioClient:
+    pool_options: Dict[str, object] = {}
+
     def __init__(self, ctx: ssl.SSLContext) -> None:
         import lowhaio
 
-        self.request, self.close_pool = lowhaio.Pool(get_ssl_context=lambda: ctx)
+        self.request, self.close_pool = lowhaio.Pool(
+            get_ssl_context=lambda: ctx, **self.pool_options
+        )
 
     async def get(self, url: str) -> int:
         code, _, body = await self.request(b'GET', url)
@@ -90,6 +94,13 @@ class LowhaioClient:
 
     async def close(self) -> None:
         await self.close_pool()
+
+
+class LowhaioRecv16kClient(LowhaioClient):
+    """lowhaio with body pieces capped at 16 KiB (`recv_bufsize=16384`, 0.0.89's default):
+    what the cap costs next to the default, where pieces come as the transport delivers them."""
+
+    pool_options = {'recv_bufsize': 16384}
 
 
 class AiohttpClient:
@@ -473,6 +484,7 @@ class FloorClient:
 
 CLIENTS: Dict[str, Callable[[ssl.SSLContext], object]] = {
     'lowhaio': LowhaioClient,
+    'lowhaio-recv16k': LowhaioRecv16kClient,
     'aiohttp': AiohttpClient,
     'httpx': HttpxClient,
     'aiosonic': AiosonicClient,
