@@ -328,12 +328,14 @@ async def upload_until_the_reader_stops(tls: bool, chunk_size: int) -> None:
     with paced_reader(tls=tls, step=64 * KIB, interval=0.0, stop_after=STALL_AFTER) as server:
         baseline = open_sockets()
         async with small_buffer_pool(timeout) as request:
+            started = time.monotonic()
             with pytest.raises(HttpTimeoutError) as raised:
                 await asyncio.wait_for(
                     request(b'POST', server.url(), headers=body.headers, body=body), 30)
             failed_at = time.monotonic()
             assert server.stopped_at is not None and server.last_arrival is not None, \
-                'failed before the server stopped reading'
+                'failed %.3f s after starting, before the server stopped reading (%d bytes ' \
+                'read): %r' % (failed_at - started, server.received, raised.value)
             # Bytes move after the server stops, into the kernel's buffers (until
             # last_arrival), and the client's last wait for room starts once it has written
             # its last chunk: not before the later of the two plus socket_timeout...
