@@ -7,7 +7,9 @@ the client has not yet handed to the kernel, not the kernel's buffers, decides t
 
 - a server that reads steadily, but so slowly that every chunk of 120 KiB or more takes twice
   `socket_timeout` to go: uploads with chunks from 1 byte to 16 MiB all succeed, and the server
-  gets exactly the bytes sent (count and sha256), over TCP and over TLS;
+  gets exactly the bytes sent (count and sha256), over TCP and over TLS. That includes the end
+  of the upload: bytes still buffered when the last chunk has been handed over are still being
+  sent, and the wait for the response head must not expire while they go;
 - a server that stops reading mid-upload: the request fails with `HttpTimeoutError` (an
   `HttpDataError`) between `socket_timeout` and 1.125 × `socket_timeout` after the last byte
   moved, its connection is closed (the server sees it) and not pooled, and no descriptor leaks.
@@ -28,7 +30,7 @@ import struct
 import termios
 import threading
 import time
-from typing import AsyncIterator, Awaitable, Callable, Iterator, List, Optional, Tuple
+from typing import AsyncIterator, Awaitable, Callable, List, Optional, Tuple
 
 import pytest
 from support import client_ssl_context, open_sockets, server_ssl_context, wait_for_sockets
@@ -216,12 +218,6 @@ def content_length(head: bytes) -> int:
     raise AssertionError('no content-length in %r' % (head,))
 
 
-@contextlib.contextmanager
-def paced_reader(**kwargs: object) -> Iterator[PacedReader]:
-    with PacedReader(**kwargs) as server:  # type: ignore[arg-type]
-        yield server
-
-
 # ---------------------------------------------------------------------------------------------
 # The client side
 # ---------------------------------------------------------------------------------------------
@@ -290,8 +286,8 @@ def pool_entry(request: Callable[..., Awaitable], port: int) -> dict:
 async def test_an_upload_to_a_slow_but_steady_reader_succeeds(transport: str,
                                                               chunk_size: int) -> None:
     body = Body(chunk_size, body_size(chunk_size))
-    with paced_reader(tls=transport == 'tls',
-                      step=slow_step(chunk_size, SLOW_SOCKET_TIMEOUT)) as server:
+    with PacedReader(tls=transport == 'tls',
+                     step=slow_step(chunk_size, SLOW_SOCKET_TIMEOUT)) as server:
         async with small_buffer_pool(SLOW_SOCKET_TIMEOUT) as request:
             started = time.monotonic()
             code, _, response = await asyncio.wait_for(
@@ -325,7 +321,7 @@ async def upload_until_the_reader_stops(tls: bool, chunk_size: int) -> None:
     timeout = STALL_SOCKET_TIMEOUT
     # Large enough to fill every buffer on the way once the server stops, with 1-byte chunks too
     body = Body(chunk_size, max(body_size(chunk_size), MIB))
-    with paced_reader(tls=tls, step=64 * KIB, interval=0.0, stop_after=STALL_AFTER) as server:
+    with PacedReader(tls=tls, step=64 * KIB, interval=0.0, stop_after=STALL_AFTER) as server:
         baseline = open_sockets()
         async with small_buffer_pool(timeout) as request:
             started = time.monotonic()
