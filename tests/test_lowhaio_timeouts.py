@@ -290,16 +290,17 @@ async def test_an_expired_deadline_raises_its_exception_saying_it_timed_out(name
     baseline = open_sockets()
     for _repetition in range(REPETITIONS):
         exception, elapsed = await row.expire()
-        assert type(exception) is row.exception, repr(exception)
+        seen = '%r (caused by %r) after %.3f s' % (exception, exception.__cause__, elapsed)
+        assert type(exception) is row.exception, seen
         # Said as a timeout: an HttpTimeoutError, and in any case caused by asyncio.TimeoutError
-        assert isinstance(exception.__cause__, asyncio.TimeoutError), repr(exception.__cause__)
+        assert isinstance(exception.__cause__, asyncio.TimeoutError), seen
         assert isinstance(exception, HttpTimeoutError) == (row.exception is HttpTimeoutError)
         # Whether a retry is safe whatever the method
         assert isinstance(exception, HttpConnectionError) == row.connection_error
         assert isinstance(exception, HttpDataError) == (not row.connection_error)
-        assert row.says in str(exception)
+        assert row.says in str(exception), seen
         # When the deadline passed: not before, and not much after
-        assert SHORT - EARLY <= elapsed <= SHORT * row.late_factor + SCHEDULING_MARGIN, elapsed
+        assert SHORT - EARLY <= elapsed <= SHORT * row.late_factor + SCHEDULING_MARGIN, seen
         # lowhaio's deadlines never cancel the caller's task
         assert task_cancelling() == 0
         assert await wait_for_sockets(baseline) == baseline
