@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import socket
+import ssl
 import sys
 import time
 from dataclasses import dataclass
@@ -110,6 +111,57 @@ def never_accepting() -> Iterator[int]:
         yield listener.getsockname()[1]
 
 
+StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def https_server(handler: StreamHandler) -> AsyncIterator[str]:
+    """An https server on 127.0.0.1 (certificate from the tests' CA, small receive buffer)
+    running `handler` for each connection once its TLS handshake is done. Yields its URL."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    listener.bind(('127.0.0.1', 0))
+    tasks = []
+
+    async def on_connection(reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
+        tasks.append(asyncio.current_task())
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError,
+                asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(on_connection, sock=listener,
+                                        ssl=support.server_ssl_context())
+    try:
+        yield 'https://127.0.0.1:%d/' % (listener.getsockname()[1],)
+    finally:
+        server.close()
+        for task in tasks:
+            task.cancel()  # type: ignore[union-attr]
+        await asyncio.gather(*tasks, return_exceptions=True)  # type: ignore[arg-type]
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), 2.0)
+
+
+async def tls_never_reading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """After the handshake, read nothing more: the client's upload fills the buffers."""
+    writer.transport.pause_reading()
+    await asyncio.sleep(30)
+
+
+async def tls_silent_after(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           sent: bytes = b'') -> None:
+    """Read the request head, send `sent`, then say nothing until the client leaves."""
+    await reader.readuntil(b'\r\n\r\n')
+    writer.write(sent)
+    await writer.drain()
+    await reader.read()
+
+
 def small_buffer_sock(family: int = socket.AF_INET) -> socket.socket:
     sock = lowhaio.get_nonblocking_sock(family)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
@@ -197,19 +249,29 @@ async def pool_slot_held() -> Tuple[BaseException, float]:
                 await holding.aclose()  # type: ignore[attr-defined]
 
 
-async def send_never_read() -> Tuple[BaseException, float]:
+async def send_never_read(tls: bool = False) -> Tuple[BaseException, float]:
     async def one_large_chunk() -> AsyncIterator[bytes]:
         yield b'u' * (8 * 1024 * 1024)
 
-    with never_accepting() as port:
-        async with open_pool(socket_timeout=SHORT, get_sock=small_buffer_sock) as request:
+    async with contextlib.AsyncExitStack() as stack:
+        if tls:
+            url = await stack.enter_async_context(https_server(tls_never_reading))
+        else:
+            url = 'http://127.0.0.1:%d/' % (stack.enter_context(never_accepting()),)
+        async with open_pool(socket_timeout=SHORT, get_sock=small_buffer_sock,
+                             get_ssl_context=client_ssl_context) as request:
             return await failure_of(request(
-                b'POST', 'http://127.0.0.1:%d/' % (port,),
-                headers=((b'content-length', b'%d' % (8 * 1024 * 1024)),),
+                b'POST', url, headers=((b'content-length', b'%d' % (8 * 1024 * 1024)),),
                 body=one_large_chunk))
+    raise AssertionError('unreachable')  # for type checkers: the block above returns
 
 
-async def head_never_sent() -> Tuple[BaseException, float]:
+async def head_never_sent(tls: bool = False) -> Tuple[BaseException, float]:
+    if tls:
+        async with https_server(tls_silent_after) as url:
+            async with open_pool(socket_timeout=SHORT,
+                                 get_ssl_context=client_ssl_context) as request:
+                return await failure_of(request(b'GET', url))
     async with scripted_server(silent_after) as server:
         async with open_pool(socket_timeout=SHORT) as request:
             return await failure_of(request(b'GET', server.url()))
@@ -231,12 +293,20 @@ async def head_dribbled() -> Tuple[BaseException, float]:
             return await failure_of(request(b'GET', server.url()))
 
 
-async def body_stalls(head_and_start: bytes) -> Tuple[BaseException, float]:
-    async with scripted_server(functools.partial(silent_after, sent=head_and_start)) as server:
-        async with open_pool(socket_timeout=SHORT) as request:
-            code, _, body = await request(b'GET', server.url())
+async def body_stalls(head_and_start: bytes, tls: bool = False) -> Tuple[BaseException, float]:
+    async with contextlib.AsyncExitStack() as stack:
+        if tls:
+            url = await stack.enter_async_context(https_server(
+                functools.partial(tls_silent_after, sent=head_and_start)))
+        else:
+            url = (await stack.enter_async_context(scripted_server(
+                functools.partial(silent_after, sent=head_and_start)))).url()
+        async with open_pool(socket_timeout=SHORT,
+                             get_ssl_context=client_ssl_context) as request:
+            code, _, body = await request(b'GET', url)
             assert code == b'200'
             return await failure_of(buffered(body))
+    raise AssertionError('unreachable')  # for type checkers: the block above returns
 
 
 @dataclass(frozen=True)
@@ -265,8 +335,13 @@ DEADLINES: Dict[str, Deadline] = {
                      HttpPoolTimeoutError, True, 'No connection became free'),
     'send': Deadline('socket_timeout', 'sending the request', send_never_read,
                      HttpTimeoutError, False, 'sending', late_factor=1.125),
+    'send-https': Deadline('socket_timeout', 'sending the request, over TLS', functools.partial(
+        send_never_read, tls=True), HttpTimeoutError, False, 'sending', late_factor=1.125),
     'head': Deadline('socket_timeout', 'waiting for the response head', head_never_sent,
                      HttpTimeoutError, False, 'response head'),
+    'head-https': Deadline('socket_timeout', 'waiting for the response head, over TLS',
+                           functools.partial(head_never_sent, tls=True),
+                           HttpTimeoutError, False, 'response head'),
     'head-partial': Deadline('socket_timeout', 'reading the response head',
                              head_stalls_part_way, HttpTimeoutError, False, 'response head'),
     'head-total': Deadline('response_head_timeout', 'reading the response head',
@@ -276,6 +351,9 @@ DEADLINES: Dict[str, Deadline] = {
         HttpTimeoutError, False, 'body'),
     'body-chunked': Deadline('socket_timeout', 'reading the body', functools.partial(
         body_stalls, b'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n'),
+        HttpTimeoutError, False, 'body'),
+    'body-https': Deadline('socket_timeout', 'reading the body, over TLS', functools.partial(
+        body_stalls, b'HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc', tls=True),
         HttpTimeoutError, False, 'body'),
 }
 
