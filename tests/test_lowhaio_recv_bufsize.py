@@ -302,8 +302,10 @@ async def test_aclose_mid_body_closes_the_connection(framing: str, scheme: str,
 # Invalid values
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('recv_bufsize', [0, -1, -16384])
-async def test_a_recv_bufsize_below_one_is_refused_by_pool(recv_bufsize: int) -> None:
+@pytest.mark.parametrize('recv_bufsize', [0, -1, -16384, 1.5, '16384', b'16384'])
+async def test_a_recv_bufsize_that_is_not_a_positive_integer_is_refused_by_pool(
+        recv_bufsize: object) -> None:
+    # Refused at once, with a clear error: not when a body is read, as a TypeError
     with pytest.raises(HttpError) as raised:
-        Pool(recv_bufsize=recv_bufsize)
+        Pool(recv_bufsize=recv_bufsize)  # type: ignore[arg-type]
     assert 'recv_bufsize' in str(raised.value)
