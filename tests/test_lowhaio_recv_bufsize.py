@@ -5,8 +5,9 @@ chunked in small or large chunks, read until close), over http and https, bodies
 to 4 MiB and `recv_bufsize` from 1 byte to 1 MiB: every piece is at most `recv_bufsize` bytes
 and none is empty, the pieces join to the exact body, and a connection read to the end is
 reused. Without `recv_bufsize`, pieces come as the transport delivers them (larger than 16 KiB
-for a 4 MiB body: the default path is not capped). Leaving a body early with `aclose()` closes
-its connection, capped or not. A `recv_bufsize` below 1 is refused by `Pool()` itself.
+for a 4 MiB body: the default path is not capped). Leaving a body early, by `aclose()` or by
+dropping it, closes its connection, capped or not. A `recv_bufsize` that is not a positive
+integer is refused by `Pool()` itself.
 
 Servers: nginx for content-length bodies streamed from files, aiohttp.web for chunked bodies
 (one chunk per write), and a raw asyncio server, with or without TLS, for bodies read until
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import random
 import socket
@@ -271,12 +273,14 @@ async def test_without_recv_bufsize_pieces_are_not_capped(framing: str, scheme: 
 # Leaving a body early closes its connection
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize('leave_by', ['aclose', 'drop'])
 @pytest.mark.parametrize('recv_bufsize', [None, 7, 16384])
 @pytest.mark.parametrize('scheme', SCHEMES)
 @pytest.mark.parametrize('framing', STREAMED_FRAMINGS)
-async def test_aclose_mid_body_closes_the_connection(framing: str, scheme: str,
-                                                     recv_bufsize: Optional[int],
-                                                     nginx: Nginx) -> None:
+async def test_leaving_a_body_mid_way_closes_the_connection(framing: str, scheme: str,
+                                                            recv_bufsize: Optional[int],
+                                                            leave_by: str,
+                                                            nginx: Nginx) -> None:
     sockets = Sockets()
     async with framing_urls(framing, scheme, nginx) as url_for, \
             open_pool(sockets, recv_bufsize) as request:
@@ -286,13 +290,17 @@ async def test_aclose_mid_body_closes_the_connection(framing: str, scheme: str,
         for _ in range(3):
             received += await body.__anext__()  # type: ignore[attr-defined]
         assert body_of(LARGE).startswith(received)
-        await body.aclose()  # type: ignore[attr-defined]
+        if leave_by == 'aclose':
+            await body.aclose()  # type: ignore[attr-defined]
+            # The body stays ended
+            with pytest.raises(StopAsyncIteration):
+                await body.__anext__()  # type: ignore[attr-defined]
+        else:
+            del body
+            gc.collect()
         # Neither pooled nor in use, and its socket closed
         assert pool_counts(request) == {'idle': 0, 'in_use': 0, 'waiting': 0}
         assert await sockets.wait_until_open(0) == 0
-        # The body stays ended
-        with pytest.raises(StopAsyncIteration):
-            await body.__anext__()  # type: ignore[attr-defined]
         # And the next request gets a new connection that works
         assert b''.join(await pieces_of(request, url_for(MEDIUM))) == body_of(MEDIUM)
         assert sockets.created == 2
