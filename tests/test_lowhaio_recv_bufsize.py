@@ -310,7 +310,8 @@ async def test_leaving_a_body_mid_way_closes_the_connection(framing: str, scheme
 # Invalid values
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('recv_bufsize', [0, -1, -16384, 1.5, '16384', b'16384'])
+@pytest.mark.parametrize('recv_bufsize', [0, -1, -16384, 1.5, '16384', b'16384'],
+                         ids=['0', '-1', '-16384', 'float', 'str', 'bytes'])
 async def test_a_recv_bufsize_that_is_not_a_positive_integer_is_refused_by_pool(
         recv_bufsize: object) -> None:
     # Refused at once, with a clear error: not when a body is read, as a TypeError
