@@ -1690,7 +1690,7 @@ def _proxy_layer(
             if not isinstance(exception, Exception) or \
                     isinstance(exception, (asyncio.CancelledError, HttpConnectionError)):
                 raise
-            if isinstance(exception, asyncio.TimeoutError) or loop.time() >= deadline:
+            if _deadline_passed(loop, exception, deadline):
                 error = HttpTlsError if step.startswith('TLS') else HttpConnectionError
                 raise error('Timed out during the %s' % (step[0].lower() + step[1:],)) \
                     from _as_timeout(exception)
@@ -1934,6 +1934,18 @@ def _special_use_addresses(host: str) -> Optional[Tuple[str, ...]]:
 _RESOLUTION_DELAY = 0.05
 # How soon a DNS lookup that was cancelled, and goes on, is cancelled again (see _end_lookup).
 _CANCEL_REPEAT_INTERVAL = 0.001
+
+
+# How early an event loop may run a timer, as its clock reads: uvloop counts in milliseconds.
+_CLOCK_SLACK = 0.005
+
+
+def _deadline_passed(loop: asyncio.AbstractEventLoop, exception: BaseException,
+                     deadline: float) -> bool:
+    """Whether a connect step failed because its deadline passed: asyncio ends a TLS
+    handshake that takes too long with a ConnectionAbortedError, not a TimeoutError."""
+    return isinstance(exception, asyncio.TimeoutError) or \
+        loop.time() >= deadline - _CLOCK_SLACK
 
 
 def _as_timeout(exception: BaseException) -> asyncio.TimeoutError:
@@ -2355,7 +2367,7 @@ def Pool(
                     isinstance(exception, asyncio.CancelledError):
                 raise
             error = HttpTlsError if tls else HttpConnectionError
-            if isinstance(exception, asyncio.TimeoutError) or loop.time() >= deadline:
+            if _deadline_passed(loop, exception, deadline):
                 raise error('%s with %s:%d timed out' % (
                     'TLS handshake' if tls else 'Connection', target.host, target.port)) \
                     from _as_timeout(exception)

@@ -70,12 +70,15 @@ def upload_chunks(size: int, chunk_size: int) -> Callable[[], AsyncIterator[byte
 
 class LowhaioClient:
     PROXIES = True
+    pool_options: Dict[str, object] = {}
 
     def __init__(self, ctx: ssl.SSLContext, proxy: Optional[str] = None) -> None:
         import lowhaio
         import lowhaio_decompress
 
-        options = {} if proxy is None else {'proxy': proxy}
+        options = dict(self.pool_options)
+        if proxy is not None:
+            options['proxy'] = proxy
         self.request, self.close_pool = lowhaio.Pool(get_ssl_context=lambda: ctx, **options)
         self.decompressed_request = lowhaio_decompress.decompressed(self.request)
         if proxy is not None:
@@ -115,6 +118,13 @@ class LowhaioClient:
 
     async def close(self) -> None:
         await self.close_pool()
+
+
+class LowhaioRecv16kClient(LowhaioClient):
+    """lowhaio with body pieces capped at 16 KiB (`recv_bufsize=16384`, 0.0.89's default):
+    what the cap costs next to the default, where pieces come as the transport delivers them."""
+
+    pool_options = {'recv_bufsize': 16384}
 
 
 class AiohttpClient:
@@ -534,6 +544,7 @@ class FloorClient:
 
 CLIENTS: Dict[str, Callable[[ssl.SSLContext], object]] = {
     'lowhaio': LowhaioClient,
+    'lowhaio-recv16k': LowhaioRecv16kClient,
     'aiohttp': AiohttpClient,
     'httpx': HttpxClient,
     'httpx-lowhaio': HttpxLowhaioClient,

@@ -837,6 +837,8 @@ def markdown(
             f"{ratio(summary[n], 'lowhaio-uvloop', 'floor-uvloop', cpu_key)} |"
         )
 
+    lines += variant_ratios(summary, wls, clients)
+
     errors = [(n, c, e) for n in names for c in clients for e in summary[n][c]['errors']]
     if errors:
         lines += ['', '### Errors', '']
@@ -848,6 +850,39 @@ def markdown(
         f"{meta['sizes_line']}. {meta['date']}.",
     ]
     return '\n'.join(lines) + '\n'
+
+
+def variant_ratios(
+    summary: Dict[str, Dict[str, dict]], wls: Dict[str, Workload], clients: List[str]
+) -> List[str]:
+    """Each lowhaio variant (a client named lowhaio-SOMETHING, e.g. lowhaio-recv16k, or
+    lowhaio-recv16k-uvloop) next to plain lowhaio on the same loop: what its option costs."""
+    pairs = []
+    for client in clients:
+        on_uvloop = client.endswith('-uvloop')
+        base = 'lowhaio-uvloop' if on_uvloop else 'lowhaio'
+        if client.startswith('lowhaio-') and client != base and client != 'lowhaio-uvloop' \
+                and base in clients:
+            pairs.append((client, base))
+    if not pairs:
+        return []
+    lines = [
+        '',
+        '### lowhaio variants ÷ lowhaio on the same loop',
+        '',
+        'Throughput: above 1 = the variant is faster. CPU: above 1 = the variant uses more.',
+        '',
+        '| workload | variant | throughput ÷ base | CPU ÷ base |',
+        '|---|---|---:|---:|',
+    ]
+    for n in summary:
+        cpu_key = 'cpu_us_per_request' if wls[n].kind == 'small' else 'cpu_s_per_gb'
+        for variant, base in pairs:
+            lines.append(
+                f"| {n} | {variant} ÷ {base} | {ratio(summary[n], variant, base)} | "
+                f"{ratio(summary[n], variant, base, cpu_key)} |"
+            )
+    return lines
 
 
 def versions(lowhaio_sha: str) -> Dict[str, str]:
