@@ -24,7 +24,7 @@ import select
 import socket
 import ssl
 import urllib.parse
-from collections import deque
+from collections import OrderedDict, deque
 from typing import (
     Any,
     AsyncIterator,
@@ -54,6 +54,8 @@ __all__ = [
     'streamed',
     'buffered',
     'timeout',
+    'deadline',
+    'PoolStatus',
     'empty_async_iterator',
     'HttpError',
     'HttpConnectionError',
@@ -646,6 +648,69 @@ def timeout(loop: asyncio.AbstractEventLoop, max_time: float) -> Iterator[Callab
         raise
     finally:
         handle.cancel()
+
+
+if asyncio.TimeoutError is TimeoutError:  # Python 3.11+
+    _DeadlineExceeded = TimeoutError
+else:
+    class _DeadlineExceeded(asyncio.TimeoutError, TimeoutError):  # type: ignore[no-redef]
+        """Raised by `deadline` before Python 3.11, where asyncio.TimeoutError and the
+        built-in TimeoutError are different classes: it is both, as the one class is since."""
+
+
+class _Deadline:
+    """`deadline` before Python 3.11: a timer that cancels the task, and an exit that turns
+    that cancellation, and only that one, into a TimeoutError."""
+
+    __slots__ = ('_seconds', '_task', '_handle', '_fired')
+
+    def __init__(self, seconds: Optional[float]) -> None:
+        self._seconds = seconds
+        self._task: Optional['asyncio.Task[Any]'] = None
+        self._handle: Optional[asyncio.TimerHandle] = None
+        self._fired = False
+
+    async def __aenter__(self) -> '_Deadline':
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError('lowhaio.deadline() must be used inside a task')
+        if self._task is not None:
+            raise RuntimeError('a lowhaio.deadline() can be entered only once')
+        self._task = task
+        if self._seconds is not None:
+            self._handle = asyncio.get_running_loop().call_later(
+                max(self._seconds, 0), self._expire)
+        return self
+
+    def _expire(self) -> None:
+        self._handle = None
+        self._fired = True
+        assert self._task is not None
+        self._task.cancel()
+
+    async def __aexit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._fired and exc_type is asyncio.CancelledError:
+            raise _DeadlineExceeded() from exc
+
+
+def deadline(seconds: Optional[float]) -> Any:
+    """An async context manager that raises TimeoutError if its block takes more than
+    `seconds` (None: no limit), on every supported Python:
+
+        async with lowhaio.deadline(5):
+            code, headers, body = await request(b'GET', url)
+            data = await buffered(body)
+
+    On Python 3.11+ it is `asyncio.timeout(seconds)`. Before that, it cancels the task when
+    time is up and raises an exception that is both `asyncio.TimeoutError` and the built-in
+    `TimeoutError`. lowhaio is safe to cancel at any point: the connection in use is closed,
+    its slot freed, and nothing is left behind."""
+    if hasattr(asyncio, 'timeout'):
+        return asyncio.timeout(seconds)  # type: ignore[attr-defined]
+    return _Deadline(seconds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1287,14 +1352,34 @@ class _BufferedBody:
         self._data = b''
 
 
+# A request waiting for a connection: the host it is for, and the future that hands it either
+# a connection (released by another request to that host) or None (a slot to connect in).
+_Waiter = Tuple['_HostConnections', 'asyncio.Future[Optional[_Connection]]']
+
+
 class _HostConnections:
-    """The connections of one (scheme, host, port): idle ones, and a count of all of them."""
+    """The connections of one (scheme, host, port): idle ones, and a count of all of them.
+
+    `waiters` is the host's own FIFO queue when only `max_connections_per_host` limits it; with
+    a global `max_connections`, every host shares one queue, so that requests to all hosts are
+    served in the order they arrived."""
     __slots__ = ('idle', 'total', 'waiters')
 
-    def __init__(self) -> None:
+    def __init__(self, waiters: Optional[Deque[_Waiter]] = None) -> None:
         self.idle: List[_Connection] = []
         self.total = 0  # idle + in use + connecting
-        self.waiters: Deque[asyncio.Future[Optional[_Connection]]] = deque()
+        self.waiters: Deque[_Waiter] = deque() if waiters is None else waiters
+
+
+class PoolStatus(Dict[Tuple[str, str, int], Dict[str, int]]):
+    """What `request.status()` returns: for each (scheme, host, port), the counts of `idle`
+    and `in_use` connections and of requests `waiting`; and in `totals`, the same three counts
+    for the whole pool, taken at the same moment.
+
+    The totals are an attribute rather than a key so that the mapping keeps only host keys:
+    code that iterates over it, sums its values or compares it with a dict is unaffected."""
+
+    totals: Dict[str, int]
 
 
 def _read_etc_hosts() -> Dict[str, Tuple[str, ...]]:
@@ -1347,6 +1432,8 @@ def Pool(
         max_connections_per_host: Optional[int] = None,
         pool_timeout: Optional[float] = None,
         max_header_count: int = 100,
+        max_connections: Optional[int] = None,
+        max_idle_per_host: Optional[int] = None,
 ) -> Tuple[Callable[..., Awaitable[Tuple[bytes, Headers, AsyncIterator[bytes]]]],
            Callable[..., Awaitable[None]]]:
     """Make a connection pool. Must be called inside a running event loop.
@@ -1354,9 +1441,15 @@ def Pool(
     Returns `(request, close)`. See README.md for every option; in short:
     `connect_timeout` (default `socket_timeout`) bounds DNS-to-TLS connection set-up,
     `response_head_timeout` bounds the wait for the whole response head, `socket_timeout`
-    bounds each wait for the socket, and `max_connections_per_host` queues requests (FIFO,
-    up to `pool_timeout` seconds) beyond that many connections to one host.
+    bounds each wait for the socket, and `max_connections_per_host` and `max_connections`
+    (across hosts) queue requests (FIFO, up to `pool_timeout` seconds) beyond that many
+    connections; `max_idle_per_host` closes a released connection beyond that many idle ones.
     """
+    for name, value, least in (('max_connections_per_host', max_connections_per_host, 1),
+                               ('max_connections', max_connections, 1),
+                               ('max_idle_per_host', max_idle_per_host, 0)):
+        if value is not None and (not isinstance(value, int) or value < least):
+            raise ValueError('%s must be None or an int >= %d: %r' % (name, least, value))
     loop = asyncio.get_running_loop()
     ssl_context: Optional[ssl.SSLContext] = None
     logger = get_logger_adapter({})
@@ -1378,6 +1471,12 @@ def Pool(
     get_sock_takes_family = _accepts_argument(get_sock)
 
     hosts: Dict[Tuple[str, str, int], _HostConnections] = {}
+    open_total = 0  # connections open or opening, across all hosts
+    # Only under max_connections: one queue of waiting requests for every host, and the idle
+    # connections of every host, oldest first, to close one when another host needs room.
+    shared_waiters: Optional[Deque[_Waiter]] = None if max_connections is None else deque()
+    idle_by_age: Optional['OrderedDict[_Connection, None]'] = \
+        None if max_connections is None else OrderedDict()
     dns_answers: Dict[str, _DnsAnswer] = {}
     etc_hosts = _read_etc_hosts()
     targets: Dict[str, Target] = {}
@@ -1466,28 +1565,66 @@ def Pool(
         dns_answers[host] = answer
         return answer
 
-    # Pool bookkeeping
+    # Pool bookkeeping. Each connection holds a slot from the moment it starts connecting
+    # until it is closed: one in its host's `total`, and one in `open_total` for the pool.
 
     def host_connections(key: Tuple[str, str, int]) -> _HostConnections:
         connections = hosts.get(key)
         if connections is None:
-            connections = hosts[key] = _HostConnections()
+            connections = hosts[key] = _HostConnections(shared_waiters)
         return connections
 
     def on_idle_close(conn: _Connection) -> None:
         connections = conn.owner
         with contextlib.suppress(ValueError):
             connections.idle.remove(conn)
+        if idle_by_age is not None:
+            idle_by_age.pop(conn, None)
         free_slot(connections)
 
+    def has_room(connections: _HostConnections) -> bool:
+        """Whether both limits allow one more connection to this host."""
+        return (max_connections_per_host is None or
+                connections.total < max_connections_per_host) and \
+            (max_connections is None or open_total < max_connections)
+
+    def take_slot(connections: _HostConnections) -> None:
+        nonlocal open_total
+        connections.total += 1
+        open_total += 1
+
     def free_slot(connections: _HostConnections) -> None:
+        nonlocal open_total
         connections.total -= 1
-        while connections.waiters:
-            waiter = connections.waiters.popleft()
-            if not waiter.done():
-                connections.total += 1  # the slot passes to the waiter
+        open_total -= 1
+        waiters = connections.waiters
+        if waiters:
+            # The oldest request that both limits now let connect gets the slot. Only one
+            # can: a single slot was freed.
+            index = next_waiter(waiters, None)
+            if index != -1:
+                waiter_connections, waiter = waiters[index]
+                del waiters[index]
+                take_slot(waiter_connections)
                 waiter.set_result(None)
-                return
+
+    def next_waiter(waiters: Deque[_Waiter], releasing: Optional[_HostConnections]) -> int:
+        """The position of the oldest waiting request that can go ahead now (-1 if none): one
+        for the host of a connection being released, which can take it over, or one whose host
+        is below max_connections_per_host, which can connect once the pool has room. Requests
+        cancelled or timed out while waiting are dropped from the front as they are met."""
+        while waiters and waiters[0][1].done():
+            waiters.popleft()
+        for index, (connections, waiter) in enumerate(waiters):
+            if waiter.done():
+                continue
+            if connections is releasing or (
+                    (max_connections_per_host is None or
+                     connections.total < max_connections_per_host) and
+                    (releasing is not None or max_connections is None or
+                     open_total < max_connections)):
+                return index
+        return -1
 
     def release(conn: _Connection, reusable: bool) -> None:
         """Take back a connection whose response is finished."""
@@ -1497,14 +1634,29 @@ def Pool(
             conn.close()
             free_slot(connections)
             return
-        while connections.waiters:
-            waiter = connections.waiters.popleft()
-            if not waiter.done():
+        waiters = connections.waiters
+        if waiters:
+            index = next_waiter(waiters, connections)
+            if index != -1:
+                waiter_connections, waiter = waiters[index]
+                if waiter_connections is not connections:
+                    # An older request, to another host, waits for room under max_connections:
+                    # this connection is closed to make that room (free_slot hands it over).
+                    conn.close()
+                    free_slot(connections)
+                    return
+                del waiters[index]
                 conn.reused = True
                 waiter.set_result(conn)
                 return
+        if max_idle_per_host is not None and len(connections.idle) >= max_idle_per_host:
+            conn.close()
+            free_slot(connections)
+            return
         conn.make_idle(on_idle_close)
         connections.idle.append(conn)
+        if idle_by_age is not None:
+            idle_by_age[conn] = None
 
     def take_idle_fast(target: Target) -> Optional[_Connection]:
         # Without awaiting anything: an IP literal, or a host whose DNS answer is still fresh.
@@ -1524,6 +1676,8 @@ def Pool(
         while idle:
             conn = idle.pop()
             conn.idle = False
+            if idle_by_age is not None:
+                del idle_by_age[conn]
             # Inline of conn.is_reusable(), on the path of every reuse
             if not (conn._eof or conn._queue) and conn._poll is not None:
                 try:
@@ -1540,6 +1694,15 @@ def Pool(
             free_slot(connections)
         return None
 
+    def close_oldest_idle() -> bool:
+        """Under max_connections, close the connection idle the longest, whatever its host, so
+        that a request to another host can connect: otherwise a pool full of idle connections
+        to one host would keep every other host waiting until they expire."""
+        if not idle_by_age:
+            return False
+        next(iter(idle_by_age)).close()  # on_idle_close frees its slot
+        return True
+
     async def acquire(target: Target) -> _Connection:
         connections = host_connections(target.key)
         # connect_timeout bounds the whole connect phase: DNS, TCP and TLS
@@ -1548,8 +1711,8 @@ def Pool(
         conn = take_idle(connections, answer)
         if conn is not None:
             return conn
-        if max_connections_per_host is not None and \
-                connections.total >= max_connections_per_host:
+        if not has_room(connections) and not (
+                has_host_room(connections) and close_oldest_idle() and has_room(connections)):
             waited_from = loop.time()
             conn = await wait_for_slot(connections)
             deadline += loop.time() - waited_from  # waiting for a slot is not connecting
@@ -1559,7 +1722,7 @@ def Pool(
                     return conn
                 conn.close()  # the slot stays ours: open a new connection in it
         else:
-            connections.total += 1
+            take_slot(connections)
         try:
             conn = await connect(target, answer, deadline)
             conn.owner = connections
@@ -1568,9 +1731,12 @@ def Pool(
             free_slot(connections)
             raise
 
+    def has_host_room(connections: _HostConnections) -> bool:
+        return max_connections_per_host is None or connections.total < max_connections_per_host
+
     async def wait_for_slot(connections: _HostConnections) -> Optional[_Connection]:
         waiter: asyncio.Future[Optional[_Connection]] = loop.create_future()
-        connections.waiters.append(waiter)
+        connections.waiters.append((connections, waiter))
 
         def on_timeout() -> None:
             if not waiter.done():
@@ -1833,27 +1999,44 @@ def Pool(
                     get_resolver_logger_adapter) -> None:
         """Close every idle connection, cancel their timers and clear the DNS cache.
         Connections in use are closed when their response is finished."""
+        nonlocal open_total
         await dns_clear_cache(get_logger_adapter=get_resolver_logger_adapter({}))
         dns_answers.clear()
         for connections in list(hosts.values()):
             for conn in list(connections.idle):
                 conn.on_idle_close = _no_op
                 conn.close()
+            open_total -= len(connections.idle)
             connections.idle.clear()
-            for waiter in connections.waiters:
+            for _, waiter in connections.waiters:
                 if not waiter.done():
                     waiter.set_exception(HttpPoolTimeoutError('Pool closed'))
+            connections.waiters.clear()
+        if idle_by_age is not None:
+            idle_by_age.clear()
         hosts.clear()
 
-    def status() -> Dict[Tuple[str, str, int], Dict[str, int]]:
+    def status() -> PoolStatus:
         """For each (scheme, host, port): idle and in-use (or connecting) connections, and
-        requests waiting for a connection slot."""
-        return {
-            key: {'idle': len(connections.idle),
-                  'in_use': connections.total - len(connections.idle),
-                  'waiting': sum(1 for waiter in connections.waiters if not waiter.done())}
-            for key, connections in hosts.items()
+        requests waiting for a connection; and the same for the whole pool in `.totals`."""
+        waiting: Dict[int, int] = {}  # by id() of the host's record
+        for connections in hosts.values():
+            for waiter_connections, waiter in connections.waiters:
+                if not waiter.done():
+                    waiting[id(waiter_connections)] = waiting.get(id(waiter_connections), 0) + 1
+            if connections.waiters is shared_waiters:
+                break  # one queue for every host: counted once
+        by_host = PoolStatus(
+            (key, {'idle': len(connections.idle),
+                   'in_use': connections.total - len(connections.idle),
+                   'waiting': waiting.get(id(connections), 0)})
+            for key, connections in hosts.items())
+        by_host.totals = {
+            'idle': sum(counts['idle'] for counts in by_host.values()),
+            'in_use': sum(counts['in_use'] for counts in by_host.values()),
+            'waiting': sum(waiting.values()),
         }
+        return by_host
 
     request.status = status  # type: ignore[attr-defined]
     return request, close

@@ -16,6 +16,7 @@ import functools
 import ipaddress
 import os
 import pathlib
+import select
 import shutil
 import socket
 import ssl
@@ -28,6 +29,7 @@ from typing import (
     Awaitable,
     Callable,
     Dict,
+    Iterator,
     List,
     Optional,
     Sequence,
@@ -52,6 +54,7 @@ __all__ = [
     'ScriptedServer',
     'Connection',
     'responding',
+    'black_hole',
     'open_fds',
     'wait_for_fds',
     'Nginx',
@@ -207,6 +210,7 @@ class DnsServer(asyncio.DatagramProtocol):
         self.queries: List[Tuple[str, str]] = []
         self.errors: List[BaseException] = []
         self._records: Dict[str, Tuple[Tuple[str, ...], int]] = {}
+        self._ignored: set = set()
         self._transport: Optional[asyncio.DatagramTransport] = None
 
     # -- what tests call ----------------------------------------------------------------------
@@ -226,6 +230,11 @@ class DnsServer(asyncio.DatagramProtocol):
     def remove(self, name: str) -> None:
         """From now on, answer NXDOMAIN for `name`."""
         self._records.pop(_normalise_name(name), None)
+
+    def ignore(self, name: str) -> None:
+        """From now on, never answer a query for `name` (it is still recorded in `queries`):
+        a DNS server that has gone silent, for tests of deadlines during resolution."""
+        self._ignored.add(_normalise_name(name))
 
     def get_dns_resolver(self, **kwargs: object) -> Tuple[Callable, Callable]:
         """A drop-in for `aiodnsresolver.Resolver` that asks only this server.
@@ -247,9 +256,13 @@ class DnsServer(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Tuple[str, int]) -> None:
         try:
-            reply = self._reply_to(dnslib.DNSRecord.parse(data))
+            query = dnslib.DNSRecord.parse(data)
+            reply = self._reply_to(query)
         except Exception as exception:  # a malformed query is a test bug: keep it for asserting
             self.errors.append(exception)
+            return
+        if any(_normalise_name(str(question.qname)) in self._ignored
+               for question in query.questions):
             return
         assert self._transport is not None
         self._transport.sendto(reply.pack(), addr)
@@ -519,6 +532,36 @@ def responding(*responses: bytes, then: str = 'keep') -> Handler:
                 return
 
     return handler
+
+
+# ---------------------------------------------------------------------------------------------
+# A black hole
+# ---------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def black_hole(host: str = '127.0.0.1') -> Iterator[int]:
+    """A port on `host` where connection attempts neither succeed nor fail, as with a host
+    that went away: a listener whose accept queue is full, so the kernel drops further SYNs.
+    Yields the port; checks first that this kernel does drop them."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.bind((host, 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        filler.settimeout(1.0)
+        filler.connect((host, port))  # occupies the single accept slot, never accepted
+        probe.setblocking(False)
+        probe.connect_ex((host, port))
+        _, writable, _ = select.select((), (probe,), (), 0.05)
+        assert not writable, 'a full accept queue does not black-hole SYNs on this kernel'
+        probe.close()
+        yield port
+    finally:
+        probe.close()
+        filler.close()
+        listener.close()
 
 
 # ---------------------------------------------------------------------------------------------
