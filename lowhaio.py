@@ -544,6 +544,8 @@ class RequestHeaders(NamedTuple):
     has_host: bool
     content_length: Optional[int]  # None when not given, or when transfer-encoding is
     closes: bool  # the caller asked for "connection: close"
+    # "expect: 100-continue" with a body that may not be empty: wait for 100 before sending it
+    expects_continue: bool = False
 
 
 def encode_request_headers(method: bytes, headers: Sequence[Tuple[bytes, bytes]]) \
@@ -556,6 +558,7 @@ def encode_request_headers(method: bytes, headers: Sequence[Tuple[bytes, bytes]]
     content_lengths = []
     chunked = False
     closes = False
+    expects_continue = False
     for header in headers:
         try:
             name, value = header
@@ -579,6 +582,9 @@ def encode_request_headers(method: bytes, headers: Sequence[Tuple[bytes, bytes]]
             chunked = True
         elif lower == b'connection':
             closes = closes or b'close' in value.lower().replace(b' ', b'').split(b',')
+        elif lower == b'expect':
+            # RFC 9110 §10.1.1: 100-continue is the only expectation defined, case-insensitive
+            expects_continue = value.strip(b' \t').lower() == b'100-continue'
         lines.append(b'%s: %s\r\n' % (name, value))
 
     content_length = None
@@ -587,7 +593,8 @@ def encode_request_headers(method: bytes, headers: Sequence[Tuple[bytes, bytes]]
                 _CONTENT_LENGTH_RE.fullmatch(content_lengths[0]) is None:
             raise HttpInvalidRequestError('Invalid content-length: %r' % (content_lengths,))
         content_length = int(content_lengths[0])
-    return RequestHeaders(b''.join(lines), has_host, content_length, closes)
+    return RequestHeaders(b''.join(lines), has_host, content_length, closes,
+                          expects_continue and content_length != 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1434,6 +1441,7 @@ def Pool(
         max_header_count: int = 100,
         max_connections: Optional[int] = None,
         max_idle_per_host: Optional[int] = None,
+        expect_continue_timeout: float = 1,
 ) -> Tuple[Callable[..., Awaitable[Tuple[bytes, Headers, AsyncIterator[bytes]]]],
            Callable[..., Awaitable[None]]]:
     """Make a connection pool. Must be called inside a running event loop.
@@ -1444,6 +1452,8 @@ def Pool(
     bounds each wait for the socket, and `max_connections_per_host` and `max_connections`
     (across hosts) queue requests (FIFO, up to `pool_timeout` seconds) beyond that many
     connections; `max_idle_per_host` closes a released connection beyond that many idle ones.
+    `expect_continue_timeout` is how long a request with "expect: 100-continue" waits for the
+    server's go-ahead before sending its body anyway.
     """
     for name, value, least in (('max_connections_per_host', max_connections_per_host, 1),
                                ('max_connections', max_connections, 1),
@@ -1834,6 +1844,89 @@ def Pool(
             raise HttpDataError('Body shorter (%d bytes) than its content-length (%d)'
                                 % (sent, content_length))
 
+    async def send_expecting_continue(
+            conn: _Connection, method: bytes, head: bytes, body: BodyFunction,
+            body_args: Sequence[Any], body_kwargs: Any, content_length: Optional[int]) \
+            -> Optional[Tuple[Tuple[bytes, Headers, Framing], bytes]]:
+        """Send the head alone, then wait up to expect_continue_timeout for the server's
+        answer (RFC 9110 §10.1.1). On 100 Continue, or no answer in time, send the body and
+        return None: the final response is read as usual. On a final status instead, return
+        its parsed head and the bytes after it, the body unsent."""
+        conn.write(head)
+        await conn.drain(socket_timeout)
+        started = loop.time()
+        continue_by = started + expect_continue_timeout
+        head_by = started + response_head_timeout
+        data = b''
+        informational = 0
+        while True:
+            if data:
+                response_head = parse_response_head(data, max_header_length, max_header_count)
+                if response_head is not None:
+                    data = data[response_head.length:]
+                    code = response_head.code
+                    if code[0] != 49 or code == b'101':  # 49: b'1'
+                        return (code, response_head.headers,
+                                response_framing(method, response_head)), data
+                    informational += 1
+                    if informational > _MAX_INFORMATIONAL_RESPONSES:
+                        raise HttpProtocolError('More than %d informational (1xx) responses'
+                                                % (_MAX_INFORMATIONAL_RESPONSES,))
+                    if code == b'100' and not data:
+                        break
+                    # Another 1xx (103 Early Hints, say) is not the go-ahead: wait on for 100,
+                    # and bytes after a 100 are a response on its way: read it first.
+                    continue
+            if not conn._queue and not conn._eof:
+                now = loop.time()
+                try:
+                    await conn.readable(min(now + socket_timeout, head_by) if data else
+                                        continue_by)
+                except asyncio.TimeoutError as exception:
+                    if data:  # a response head arriving too slowly
+                        raise HttpTimeoutError('Timed out reading the response head while '
+                                               'waiting for 100 Continue; the body was not '
+                                               'sent') from exception
+                    break  # no answer in time: RFC 9110 §10.1.1 lets the client go on
+            received = conn.take()
+            if not received:
+                raise early_close_error(conn, data)
+            data += received
+        await send_request(conn, b'', body, body_args, body_kwargs, content_length)
+        return None
+
+    def early_close_error(conn: _Connection, data: bytes) -> HttpError:
+        if not data and conn.reused and not conn.received_any:
+            error: HttpError = HttpConnectionClosedBeforeResponseError(
+                'Reused connection closed before any byte of the response, while waiting for '
+                '100 Continue; the body was not sent, and the server did not process the '
+                'request')
+        else:
+            error = HttpConnectionClosedError(
+                'Connection closed while waiting for 100 Continue (%d bytes of a response '
+                'received); the body was not sent' % (len(data),))
+        error.__cause__ = conn.lost_exception
+        return error
+
+    def response_without_sending_body(conn: _Connection,
+                                      parsed: Tuple[bytes, Headers, Framing], rest: bytes) \
+            -> Tuple[bytes, Headers, AsyncIterator[bytes]]:
+        """The response to a request whose body was not sent, as the server answered before
+        100 Continue. The connection is closed once the response is read: the server may read
+        the body it still expects from the connection (RFC 9110 §10.1.1 lets it choose between
+        that and closing, and a missing "connection: close" is only a SHOULD), so the next
+        request would be taken for that body. RFC 9112 §9.6, too, has a client that sees the
+        server refuse the body stop sending it and close."""
+        code, response_headers, framing = parsed
+        if framing.kind == NO_BODY or (framing.kind == CONTENT_LENGTH and
+                                       len(rest) >= framing.length):
+            release(conn, False)
+            return code, response_headers, _BufferedBody(
+                rest[:framing.length] if framing.kind == CONTENT_LENGTH else b'')
+        return code, response_headers, _ResponseBody(
+            conn, release, _tuple_new(Framing, (framing.kind, framing.length, False)), rest,
+            socket_timeout, loop)
+
     async def send_request_with_hooks(conn: _Connection, method: bytes, url: str, params: Any,
                                       headers: Headers, body: BodyFunction,
                                       body_args: Sequence[Any], body_kwargs: Any,
@@ -1948,9 +2041,14 @@ def Pool(
                                               body_args, body_kwargs, request_logger)
             elif bodiless:
                 conn.transport.write(head)
-            else:
+            elif not encoded.expects_continue:
                 await send_request(conn, head, body, body_args, body_kwargs,
                                    encoded.content_length)
+            else:
+                final = await send_expecting_continue(conn, method, head, body, body_args,
+                                                      body_kwargs, encoded.content_length)
+                if final is not None:
+                    return response_without_sending_body(conn, *final)
             # The usual case without a further coroutine: the whole head arrives in one read,
             # and is one seen before (see parsed_heads).
             started = loop.time()

@@ -662,6 +662,15 @@ http {{
             dav_methods PUT DELETE;
             create_full_put_path on;
         }}
+
+        # The same, for bodies of at most 1 KiB: a larger content-length gets 413 at once,
+        # before any of the body is read (and before 100 Continue, when one is expected).
+        location /small-dav/ {{
+            alias {tmp}/dav/;
+            dav_methods PUT DELETE;
+            create_full_put_path on;
+            client_max_body_size 1k;
+        }}
     }}
 }}
 '''
@@ -672,7 +681,8 @@ class Nginx:
 
     Use as a context manager. Tests write files into `root`; `url(path)` and `tls_url(path)` give
     their addresses. `/chunked/<file>` serves the same file with Transfer-Encoding: chunked,
-    `/echo` describes the request's framing, and `/dav/<name>` stores a PUT body and serves it back.
+    `/echo` describes the request's framing, and `/dav/<name>` stores a PUT body and serves it back
+    (`/small-dav/<name>` too, for bodies up to 1 KiB, answering 413 to a larger content-length).
     """
 
     START_ATTEMPTS = 10
