@@ -47,8 +47,12 @@ DEFAULT_CLIENTS = [
     'aiohttp',
     'httpx',
     'aiosonic',
+    'pyreqwest',
+    'rnet',
+    'curl_cffi',
+    'niquests',
 ]
-PEERS = ['aiohttp', 'httpx', 'aiosonic']
+PEERS = ['aiohttp', 'httpx', 'aiosonic', 'pyreqwest', 'rnet', 'curl_cffi', 'niquests']
 
 SMALL_BODY = (b'lowhaio benchmark small body; ' * 4)[:99] + b'\n'
 assert len(SMALL_BODY) == 100
@@ -795,7 +799,17 @@ def markdown(
 
 def versions(lowhaio_sha: str) -> Dict[str, str]:
     found = {'lowhaio.py sha256': lowhaio_sha}
-    for dist in ('aiohttp', 'httpx', 'aiosonic', 'uvloop', 'aiodnsresolver'):
+    for dist in (
+        'aiohttp',
+        'httpx',
+        'aiosonic',
+        'pyreqwest',
+        'rnet',
+        'curl_cffi',
+        'niquests',
+        'uvloop',
+        'aiodnsresolver',
+    ):
         try:
             found[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
