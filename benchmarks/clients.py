@@ -314,11 +314,13 @@ class RnetClient:
         return n
 
     async def post(self, url: str, size: int, gen_fn: Callable[[], AsyncIterator[bytes]]) -> bytes:
-        # rnet 2.4.2 stops reading an async-generator body after 720,896 bytes (11 chunks of 64 KiB),
-        # and sends the truncated body as if complete when no content-length is given; from a
-        # plain generator it sends every byte. So it gets the same chunks from a plain generator.
+        # rnet 2.4.2 stops reading an async-generator body after 720,896 bytes (11 chunks of
+        # 64 KiB), and sends the truncated body as if complete when no content-length is given;
+        # from a plain generator it sends every byte. So it gets the same chunks from one.
         resp = await self.client.post(
-            url, headers={'content-length': str(size)}, body=gen_fn.sync()  # type: ignore[attr-defined]
+            url,
+            headers={'content-length': str(size)},
+            body=gen_fn.sync(),  # type: ignore[attr-defined]
         )
         async with resp:
             data = await resp.bytes()

@@ -39,7 +39,8 @@ class Holder(asyncio.Protocol):
         assert self.transport is not None
         if path == b'/count':
             body = b'%d' % len(HELD)
-            self.transport.write(b'HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s' % (len(body), body))
+            head = b'HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n' % len(body)
+            self.transport.write(head + body)
         elif path == b'/release':
             held = HELD[:]
             HELD.clear()

@@ -117,7 +117,8 @@ async def checked_get(client: Any, url: str, expected: int, headers: Headers = (
 
 
 async def checked_stream(client: Any, url: str, expected: int) -> None:
-    """The body streamed and discarded, never held whole (the floor and aiohttp's `get` collect it)"""
+    """The body streamed and discarded, never held whole (the floor's and aiohttp's `get`
+    collect it)."""
     length = await client.get_stream(url)
     if length != expected:
         raise WrongResult(f'streamed {length} bytes from {url}, expected {expected}')
@@ -319,7 +320,8 @@ async def run_curve(spec: dict) -> List[float]:
     try:
         for x in spec['points']:
             if PROFILE:
-                print(f"\n## cProfile of {spec['client']} on {spec['curve']} at {x:,}, top 25 by tottime")
+                print(f"\n## cProfile of {spec['client']} on {spec['curve']} at {x:,}, "
+                      'top 25 by tottime')
             values.append(await point(client, spec, x))
     finally:
         await client.close()
