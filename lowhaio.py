@@ -58,6 +58,7 @@ __all__ = [
     'timeout',
     'deadline',
     'PoolStatus',
+    'ResponseHeaders',
     'empty_async_iterator',
     'HttpError',
     'HttpConnectionError',
@@ -187,6 +188,17 @@ class ResponseHead(NamedTuple):
     reason: bytes
     headers: Headers
     length: int  # number of bytes of the head, including the final empty line
+
+
+class ResponseHeaders(tuple):  # type: ignore[type-arg]
+    """The response headers `request` returns: a tuple of (lowercased name, value) pairs, as
+    in 0.0.89, that also says what the status line did: `reason` (the reason phrase, as sent)
+    and `http_version` (b'HTTP/1.0' or b'HTTP/1.1'), for code that passes them on."""
+    reason: bytes = b''
+    http_version: bytes = b'HTTP/1.1'
+
+
+_HTTP_VERSIONS = (b'HTTP/1.0', b'HTTP/1.1')
 
 
 def parse_response_head(data: bytes, max_header_length: int = 16384,
@@ -2717,7 +2729,10 @@ def Pool(
 
     def parse_final_head(method: bytes, head: ResponseHead, head_bytes: bytes) \
             -> Tuple[bytes, Headers, Framing]:
-        parsed = (head.code, head.headers, response_framing(method, head))
+        headers = ResponseHeaders(head.headers)
+        headers.reason = head.reason
+        headers.http_version = _HTTP_VERSIONS[head.http_minor]
+        parsed = (head.code, headers, response_framing(method, head))
         if method != b'HEAD' and method != b'CONNECT' and len(head_bytes) <= 4096:
             if len(parsed_heads) >= 256:
                 parsed_heads.clear()
