@@ -3,6 +3,7 @@ allowed kind of failure, and feeding a byte string in pieces chosen by the fuzze
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 from typing import Callable, Iterator, List, TypeVar
@@ -53,6 +54,11 @@ def pieces(data: bytes, points: List[int]) -> Iterator[bytes]:
 
 
 def run(test_one_input: Callable[[bytes], None]) -> None:
-    """Hand `test_one_input` to libFuzzer with the command-line arguments (corpus, -runs=...)."""
-    atheris.Setup(sys.argv, test_one_input)
+    """Hand `test_one_input` to libFuzzer with the command-line arguments (corpus, -runs=...).
+
+    libFuzzer runs argv[0] again for -merge; a .py file is not executable, so the runner may
+    name an executable wrapper in LOWHAIO_FUZZ_SELF.
+    """
+    argv = [os.environ.get('LOWHAIO_FUZZ_SELF', sys.argv[0]), *sys.argv[1:]]
+    atheris.Setup(argv, test_one_input)
     atheris.Fuzz()

@@ -11,6 +11,7 @@ makes the run exit non-zero.
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import re
 import shutil
@@ -26,11 +27,13 @@ DICTIONARY = FUZZ_DIR / 'http.dict'
 _DONE_RE = re.compile(r'Done (\d+) runs in (\d+) second')
 
 
-def libfuzzer_command(target: str, runs: int, timeout: int, corpora: List[pathlib.Path],
-                      artifacts: pathlib.Path, extra: List[str]) -> List[str]:
+def libfuzzer_command(target: str, runs: Optional[int], timeout: int,
+                      corpora: List[pathlib.Path], artifacts: pathlib.Path,
+                      extra: List[str]) -> List[str]:
     return [
         sys.executable, str(FUZZ_DIR / ('fuzz_%s.py' % target)),
-        '-runs=%d' % runs, '-timeout=%d' % timeout, '-rss_limit_mb=2048',
+        *(['-runs=%d' % runs] if runs is not None else []),
+        '-timeout=%d' % timeout, '-rss_limit_mb=2048',
         '-dict=%s' % DICTIONARY, '-artifact_prefix=%s/' % artifacts, '-print_final_stats=1',
         *extra, *map(str, corpora),
     ]
@@ -71,10 +74,15 @@ def merge_into_committed(target: str, timeout: int, scratch: pathlib.Path,
     # libFuzzer's merge keeps the smallest set of inputs that covers what the union covers
     merged = scratch / ('%s-merged' % target)
     merged.mkdir()
+    wrapper = scratch / ('fuzz_%s' % target)
+    wrapper.write_text('#!/bin/sh\nexec "%s" "%s" "$@"\n'
+                       % (sys.executable, FUZZ_DIR / ('fuzz_%s.py' % target)))
+    wrapper.chmod(0o755)
     subprocess.check_call(
-        libfuzzer_command(target, 0, timeout, [merged, committed, found], scratch,
+        libfuzzer_command(target, None, timeout, [merged, committed, found], scratch,
                           ['-merge=1', '-max_len=1024']),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=scratch)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=scratch,
+        env={**os.environ, 'LOWHAIO_FUZZ_SELF': str(wrapper)})
     shutil.rmtree(committed)
     shutil.copytree(merged, committed)
     print('%-16s corpus minimised to %d files' % (target, len(list(committed.iterdir()))))

@@ -6,12 +6,14 @@ reliability report; the inputs are the minimised ones that showed it.
 
 from __future__ import annotations
 
+import socket
 import time
-from typing import Callable
+from typing import AsyncIterator, Callable
 
 import pytest
 
 import lowhaio
+import support
 
 # A linear parse of these inputs takes well under a millisecond; the defect took seconds. The
 # bound is CPU time of this process, so other work on the machine does not count against it.
@@ -45,3 +47,43 @@ def test_chunked_trailer_of_spaces_then_a_bad_byte_is_rejected_in_linear_time() 
     body = b'0\r\nx:' + b' ' * SPACES + b'\x00\r\n\r\n'
     decoder = lowhaio.ChunkedDecoder()
     assert cpu_seconds_to_reject(lambda: decoder.feed(body)) < CPU_SECONDS_ALLOWED
+
+
+# F2 (found by tests/test_lowhaio_faults.py): a server that half-closes (FIN, still reading)
+# while the request body is being sent. asyncio's transport closes itself on EOF, finishes
+# sending its buffer and then reports connection_lost without counting the loss; lowhaio's
+# close() then calls transport.abort(), which fails inside asyncio with
+# AttributeError("'NoneType' object has no attribute 'call_soon'") instead of an HttpError.
+
+REQUEST_BODY = b'x' * (4 * 1024 * 1024)
+
+
+async def half_close_after_the_head(conn: support.Connection) -> None:
+    await conn.read_head()
+    conn.half_close()
+    await conn.read_until_eof()
+
+
+def small_send_buffer_sock(family: int = socket.AF_INET) -> socket.socket:
+    sock = lowhaio.get_nonblocking_sock(family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    return sock
+
+
+@pytest.mark.parametrize('attempt', range(5))
+async def test_server_half_closing_while_the_body_is_sent_raises_an_http_data_error(
+        attempt: int) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        for start in range(0, len(REQUEST_BODY), 65536):
+            yield REQUEST_BODY[start:start + 65536]
+
+    async with support.scripted_server(half_close_after_the_head) as server:
+        request, close = lowhaio.Pool(get_sock=small_send_buffer_sock, socket_timeout=5)
+        try:
+            with pytest.raises(lowhaio.HttpDataError):
+                _, _, response = await request(
+                    b'POST', server.url(), body=body,
+                    headers=((b'content-length', b'%d' % len(REQUEST_BODY)),))
+                await lowhaio.buffered(response)
+        finally:
+            await close()
