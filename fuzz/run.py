@@ -98,7 +98,11 @@ def main() -> int:
     parser.add_argument('--minimise', action='store_true',
                         help='merge what this run found into fuzz/corpus/, minimised')
     parser.add_argument('--keep', action='store_true', help='keep the scratch directory')
+    parser.add_argument('--allow-known-defects', action='store_true',
+                        help='do not stop at defects already reported (see each target)')
     arguments = parser.parse_args()
+    if arguments.allow_known_defects:
+        os.environ['LOWHAIO_FUZZ_ALLOW_KNOWN_DEFECTS'] = '1'
     scratch = pathlib.Path(tempfile.mkdtemp(prefix='lowhaio-fuzz-'))
     total, failed = 0, []
     for target in arguments.target or TARGETS:

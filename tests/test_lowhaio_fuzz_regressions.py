@@ -143,3 +143,15 @@ async def test_cancelling_a_request_during_dns_leaves_no_unretrieved_lookup_exce
     unretrieved = [context for context in reported
                    if 'never retrieved' in str(context.get('message'))]
     assert unretrieved == []
+
+
+# F4 (found by fuzz/fuzz_target.py): a host made only of dots, or with empty labels. The "URL
+# has no host" check runs before the trailing dot is stripped, so 'http://./' gives host '' and
+# 'http://../' host '.', and 'http://a../' host 'a.': accepted, and sent on to DNS (a query for the root name; an IDNA error inside the resolver),
+# ending as HttpDnsError after network activity instead of HttpInvalidRequestError before any.
+
+@pytest.mark.parametrize('url', ['http://./', 'http://../', 'https://.:8080/x', 'http://.../',
+                                 'http://a../', 'http://a..b/'])
+def test_a_host_of_only_dots_or_with_empty_labels_is_an_invalid_request(url: str) -> None:
+    with pytest.raises(lowhaio.HttpInvalidRequestError):
+        lowhaio.parse_target(url)
