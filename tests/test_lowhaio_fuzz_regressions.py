@@ -147,8 +147,9 @@ async def test_cancelling_a_request_during_dns_leaves_no_unretrieved_lookup_exce
 
 # F4 (found by fuzz/fuzz_target.py): a host made only of dots, or with empty labels. The "URL
 # has no host" check runs before the trailing dot is stripped, so 'http://./' gives host '' and
-# 'http://../' host '.', and 'http://a../' host 'a.': accepted, and sent on to DNS (a query for the root name; an IDNA error inside the resolver),
-# ending as HttpDnsError after network activity instead of HttpInvalidRequestError before any.
+# 'http://../' host '.', and 'http://a../' host 'a.': accepted, and sent on to DNS (a query
+# for the root name; an IDNA error inside the resolver), ending as HttpDnsError after network
+# activity instead of HttpInvalidRequestError before any.
 
 @pytest.mark.parametrize('url', ['http://./', 'http://../', 'https://.:8080/x', 'http://.../',
                                  'http://a../', 'http://a..b/'])
