@@ -156,3 +156,18 @@ async def test_cancelling_a_request_during_dns_leaves_no_unretrieved_lookup_exce
 def test_a_host_of_only_dots_or_with_empty_labels_is_an_invalid_request(url: str) -> None:
     with pytest.raises(lowhaio.HttpInvalidRequestError):
         lowhaio.parse_target(url)
+
+
+# F5 (found by fuzz/fuzz_target.py): Unicode spaces in a host. The host is checked for
+# characters below 33 before IDNA encoding, and IDNA's nameprep maps U+00A0, U+2000-U+200A and
+# U+3000 to an ASCII space: 'http://a\u3000b.de/' is sent as 'host: a b.de', a Host header
+# with a space in it (not a uri-host: a server answers 400, or a proxy splits it).
+
+@pytest.mark.parametrize('host', ['a\u3000b.de', 'b\u00fccher.de\u2000', 'b\u00fccher.de\u00a0',
+                                  '\u2000\u00fc', '\u00fc\u2009x'])
+def test_a_host_that_would_encode_with_a_space_is_an_invalid_request(host: str) -> None:
+    try:
+        target = lowhaio.parse_target('http://%s/' % (host,))
+    except lowhaio.HttpInvalidRequestError:
+        return
+    assert b' ' not in target.host_line[len(b'host: '):], target.host_line
