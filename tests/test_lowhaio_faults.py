@@ -36,7 +36,7 @@ import tempfile
 import textwrap
 import time
 import traceback
-from typing import AsyncIterator, Iterator, List, Optional, Tuple
+from typing import Any, AsyncIterator, Awaitable, Iterator, List, Optional, Tuple
 
 import dnslib
 import pytest
@@ -344,7 +344,7 @@ def request_arguments(phase: str) -> Tuple[Tuple[Tuple[bytes, bytes], ...], dict
     return (), {}
 
 
-async def fetch(request: lowhaio.Any, url: str, phase: str) -> bytes:
+async def fetch(request: Any, url: str, phase: str) -> bytes:
     headers, extra = request_arguments(phase)
     method = b'POST' if phase == 'sending body' else b'GET'
     code, _, body = await request(method, url, headers=headers, **extra)
@@ -415,7 +415,7 @@ async def run_case(phase: str, fault: str, loop_name: str) -> dict:
             'in_use_after': in_use, 'waiting_after': waiting}
 
 
-async def fetch_with_fault_at_pause(request: lowhaio.Any, url: str, phase: str, fault: str,
+async def fetch_with_fault_at_pause(request: Any, url: str, phase: str, fault: str,
                                     server: ServerProcess, dns: FaultyDnsServer) -> bytes:
     fetching = asyncio.ensure_future(fetch(request, url, phase))
     try:
@@ -434,7 +434,7 @@ async def fetch_with_fault_at_pause(request: lowhaio.Any, url: str, phase: str, 
             fetching.cancel()
 
 
-async def timed(fetching: 'asyncio.Future[bytes] | lowhaio.Any') -> dict:
+async def timed(fetching: Awaitable[bytes]) -> dict:
     started = time.monotonic()
     try:
         body = await asyncio.wait_for(fetching, DEADLINE + MARGIN + 30)
