@@ -324,9 +324,10 @@ def slope_and_noise(points: List[Dict[str, Any]], key: str) -> Tuple[float, floa
     return slope * span, spread, span
 
 
-# What counts as flat: the drift over the second half is within 3 standard deviations of the
-# residuals, or within a floor below which nothing is meaningful: a few descriptors, tasks or
-# timers (16 requests are in flight at any moment), and for memory twice the largest body.
+# What counts as flat: the drift over the second half is no more than 3 standard deviations
+# of the residuals above zero, or than a floor below which nothing is meaningful: a few
+# descriptors, tasks or timers (16 requests are in flight at any moment), and for memory
+# twice the largest body.
 FLOORS = {'fds': 4, 'rss_mib': 8.0, 'tasks': 4, 'timers': 4, 'idle': 4, 'traced_mib': 8.0}
 
 
@@ -336,7 +337,9 @@ def verdicts(points: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
         drift, spread, span = slope_and_noise(points, key)
         result[key] = {'drift_over_second_half': drift, 'residual_sd': spread,
                        'requests_in_second_half': span,
-                       'flat': abs(drift) <= max(3 * spread, floor)}
+                       # Only growth is a leak: a resource that falls over the second half
+                       # (pooled connections expiring as DNS answers move) is not one
+                       'flat': drift <= max(3 * spread, floor)}
     return result
 
 
