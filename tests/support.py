@@ -618,6 +618,10 @@ class Connection:
             self.closed = True
             self._writer.close()
 
+    def half_close(self) -> None:
+        """Send a FIN but keep the connection open for reading: the client may still send."""
+        self._writer.write_eof()
+
     def reset(self) -> None:
         """Close abortively: the client gets a RST. `await drain()` first to send what was
         written."""
