@@ -30,14 +30,20 @@ from typing import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Coroutine,
     Deque,
     Dict,
     Iterator,
     List,
+    Mapping,
     NamedTuple,
     Optional,
+    Protocol,
+    TYPE_CHECKING,
     Sequence,
     Tuple,
+    Union,
+    cast,
 )
 
 from aiodnsresolver import (
@@ -68,10 +74,62 @@ __all__ = [
     'HttpProtocolError',
     'HttpTimeoutError',
     'HttpInvalidRequestError',
+    'Headers',
+    'Params',
+    'BodyFunction',
+    'BodyKwargs',
+    'ResponseBody',
+    'Response',
+    'Request',
+    'PoolRequest',
+    'Close',
 ]
 
+# ---------------------------------------------------------------------------------------------
+# Public types, for code that calls or wraps `request` (the helper modules do both).
+# ---------------------------------------------------------------------------------------------
+
 Headers = Tuple[Tuple[bytes, bytes], ...]
+Params = Sequence[Tuple[str, str]]
+# A request body: an async generator function, called as body(*body_args, **dict(body_kwargs))
+# for each attempt, so that a request can be replayed
 BodyFunction = Callable[..., AsyncIterator[bytes]]
+BodyKwargs = Union[Sequence[Tuple[str, Any]], Mapping[str, Any]]
+
+
+class ResponseBody(Protocol):
+    """A response body: an async iterator of bytes that can be closed before its end."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    def __anext__(self) -> Awaitable[bytes]: ...
+
+    def aclose(self) -> Awaitable[None]: ...
+
+
+# (status code, headers, body), e.g. (b'200', ((b'content-type', b'text/plain'),), body)
+Response = Tuple[bytes, Headers, ResponseBody]
+
+
+class Request(Protocol):
+    """`request` from `Pool()`, and what every helper takes and returns."""
+
+    async def __call__(self, method: bytes, url: str, params: Params = (),
+                       headers: Headers = (), body: BodyFunction = ...,
+                       body_args: Sequence[Any] = (), body_kwargs: BodyKwargs = (),
+                       ) -> Response: ...
+
+
+class PoolRequest(Request, Protocol):
+    """`request` as `Pool()` returns it: a `Request` that can also report the pool's state."""
+
+    def status(self) -> Dict[Tuple[str, str, int], Dict[str, int]]: ...
+
+
+class Close(Protocol):
+    """`close` from `Pool()`."""
+
+    async def __call__(self) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -660,16 +718,16 @@ class HttpLoggerAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
             ('[http:%s] %s' % (','.join(str(v) for v in self.extra.values()), msg), kwargs)
 
 
-def get_logger_adapter_default(extra: Dict[str, Any]) -> logging.LoggerAdapter:  # type: ignore
+def get_logger_adapter_default(extra: Dict[str, Any]) -> logging.LoggerAdapter[Any]:
     return HttpLoggerAdapter(logging.getLogger('lowhaio'), extra)
 
 
 def get_resolver_logger_adapter_default(http_extra: Dict[str, Any]) \
-        -> Callable[[Dict[str, Any]], logging.LoggerAdapter]:  # type: ignore[type-arg]
+        -> Callable[[Dict[str, Any]], logging.LoggerAdapter[Any]]:
     def _get_resolver_logger_adapter_default(resolver_extra: Dict[str, Any]) \
-            -> logging.LoggerAdapter:  # type: ignore[type-arg]
+            -> logging.LoggerAdapter[Any]:
         http_adapter = HttpLoggerAdapter(logging.getLogger('aiodnsresolver'), http_extra)
-        return ResolverLoggerAdapter(http_adapter, resolver_extra)
+        return ResolverLoggerAdapter(http_adapter, resolver_extra)  # type: ignore[no-any-return]
     return _get_resolver_logger_adapter_default
 
 
@@ -691,11 +749,12 @@ def get_nonblocking_sock(family: int = socket.AF_INET) -> socket.socket:
 
 def set_tcp_cork(sock: Any) -> None:
     """A `sock_pre_message` hook from 0.0.89 (the default now coalesces writes itself)."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)  # type: ignore[attr-defined]
+    # TCP_CORK is Linux-only: typeshed has it only when checking for Linux
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)  # type: ignore[attr-defined,unused-ignore]
 
 
 def unset_tcp_cork(sock: Any) -> None:
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)  # type: ignore[attr-defined]
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)  # type: ignore[attr-defined,unused-ignore]
 
 
 def _no_op(_: Any) -> None:
@@ -1528,8 +1587,7 @@ def Pool(
         max_connections_per_host: Optional[int] = None,
         pool_timeout: Optional[float] = None,
         max_header_count: int = 100,
-) -> Tuple[Callable[..., Awaitable[Tuple[bytes, Headers, AsyncIterator[bytes]]]],
-           Callable[..., Awaitable[None]]]:
+) -> Tuple[PoolRequest, Close]:
     """Make a connection pool. Must be called inside a running event loop.
 
     Returns `(request, close)`. See README.md for every option; in short:
@@ -1635,7 +1693,7 @@ def Pool(
                 errors.append(asyncio.TimeoutError(
                     'DNS lookup of %s not answered within connect_timeout' % (host,)))
             elif lookup.exception() is not None:
-                errors.append(lookup.exception())  # type: ignore[arg-type]
+                errors.append(lookup.exception())  # type: ignore[arg-type,unused-ignore]
             else:
                 results.extend(lookup.result())
         if not results:
@@ -1990,7 +2048,7 @@ def Pool(
                       get_logger_adapter: Callable[[Dict[str, Any]], Any] = get_logger_adapter,
                       get_resolver_logger_adapter: Callable[..., Any] =
                       get_resolver_logger_adapter,
-                      ) -> Tuple[bytes, Headers, AsyncIterator[bytes]]:
+                      ) -> Response:
         target = targets.get(url) or cached_target(url)
         try:
             encoded = encoded_headers[method, headers]
@@ -2064,7 +2122,7 @@ def Pool(
             # caller even starts reading, and the body iterator holds only bytes.
             body_bytes = rest[:framing.length] if framing.kind == CONTENT_LENGTH else b''
             release(conn, keep and len(rest) == len(body_bytes))
-            response_body: AsyncIterator[bytes] = _BufferedBody(body_bytes)
+            response_body: ResponseBody = _BufferedBody(body_bytes)
         else:
             response_body = _ResponseBody(
                 conn, release, _tuple_new(Framing, (framing.kind, framing.length, keep)), rest,
@@ -2103,7 +2161,9 @@ def Pool(
         }
 
     request.status = status  # type: ignore[attr-defined]
-    return request, close
+    if TYPE_CHECKING:  # the function itself must be a Request: cast() would not check that
+        _: Request = request
+    return cast(PoolRequest, request), close
 
 
 if __name__ == '__main__':  # python -m lowhaio: the command-line client
