@@ -30,7 +30,6 @@ from typing import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Coroutine,
     Deque,
     Dict,
     Iterator,
@@ -112,9 +111,10 @@ Response = Tuple[bytes, Headers, ResponseBody]
 
 
 class Request(Protocol):
-    """`request` from `Pool()`, and what every helper takes and returns."""
+    """`request` from `Pool()`, and what every helper takes and returns. Type checkers see
+    the arguments after `url` as keyword-only, so that a wrapper can take them as **kwargs."""
 
-    async def __call__(self, method: bytes, url: str, params: Params = (),
+    async def __call__(self, method: bytes, url: str, *, params: Params = (),
                        headers: Headers = (), body: BodyFunction = ...,
                        body_args: Sequence[Any] = (), body_kwargs: BodyKwargs = (),
                        ) -> Response: ...

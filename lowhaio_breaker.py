@@ -23,8 +23,6 @@ import time
 import urllib.parse
 from typing import (
     Any,
-    AsyncIterator,
-    Awaitable,
     Callable,
     Collection,
     Dict,
@@ -38,10 +36,10 @@ from lowhaio import (
     HttpConnectionError,
     HttpInvalidRequestError,
     HttpTimeoutError,
+    Request,
+    Response,
 )
 
-Headers = Tuple[Tuple[bytes, bytes], ...]
-Request = Callable[..., Awaitable[Tuple[bytes, Headers, AsyncIterator[bytes]]]]
 Origin = Tuple[str, str, Optional[int]]
 
 CLOSED = 'closed'
@@ -130,7 +128,7 @@ def circuit_breaker(request: Request, failure_threshold: int = 5, recovery_time:
             not isinstance(exception, CircuitOpenError)
 
     async def breaker_request(method: bytes, url: str, *args: Any, **kwargs: Any
-                              ) -> Tuple[bytes, Headers, AsyncIterator[bytes]]:
+                              ) -> Response:
         circuit = circuits.setdefault(origin_of(url), _Circuit())
         is_trial = admit(circuit, url)
         try:

@@ -38,6 +38,8 @@ from typing import (
 
 import lowhaio
 from lowhaio import (
+    BodyFunction,
+    Headers,
     HttpConnectionClosedError,
     HttpConnectionError,
     HttpDataError,
@@ -49,11 +51,8 @@ from lowhaio import (
     HttpTimeoutError,
     HttpTlsError,
     Pool,
+    Request,
 )
-
-Headers = Tuple[Tuple[bytes, bytes], ...]
-BodyFunction = Callable[..., AsyncIterator[bytes]]
-Request = Callable[..., Awaitable[Tuple[bytes, Headers, Any]]]
 
 # Bytes read from a file or stdin per chunk sent
 CHUNK_SIZE = 65536

@@ -16,10 +16,9 @@ from __future__ import annotations
 import http.cookiejar
 import urllib.parse
 import warnings
-from typing import AsyncGenerator, Awaitable, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-Headers = Tuple[Tuple[bytes, bytes], ...]
-Request = Callable[..., Awaitable[Tuple[bytes, Headers, AsyncGenerator[bytes, None]]]]
+from lowhaio import Headers, Params, Request, Response
 
 
 def text(value: bytes) -> str:
@@ -97,7 +96,9 @@ class CookieResponse:
 
 def with_jar_cookies(jar: http.cookiejar.CookieJar, url: str, headers: Headers) -> Headers:
     cookie_request = CookieRequest(url, headers)
-    jar.add_cookie_header(cookie_request)
+    # http.cookiejar reads a urllib Request (and response) only through the methods these
+    # stand-ins define
+    jar.add_cookie_header(cookie_request)  # type: ignore[arg-type]
     return headers + tuple((wire(name), wire(value))
                            for name, value in cookie_request.added.items())
 
@@ -112,7 +113,8 @@ def store_cookies(jar: http.cookiejar.CookieJar, url: str, request_headers: Head
         if key in (b'set-cookie', b'set-cookie2'):
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore', UserWarning)
-                jar.extract_cookies(CookieResponse(((key, value),)), cookie_request)
+                jar.extract_cookies(CookieResponse(((key, value),)),  # type: ignore[arg-type]
+                                    cookie_request)  # type: ignore[arg-type]
 
 
 def new_policy() -> http.cookiejar.DefaultCookiePolicy:
@@ -143,8 +145,8 @@ def cookies(request: Request, jar: Optional[http.cookiejar.CookieJar] = None) ->
     """
     cookie_jar = new_jar() if jar is None else jar
 
-    async def cookies_request(method: bytes, url: str, params=(), headers: Headers = (),
-                              **kwargs):
+    async def cookies_request(method: bytes, url: str, params: Params = (), headers: Headers = (),
+                              **kwargs: Any) -> Response:
         # Matching uses scheme, host and path, which params do not change
         headers = tuple(headers)
         code, response_headers, body = await request(

@@ -18,21 +18,15 @@ import zlib
 from typing import (
     Any,
     AsyncGenerator,
-    AsyncIterator,
-    Awaitable,
     Callable,
     Dict,
     Iterator,
     List,
     Optional,
     Sequence,
-    Tuple,
 )
 
-from lowhaio import HttpDataError
-
-Headers = Tuple[Tuple[bytes, bytes], ...]
-Request = Callable[..., Awaitable[Tuple[bytes, Headers, AsyncGenerator[bytes, None]]]]
+from lowhaio import Headers, HttpDataError, Params, Request, Response, ResponseBody
 
 # Decoded pieces handed to the caller are at most this long, and each decoder holds at most about
 # this much output at a time, so memory stays bounded whatever the compressed stream says
@@ -286,8 +280,8 @@ def decompressed(request: Request, max_size: Optional[int] = DEFAULT_MAX_SIZE,
     factories = DECODERS if decoders is None else decoders
     accepted = accept_encoding(factories)
 
-    async def decompressed_request(method: bytes, url: str, params=(), headers: Headers = (),
-                                   **kwargs):
+    async def decompressed_request(method: bytes, url: str, params: Params = (),
+                                   headers: Headers = (), **kwargs: Any) -> Response:
         headers = tuple(headers)
         if not any(key.lower() == b'accept-encoding' for key, _ in headers):
             headers += ((b'accept-encoding', accepted),)
@@ -342,9 +336,9 @@ def decoded_through(decoders: Sequence[Any], data: bytes) -> Iterator[bytes]:
         yield from decoded_through(decoders[1:], piece)
 
 
-async def decoded_body(body: AsyncGenerator[bytes, None], decoders: Sequence[Any],
+async def decoded_body(body: ResponseBody, decoders: Sequence[Any],
                        max_size: Optional[int], max_ratio: Optional[float]
-                       ) -> AsyncIterator[bytes]:
+                       ) -> AsyncGenerator[bytes, None]:
     received = decoded_size = 0
     first = decoders[0]
     try:

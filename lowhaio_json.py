@@ -16,12 +16,9 @@ from __future__ import annotations
 import importlib
 import json
 import re
-from typing import Any, AsyncIterator, Callable, Optional, Tuple
+from typing import Any, AsyncIterator, Optional, Tuple
 
-from lowhaio import HttpDataError, HttpInvalidRequestError
-
-Headers = Tuple[Tuple[bytes, bytes], ...]
-BodyFunction = Callable[..., AsyncIterator[bytes]]
+from lowhaio import BodyFunction, Headers, HttpDataError, HttpInvalidRequestError
 
 DEFAULT_MAX_SIZE = 16 * 1024 * 1024
 BACKENDS = ('orjson', 'json')
@@ -84,7 +81,7 @@ def json_body(obj: Any, *, backend: Optional[str] = None) -> Tuple[Headers, Body
 def encoded(obj: Any, backend: str) -> bytes:
     try:
         if backend == 'orjson':
-            return importlib.import_module('orjson').dumps(obj)
+            return importlib.import_module('orjson').dumps(obj)  # type: ignore[no-any-return]
         # As compact as orjson's, and NaN refused rather than written as invalid JSON
         return json.dumps(obj, ensure_ascii=False, separators=(',', ':'),
                           allow_nan=False).encode('utf-8')

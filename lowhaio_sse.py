@@ -25,10 +25,7 @@ from typing import (
     Tuple,
 )
 
-from lowhaio import HttpConnectionError, HttpDataError
-
-Headers = Tuple[Tuple[bytes, bytes], ...]
-Request = Callable[..., Awaitable[Tuple[bytes, Headers, AsyncIterator[bytes]]]]
+from lowhaio import Headers, HttpConnectionError, HttpDataError, Request
 
 DEFAULT_RECONNECTION_TIME = 3.0
 DEFAULT_MAX_EVENT_SIZE = 1024 * 1024
