@@ -1,9 +1,52 @@
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import List
+
 import setuptools
+from setuptools.command.build_py import build_py
 
 
 def long_description() -> str:
     with open('README.md', 'r', encoding='utf-8') as file:
         return file.read()
+
+
+class build_py_with_stubs(build_py):
+    """Also builds a PEP 561 stub-only package, `<module>-stubs/__init__.pyi`, for each module.
+
+    PEP 561 gives a single-module distribution no way to say it is typed (`py.typed` marks
+    packages only), so type checkers would ignore the annotations in `lowhaio.py`; they do read
+    a `lowhaio-stubs` package installed beside it. The stubs are generated here from the
+    annotated modules by mypy's stubgen, so they cannot drift from them; CI checks them against
+    the modules with mypy's stubtest (tests/test_typing.py).
+    """
+
+    def run(self) -> None:
+        super().run()
+        if not getattr(self, 'editable_mode', False):  # an editable install reads the sources
+            self.write_stubs()
+
+    def write_stubs(self) -> None:
+        with tempfile.TemporaryDirectory() as generated:
+            subprocess.run(
+                # mypy is compiled: its modules cannot be run with -m
+                [sys.executable, '-c', 'import sys; from mypy.stubgen import main; main(sys.argv[1:])',
+                 '--include-docstrings', '--quiet',
+                 '-o', generated, *(module + '.py' for module in self.py_modules)],
+                check=True)
+            for module in self.py_modules:
+                stubs_dir = os.path.join(self.build_lib, module + '-stubs')
+                os.makedirs(stubs_dir, exist_ok=True)
+                shutil.copyfile(os.path.join(generated, module + '.pyi'),
+                                os.path.join(stubs_dir, '__init__.pyi'))
+
+    def get_outputs(self, include_bytecode: bool = True) -> List[str]:
+        return super().get_outputs(include_bytecode) + [
+            os.path.join(self.build_lib, module + '-stubs', '__init__.pyi')
+            for module in self.py_modules or ()]
 
 
 setuptools.setup(
@@ -43,6 +86,7 @@ setuptools.setup(
         # The command-line client's progress bar; without it, the client works, with no bar
         'cli': ['tqdm>=4.60'],
     },
+    cmdclass={'build_py': build_py_with_stubs},
     entry_points={
         'console_scripts': ['lowhaio = lowhaio_cli:main'],
     },
