@@ -31,10 +31,10 @@ class build_py_with_stubs(build_py):
 
     def write_stubs(self) -> None:
         with tempfile.TemporaryDirectory() as generated:
+            # mypy is compiled (mypyc): its modules cannot be run with -m
+            stubgen = 'import sys; from mypy.stubgen import main; main(sys.argv[1:])'
             subprocess.run(
-                # mypy is compiled: its modules cannot be run with -m
-                [sys.executable, '-c', 'import sys; from mypy.stubgen import main; main(sys.argv[1:])',
-                 '--include-docstrings', '--quiet',
+                [sys.executable, '-c', stubgen, '--include-docstrings', '--quiet',
                  '-o', generated, *(module + '.py' for module in self.py_modules)],
                 check=True)
             for module in self.py_modules:
