@@ -15,6 +15,7 @@ moves bytes between asyncio transports and that parsing layer.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import errno
 import ipaddress
@@ -73,6 +74,7 @@ __all__ = [
     'HttpProtocolError',
     'HttpTimeoutError',
     'HttpInvalidRequestError',
+    'HttpProxyError',
     'Headers',
     'Params',
     'BodyFunction',
@@ -827,7 +829,7 @@ class _Connection(asyncio.Protocol):
         'on_idle_close', '_poll', '_queue', '_queued', '_reading_paused', '_eof',
         '_eof_received', '_lost', '_lost_exception', '_waiter', '_drain_waiter',
         '_write_paused', '_deadline', '_timer', '_timer_when', '_keep_alive_timeout',
-        'received_any', '_drain_timeout', '_drain_size', 'raw_transport', '_flushing',
+        'received_any', '_drain_timeout', '_drain_size', 'lower_transports', '_flushing',
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, key: Tuple[str, str, int],
@@ -861,9 +863,9 @@ class _Connection(asyncio.Protocol):
         self._keep_alive_timeout = keep_alive_timeout
         self._drain_timeout = 0.0
         self._drain_size = 0
-        # Under TLS, the TCP transport beneath `transport`: it holds encrypted bytes that the
-        # TLS transport's own buffer size does not count.
-        self.raw_transport: Any = None
+        # Under TLS, the transports beneath `transport` (TCP; and TLS to a proxy, for TLS to
+        # an origin through it): they hold bytes that the top one's buffer size does not count.
+        self.lower_transports: Tuple[Any, ...] = ()
         self._flushing = False
 
     # asyncio.Protocol callbacks
@@ -1056,9 +1058,14 @@ class _Connection(asyncio.Protocol):
     def buffered_size(self) -> int:
         """Bytes written but not yet taken by the kernel."""
         size: int = self.transport.get_write_buffer_size()
-        if self.raw_transport is not None:
-            size += self.raw_transport.get_write_buffer_size()
+        for transport in self.lower_transports:
+            size += transport.get_write_buffer_size()
         return size
+
+    def start_tls_on(self, tls_transport: Any) -> None:
+        """`tls_transport`, started on this connection's transport, becomes the one used."""
+        self.lower_transports += (self.transport,)
+        self.transport = tls_transport
 
     async def flush(self, socket_timeout: float) -> None:
         """Wait until every byte written has left for the kernel, with drain()'s rule: a
@@ -1301,6 +1308,480 @@ async def _open_first(loop: asyncio.AbstractEventLoop, addresses: Sequence[str],
 
 
 # ---------------------------------------------------------------------------------------------
+# Proxies: forwarding, CONNECT tunnels, SOCKS5. A pool made with `proxy=` routes each request
+# here first: `route` picks the proxy for the request's origin and builds the request head,
+# and `connect_through_proxy` opens a connection to the proxy and, for a tunnel, the tunnel.
+# A pool without a proxy never comes here.
+# ---------------------------------------------------------------------------------------------
+
+class HttpProxyError(HttpConnectionError):
+    """The proxy refused or broke the connection set-up (a CONNECT answered with 407, 403,
+    502…, a SOCKS reply with an error code, a malformed reply, a close during the handshake).
+    Nothing of the request was sent. `code` is the HTTP proxy's status (b'407') and
+    `socks_reply` the SOCKS5 reply code, or None when the proxy sent none."""
+
+    def __init__(self, message: str, code: Optional[bytes] = None,
+                 socks_reply: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.socks_reply = socks_reply
+
+
+_PROXY_DEFAULT_PORTS = {'http': 80, 'https': 443, 'socks5': 1080, 'socks5h': 1080}
+# The userinfo of a URL, with or without a scheme before it
+_USERINFO_RE = re.compile(r'^((?:[^/?#@]*//)?)[^/?#]*@')
+# Enough for any proxy's error page; a longer one is abandoned, as the connection is closed.
+_MAX_PROXY_ERROR_BODY = 65536
+_SOCKS_REPLIES = {
+    1: 'general SOCKS server failure',
+    2: 'connection not allowed by ruleset',
+    3: 'network unreachable',
+    4: 'host unreachable',
+    5: 'connection refused',
+    6: 'TTL expired',
+    7: 'command not supported',
+    8: 'address type not supported',
+}
+# Reply codes after which another of the origin's addresses may still work
+_SOCKS_TRY_NEXT_ADDRESS = frozenset((3, 4, 5, 6, 8))
+
+
+def _redact_userinfo(url: str) -> str:
+    return _USERINFO_RE.sub(r'\1***@', url)
+
+
+class Proxy:
+    """A parsed proxy URL. Its repr, and `label`, never show the password."""
+
+    __slots__ = ('scheme', 'host', 'port', 'ip_literal', 'username', 'password', 'label',
+                 'authorization')
+
+    def __init__(self, scheme: str, host: str, port: int, ip_literal: bool,
+                 username: Optional[str], password: Optional[str]) -> None:
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+        self.ip_literal = ip_literal
+        self.username = username
+        self.password = password
+        bracketed = '[%s]' % (host,) if ':' in host else host
+        user = '' if username is None else \
+            urllib.parse.quote(username, safe='') + (':***' if password else '') + '@'
+        self.label = '%s://%s%s:%d' % (scheme, user, bracketed, port)
+        # RFC 9110 §11.7.1 with the Basic scheme of RFC 7617 (user-id and password in UTF-8)
+        self.authorization = b'' if username is None else b'proxy-authorization: Basic %s\r\n' % (
+            base64.b64encode(('%s:%s' % (username, password or '')).encode('utf-8')),)
+
+    def _identity(self) -> Tuple[Any, ...]:
+        return (self.scheme, self.host, self.port, self.username, self.password)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Proxy) and self._identity() == other._identity()
+
+    def __hash__(self) -> int:
+        return hash(self._identity())
+
+    def __repr__(self) -> str:
+        return 'Proxy(%r)' % (self.label,)
+
+
+def parse_proxy_url(url: str) -> Proxy:
+    """Parse `http://`, `https://`, `socks5://` or `socks5h://[user:password@]host[:port]`.
+
+    Raises HttpInvalidRequestError, whose message never holds the password."""
+    if not isinstance(url, str):
+        raise HttpInvalidRequestError('Proxy URL must be a str, not %s' % (type(url).__name__,))
+    shown = _redact_userinfo(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        hostname = parts.hostname
+        port = parts.port
+    except ValueError:
+        # Not chained: the cause's message may quote the URL, password included
+        raise HttpInvalidRequestError('Invalid proxy URL %r' % (shown,)) from None
+    scheme = parts.scheme.lower()
+    if scheme not in _PROXY_DEFAULT_PORTS:
+        raise HttpInvalidRequestError(
+            'Proxy URL scheme must be http, https, socks5 or socks5h: %r' % (shown,))
+    if not hostname or any(ord(char) < 33 or char in '\x7f<>"{}|\\^`' for char in hostname):
+        raise HttpInvalidRequestError('Proxy URL has no valid host: %r' % (shown,))
+    if parts.path not in ('', '/') or parts.query or parts.fragment:
+        raise HttpInvalidRequestError(
+            'Proxy URL must not have a path, query or fragment: %r' % (shown,))
+    if port == 0:
+        raise HttpInvalidRequestError('Proxy URL port 0 cannot be connected to: %r' % (shown,))
+    host = hostname[:-1] if hostname.endswith('.') else hostname
+    try:
+        ipaddress.ip_address(host)
+        ip_literal = True
+    except ValueError:
+        ip_literal = False
+    username = None if parts.username is None else urllib.parse.unquote(parts.username)
+    password = None if parts.password is None else urllib.parse.unquote(parts.password)
+    if scheme.startswith('socks') and username is not None and (
+            not 0 < len(username.encode('utf-8')) < 256 or
+            not 0 < len((password or '').encode('utf-8')) < 256):
+        # RFC 1929 §2: each is 1 to 255 bytes
+        raise HttpInvalidRequestError(
+            'A SOCKS5 username and password must each be 1 to 255 bytes: %r' % (shown,))
+    return Proxy(scheme, host, _PROXY_DEFAULT_PORTS[scheme] if port is None else port,
+                 ip_literal, username, password)
+
+
+class ProxiedTarget(NamedTuple):
+    """A Target routed through a proxy. Its first fields mean what Target's do, for the pool:
+    `host`, `port` and `ip_literal` are what connections are made to and checked against the
+    DNS answers of (the proxy, or for socks5:// the origin, whose address the pool resolves);
+    `key` holds the proxy's label; `path_and_query` is the absolute form when forwarding."""
+    scheme: str
+    host: str
+    port: int
+    key: Tuple[Any, ...]
+    ip_literal: bool
+    host_line: bytes
+    path_and_query: bytes
+    has_query: bool
+    origin: Target
+    proxy: Proxy
+    forwarding: bool  # plain http through an HTTP proxy: no tunnel, absolute-form requests
+
+
+def _route_through(target: Target, proxy: Proxy) -> ProxiedTarget:
+    if proxy.scheme in ('http', 'https') and target.scheme == 'http':
+        # RFC 9112 §3.2.2: to a proxy, the absolute form. One connection serves every origin.
+        authority = target.host_line[6:-2]  # b'host: ' ... b'\r\n'
+        return ProxiedTarget(
+            target.scheme, proxy.host, proxy.port, ('http', '*', 0, proxy.label),
+            proxy.ip_literal, target.host_line, b'http://' + authority + target.path_and_query,
+            target.has_query, target, proxy, True)
+    key = target.key + (proxy.label,)
+    if proxy.scheme == 'socks5':
+        # Names resolved here, so the pool's DNS check applies to the origin's address
+        return ProxiedTarget(target.scheme, target.host, target.port, key, target.ip_literal,
+                             target.host_line, target.path_and_query, target.has_query,
+                             target, proxy, False)
+    return ProxiedTarget(target.scheme, proxy.host, proxy.port, key, proxy.ip_literal,
+                         target.host_line, target.path_and_query, target.has_query, target,
+                         proxy, False)
+
+
+def _forwarded_head(method: bytes, target: ProxiedTarget, params: Sequence[Tuple[str, str]],
+                    http_version: bytes, headers: RequestHeaders) -> bytes:
+    head = _request_head(method, target, params, http_version, headers)  # type: ignore[arg-type]
+    authorization = target.proxy.authorization
+    if not authorization:
+        return head
+    line_end = head.index(b'\r\n') + 2
+    return head[:line_end] + authorization + head[line_end:]
+
+
+def _connect_authority(target: Target) -> bytes:
+    # RFC 9110 §9.3.6: CONNECT's target is host:port, the port always given
+    authority = target.host_line[6:-2]
+    return authority if target.port != _DEFAULT_PORTS[target.scheme] else \
+        authority + b':%d' % (target.port,)
+
+
+async def _receive(conn: _Connection, deadline: float, during: str) -> bytes:
+    """The next bytes from the proxy, by `deadline` (then asyncio.TimeoutError)."""
+    data = conn.take()
+    while data is None:
+        await conn.readable(deadline)
+        data = conn.take()
+    if not data:
+        raise HttpProxyError('The proxy closed the connection during %s' % (during,)) \
+            from conn.lost_exception
+    return data
+
+
+async def _receive_exactly(conn: _Connection, buffer: bytearray, count: int, deadline: float,
+                           during: str) -> bytes:
+    while len(buffer) < count:
+        buffer += await _receive(conn, deadline, during)
+    data = bytes(buffer[:count])
+    del buffer[:count]
+    return data
+
+
+async def _open_connect_tunnel(conn: _Connection, proxy: Proxy, origin: Target,
+                               deadline: float, max_header_length: int,
+                               max_header_count: int) -> bytes:
+    """Ask an HTTP proxy for a tunnel to `origin` (RFC 9110 §9.3.6). Returns the bytes that
+    followed the proxy's 2xx head: they came through the tunnel."""
+    authority = _connect_authority(origin)
+    conn.write(b'CONNECT %s HTTP/1.1\r\nhost: %s\r\n%s\r\n' % (
+        authority, authority, proxy.authorization))
+    data = b''
+    while True:
+        data += await _receive(conn, deadline, 'the CONNECT response head')
+        head = parse_response_head(data, max_header_length, max_header_count)
+        while head is not None and head.code[0] == 49:  # 1xx: interim, the final one follows
+            data = data[head.length:]
+            head = parse_response_head(data, max_header_length, max_header_count) \
+                if data else None
+        if head is not None:
+            break
+    if head.code[0] == 50:  # 2xx: the tunnel is open
+        return data[head.length:]
+    await _discard_proxy_error_body(conn, head, data[head.length:], deadline)
+    raise HttpProxyError('The proxy %s refused to CONNECT to %s: %s %s' % (
+        proxy.label, authority.decode('ascii'), head.code.decode('ascii'),
+        head.reason.decode('latin-1')), code=head.code)
+
+
+async def _discard_proxy_error_body(conn: _Connection, head: ResponseHead, data: bytes,
+                                    deadline: float) -> None:
+    # Read so that the proxy is not reset mid-write, but only so much and so long: the
+    # connection is closed afterwards whatever happens here.
+    deadline = min(deadline, conn.loop.time() + 0.25)
+    try:
+        framing = response_framing(b'CONNECT', head)
+        decoder = ChunkedDecoder() if framing.kind == CHUNKED else None
+        received = 0
+        while received <= _MAX_PROXY_ERROR_BODY:
+            received += len(data)
+            if framing.kind == NO_BODY or \
+                    (framing.kind == CONTENT_LENGTH and received >= framing.length):
+                return
+            if decoder is not None:
+                decoder.feed(data)
+                if decoder.done:
+                    return
+            data = await _receive(conn, deadline, 'the body of its error response')
+    except (HttpError, asyncio.TimeoutError):
+        return
+
+
+async def _socks5_handshake(conn: _Connection, proxy: Proxy, origin: Target,
+                            address: Optional[str], deadline: float) -> bytes:
+    """Open a SOCKS5 connection to `origin` (RFC 1928), authenticating with RFC 1929 when the
+    proxy URL has credentials: to `address`, or to the origin's name when it is None (the
+    proxy resolves it). Returns the bytes that followed the reply: they came through the
+    tunnel."""
+    during = 'the SOCKS5 handshake'
+    buffer = bytearray()
+    methods = b'\x00\x02' if proxy.username is not None else b'\x00'
+    conn.write(b'\x05%c%s' % (len(methods), methods))
+    version, method = await _receive_exactly(conn, buffer, 2, deadline, during)
+    if version != 5:
+        raise HttpProxyError('The SOCKS proxy %s replied with version %d, not 5'
+                             % (proxy.label, version))
+    if method == 2 and proxy.username is not None:
+        username = proxy.username.encode('utf-8')
+        password = (proxy.password or '').encode('utf-8')
+        conn.write(b'\x01%c%s%c%s' % (len(username), username, len(password), password))
+        auth_version, status = await _receive_exactly(conn, buffer, 2, deadline, during)
+        if auth_version != 1:
+            raise HttpProxyError('The SOCKS proxy %s replied to authentication with version %d, '
+                                 'not 1' % (proxy.label, auth_version))
+        if status != 0:
+            raise HttpProxyError('The SOCKS proxy %s rejected the username and password'
+                                 % (proxy.label,))
+    elif method != 0:
+        raise HttpProxyError('The SOCKS proxy %s accepts none of the offered authentication '
+                             'methods%s' % (proxy.label, '' if proxy.username is not None else
+                                            ' (it may require a username and password)'))
+
+    conn.write(b'\x05\x01\x00' + _socks5_address(origin, address) +
+               origin.port.to_bytes(2, 'big'))
+    version, reply, reserved, address_type = await _receive_exactly(
+        conn, buffer, 4, deadline, during)
+    if version != 5:
+        raise HttpProxyError('The SOCKS proxy %s replied with version %d, not 5'
+                             % (proxy.label, version))
+    if reply != 0:
+        raise HttpProxyError('The SOCKS proxy %s could not connect to %s:%d: %s' % (
+            proxy.label, address or origin.host, origin.port,
+            _SOCKS_REPLIES.get(reply, 'unknown reply code %d' % (reply,))), socks_reply=reply)
+    if reserved != 0 or address_type not in (1, 3, 4):
+        raise HttpProxyError('The SOCKS proxy %s sent a malformed reply' % (proxy.label,))
+    if address_type == 3:
+        length = (await _receive_exactly(conn, buffer, 1, deadline, during))[0]
+    else:
+        length = 4 if address_type == 1 else 16
+    await _receive_exactly(conn, buffer, length + 2, deadline, during)  # bound address, port
+    return bytes(buffer)
+
+
+def _socks5_address(origin: Target, address: Optional[str]) -> bytes:
+    # RFC 1928 §5: ATYP then the address: 1 IPv4, 4 IPv6, 3 a length-prefixed name
+    literal = address if address is not None else origin.host if origin.ip_literal else None
+    if literal is not None:
+        packed = ipaddress.ip_address(literal).packed
+        return (b'\x01' if len(packed) == 4 else b'\x04') + packed
+    name = origin.host_line[6:-2].rsplit(b':', 1)[0] \
+        if origin.port != _DEFAULT_PORTS[origin.scheme] else origin.host_line[6:-2]
+    if len(name) > 255:
+        raise HttpInvalidRequestError('Host name too long for SOCKS5: %r' % (origin.host,))
+    return b'\x03%c%s' % (len(name), name)
+
+
+def _proxy_layer(
+        proxy: Any, *, loop: asyncio.AbstractEventLoop,
+        resolve: Callable[[str, float], Awaitable[Any]],
+        make_sock: Callable[[int], socket.socket],
+        get_ssl_context: Callable[[], ssl.SSLContext], happy_eyeballs_delay: float,
+        keep_alive_timeout: float, max_header_length: int, max_header_count: int,
+        has_send_header_hook: bool, logger: Any,
+) -> Tuple[Callable[..., Tuple[Any, bytes]], Callable[..., Awaitable[_Connection]]]:
+    """`route(method, target, params, http_version, headers) -> (target, head)` and
+    `connect_through_proxy(target, answer, deadline) -> connection`, for Pool."""
+    ssl_context: Optional[ssl.SSLContext] = None
+    parsed: Dict[str, Proxy] = {}
+    routes: Dict[Tuple[Target, Proxy], ProxiedTarget] = {}
+
+    if isinstance(proxy, str):
+        fixed = parse_proxy_url(proxy)
+
+        def choose(target: Target) -> Optional[Proxy]:
+            return fixed
+    elif callable(proxy):
+        def choose(target: Target) -> Optional[Proxy]:
+            url = proxy(target.scheme, target.host, target.port)
+            if url is None:
+                return None
+            chosen = parsed.get(url)
+            if chosen is None:
+                chosen = parse_proxy_url(url)
+                if len(parsed) >= 256:
+                    parsed.clear()
+                parsed[url] = chosen
+            return chosen
+    else:
+        raise HttpInvalidRequestError(
+            'proxy must be None, a proxy URL or a function, not %s' % (type(proxy).__name__,))
+
+    def route(method: bytes, target: Target, params: Sequence[Tuple[str, str]],
+              http_version: bytes, headers: RequestHeaders) -> Tuple[Any, bytes]:
+        chosen = choose(target)
+        if chosen is None:
+            return target, _request_head(method, target, params, http_version, headers)
+        routed = routes.get((target, chosen))
+        if routed is None:
+            routed = _route_through(target, chosen)
+            if len(routes) >= 1024:
+                routes.clear()
+            routes[target, chosen] = routed
+        if not routed.forwarding:
+            return routed, _request_head(method, target, params, http_version, headers)
+        if has_send_header_hook:
+            raise HttpInvalidRequestError(
+                'A send_header hook sends the origin form, which an HTTP proxy cannot forward')
+        return routed, _forwarded_head(method, routed, params, http_version, headers)
+
+    def context() -> ssl.SSLContext:
+        nonlocal ssl_context
+        if ssl_context is None:
+            ssl_context = get_ssl_context()
+        return ssl_context
+
+    async def connect_through_proxy(target: ProxiedTarget, answer: Any,
+                                    deadline: float) -> _Connection:
+        proxy, origin = target.proxy, target.origin
+        if proxy.scheme != 'socks5':
+            return await connect_once(target, answer, None, deadline)
+        # socks5://: the pool resolved the origin; the proxy is asked for one address after
+        # another while it answers that an address cannot be reached.
+        addresses = (origin.host,) if answer is None else answer.addresses
+        proxy_answer = None if proxy.ip_literal else await resolve(proxy.host, deadline)
+        for index, address in enumerate(addresses):
+            try:
+                return await connect_once(target, proxy_answer, address, deadline)
+            except HttpProxyError as exception:
+                if exception.socks_reply not in _SOCKS_TRY_NEXT_ADDRESS or \
+                        index == len(addresses) - 1:
+                    raise
+        raise AssertionError('unreachable')  # pragma: no cover
+
+    async def connect_once(target: ProxiedTarget, proxy_answer: Any,
+                           origin_address: Optional[str], deadline: float) -> _Connection:
+        proxy, origin = target.proxy, target.origin
+        addresses = (proxy.host,) if proxy_answer is None else proxy_answer.addresses
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug('Connecting to %s through the proxy at %s', target.key, addresses)
+        try:
+            sock, address = await _open_first(loop, addresses, proxy.port, make_sock,
+                                               happy_eyeballs_delay,
+                                               max(deadline - loop.time(), 0))
+        except asyncio.TimeoutError as exception:
+            raise HttpConnectionError('Timed out connecting to the proxy %s'
+                                      % (proxy.label,)) from exception
+        except OSError as exception:
+            raise HttpConnectionError('Could not connect to the proxy %s: %s'
+                                      % (proxy.label, exception)) from exception
+
+        conn = _Connection(loop, target.key, origin_address or address, keep_alive_timeout)
+        step = 'Connection to the proxy %s' % (proxy.label,)
+        try:
+            await loop.create_connection(lambda: conn, sock=sock)
+            if proxy.scheme == 'https':
+                step = 'TLS handshake with the proxy %s' % (proxy.label,)
+                conn.start_tls_on(await loop.start_tls(
+                    conn.transport, conn, context(), server_hostname=proxy.host,
+                    ssl_handshake_timeout=max(deadline - loop.time(), 0.001)))
+            if target.forwarding:
+                return conn
+            if proxy.scheme.startswith('socks'):
+                step = 'SOCKS5 handshake with %s' % (proxy.label,)
+                tunnelled = await _socks5_handshake(conn, proxy, origin, origin_address,
+                                                    deadline)
+            else:
+                step = 'CONNECT through %s' % (proxy.label,)
+                tunnelled = await _open_connect_tunnel(conn, proxy, origin, deadline,
+                                                       max_header_length, max_header_count)
+            conn.received_any = False
+            if origin.scheme == 'http':
+                if tunnelled:
+                    conn.data_received(tunnelled)
+                return conn
+            if tunnelled:
+                # A TLS server never speaks first: these are not the origin's
+                raise HttpProxyError('Bytes arrived through the tunnel from %s before the TLS '
+                                     'handshake began' % (proxy.label,))
+            step = 'TLS handshake with %s:%d through %s' % (origin.host, origin.port,
+                                                            proxy.label)
+            await start_origin_tls(conn, origin, deadline)
+            return conn
+        except BaseException as exception:
+            sock.close()
+            if conn.transport is not None:
+                conn.transport.abort()
+            if not isinstance(exception, Exception) or \
+                    isinstance(exception, (asyncio.CancelledError, HttpConnectionError)):
+                raise
+            if _deadline_passed(loop, exception, deadline):
+                error = HttpTlsError if step.startswith('TLS') else HttpConnectionError
+                raise error('Timed out during the %s' % (step[0].lower() + step[1:],)) \
+                    from _as_timeout(exception)
+            if isinstance(exception, HttpError):  # from the parser: the proxy's reply
+                raise HttpProxyError('Malformed reply during the %s: %s' % (
+                    step[0].lower() + step[1:], exception)) from exception
+            error = HttpTlsError if step.startswith('TLS') else HttpConnectionError
+            raise error('%s failed: %r' % (step, exception)) from exception
+
+    async def start_origin_tls(conn: _Connection, origin: Target, deadline: float) -> None:
+        # TLS to the origin over the tunnel: SNI and certificate checks for the origin
+        try:
+            transport = await loop.start_tls(
+                conn.transport, conn, context(), server_hostname=origin.host,
+                ssl_handshake_timeout=max(deadline - loop.time(), 0.001))
+        except TypeError as exception:
+            if 'not supported by start_tls' in str(exception):
+                # asyncio before Python 3.11 cannot start TLS on a TLS transport
+                raise HttpConnectionError(
+                    'TLS inside TLS (an https:// proxy to an https:// origin) needs Python '
+                    '3.11+ or uvloop: %r' % (exception,)) from exception
+            # asyncio 3.11 and 3.12 fail this way while failing a TLS-in-TLS handshake: the
+            # handshake's own error is the one to report
+            cause = exception.__context__
+            raise HttpTlsError('TLS handshake with %s:%d through the proxy failed: %r' % (
+                origin.host, origin.port, cause or exception)) from cause or exception
+        conn.start_tls_on(transport)
+
+    return route, connect_through_proxy
+
+
+# ---------------------------------------------------------------------------------------------
 # The response body handed to the caller.
 # ---------------------------------------------------------------------------------------------
 
@@ -1514,6 +1995,29 @@ _RESOLUTION_DELAY = 0.05
 _CANCEL_REPEAT_INTERVAL = 0.001
 
 
+# How early an event loop may run a timer, as its clock reads: uvloop counts in milliseconds.
+_CLOCK_SLACK = 0.005
+
+
+def _deadline_passed(loop: asyncio.AbstractEventLoop, exception: BaseException,
+                     deadline: float) -> bool:
+    """Whether a connect step failed because its deadline passed: asyncio ends a TLS
+    handshake that takes too long with a ConnectionAbortedError, not a TimeoutError."""
+    return isinstance(exception, asyncio.TimeoutError) or \
+        loop.time() >= deadline - _CLOCK_SLACK
+
+
+def _as_timeout(exception: BaseException) -> asyncio.TimeoutError:
+    """The cause to give for a deadline that passed: an asyncio.TimeoutError, so that callers
+    can tell a timeout from a refusal, with what asyncio raised for it (a ConnectionAbortedError,
+    for a TLS handshake) behind it."""
+    if isinstance(exception, asyncio.TimeoutError):
+        return exception
+    timed_out = asyncio.TimeoutError('connect_timeout passed')
+    timed_out.__cause__ = exception
+    return timed_out
+
+
 def _end_lookup(lookup: 'asyncio.Future[Any]') -> None:
     """Cancel a DNS lookup for good. aiodnsresolver times out an attempt by cancelling its
     own task, and takes any CancelledError that arrives with its timer due as that timeout,
@@ -1587,6 +2091,7 @@ def Pool(
         max_connections_per_host: Optional[int] = None,
         pool_timeout: Optional[float] = None,
         max_header_count: int = 100,
+        proxy: Any = None,
 ) -> Tuple[PoolRequest, Close]:
     """Make a connection pool. Must be called inside a running event loop.
 
@@ -1606,8 +2111,10 @@ def Pool(
     )
     if connect_timeout is None:
         connect_timeout = socket_timeout
-    if recv_bufsize is not None and recv_bufsize < 1:
-        raise HttpInvalidRequestError('recv_bufsize must be at least 1, not %r' % (recv_bufsize,))
+    if recv_bufsize is not None and (not isinstance(recv_bufsize, int) or
+                                     isinstance(recv_bufsize, bool) or recv_bufsize < 1):
+        raise HttpInvalidRequestError(
+            'recv_bufsize must be a whole number of bytes, at least 1, not %r' % (recv_bufsize,))
     first_head_wait = min(socket_timeout, response_head_timeout)
     keep_alive = keep_alive_timeout > 0
     custom_send = not (sock_pre_message is None and sock_post_message is None and
@@ -1881,6 +2388,8 @@ def Pool(
     async def connect(target: Target, answer: Optional[_DnsAnswer],
                       deadline: float) -> _Connection:
         nonlocal ssl_context
+        if proxied and target.__class__ is ProxiedTarget:  # type: ignore[comparison-overlap]
+            return await connect_through_proxy(target, answer, deadline)
         addresses = (target.host,) if answer is None else answer.addresses
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug('Connecting to %s at %s', target.key, addresses)
@@ -1899,16 +2408,15 @@ def Pool(
         conn = _Connection(loop, target.key, address, keep_alive_timeout)
         tls = target.scheme == 'https'
         try:
-            raw_transport, _ = await loop.create_connection(lambda: conn, sock=sock)
+            await loop.create_connection(lambda: conn, sock=sock)
             if tls:
                 if ssl_context is None:
                     ssl_context = get_ssl_context()
                 # TLS started on the TCP transport, rather than asked of create_connection,
                 # so that the TCP transport stays reachable: its buffer counts as unsent.
-                conn.transport = await loop.start_tls(
-                    raw_transport, conn, ssl_context, server_hostname=target.host,
-                    ssl_handshake_timeout=max(deadline - loop.time(), 0.001))
-                conn.raw_transport = raw_transport
+                conn.start_tls_on(await loop.start_tls(
+                    conn.transport, conn, ssl_context, server_hostname=target.host,
+                    ssl_handshake_timeout=max(deadline - loop.time(), 0.001)))
         except BaseException as exception:
             sock.close()
             if conn.transport is not None:
@@ -1917,18 +2425,24 @@ def Pool(
                     isinstance(exception, asyncio.CancelledError):
                 raise
             error = HttpTlsError if tls else HttpConnectionError
-            if isinstance(exception, asyncio.TimeoutError) or loop.time() >= deadline:
-                # asyncio reports its handshake timeout as a ConnectionAbortedError: said
-                # as a timeout, so that callers can tell it from a refusal.
-                timed_out = asyncio.TimeoutError('connect_timeout passed')
-                timed_out.__cause__ = exception
+            if _deadline_passed(loop, exception, deadline):
                 raise error('%s with %s:%d timed out' % (
                     'TLS handshake' if tls else 'Connection', target.host, target.port)) \
-                    from timed_out
+                    from _as_timeout(exception)
             raise error('%s with %s:%d failed: %r' % (
                 'TLS handshake' if tls else 'Connection', target.host, target.port,
                 exception)) from exception
         return conn
+
+    # Proxies (see _proxy_layer): nothing of this runs for a pool without one
+    proxied = proxy is not None
+    if proxied:
+        route, connect_through_proxy = _proxy_layer(
+            proxy, loop=loop, resolve=resolve, make_sock=make_sock,
+            get_ssl_context=get_ssl_context, happy_eyeballs_delay=happy_eyeballs_delay,
+            keep_alive_timeout=keep_alive_timeout, max_header_length=max_header_length,
+            max_header_count=max_header_count, has_send_header_hook=send_header is not None,
+            logger=logger)
 
     # Sending and receiving
 
@@ -2054,7 +2568,9 @@ def Pool(
             encoded = encoded_headers[method, headers]
         except (KeyError, TypeError):
             encoded = cached_headers(method, headers)
-        if params:
+        if proxied:
+            target, head = route(method, target, params, http_version, encoded)
+        elif params:
             head = _request_head(method, target, params, http_version, encoded)
         else:
             head = b'%s %s %s\r\n%s%s\r\n' % (

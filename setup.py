@@ -73,6 +73,9 @@ setuptools.setup(
         'lowhaio_cookies',
         'lowhaio_auth',
         'lowhaio_cli',
+        'lowhaio_proxy',
+        'lowhaio_httpx',
+        'lowhaio_asgi',
     ],
     install_requires=[
         'aiodnsresolver>=0.0.157',
@@ -85,6 +88,10 @@ setuptools.setup(
         'compression': ['brotli>=1.2', 'zstandard>=0.18'],
         # The command-line client's progress bar; without it, the client works, with no bar
         'cli': ['tqdm>=4.60'],
+        # lowhaio_httpx: an httpx transport
+        'httpx': ['httpx>=0.25'],
+        # lowhaio_asgi needs no package of its own, only an ASGI server to run it
+        'asgi': ['uvicorn>=0.24'],
     },
     cmdclass={'build_py': build_py_with_stubs},
     entry_points={

@@ -69,12 +69,27 @@ def upload_chunks(size: int, chunk_size: int) -> Callable[[], AsyncIterator[byte
 
 
 class LowhaioClient:
-    def __init__(self, ctx: ssl.SSLContext) -> None:
+    PROXIES = True
+    pool_options: Dict[str, object] = {}
+
+    def __init__(self, ctx: ssl.SSLContext, proxy: Optional[str] = None) -> None:
         import lowhaio
         import lowhaio_decompress
 
-        self.request, self.close_pool = lowhaio.Pool(get_ssl_context=lambda: ctx)
+        options = dict(self.pool_options)
+        if proxy is not None:
+            options['proxy'] = proxy
+        self.request, self.close_pool = lowhaio.Pool(get_ssl_context=lambda: ctx, **options)
         self.decompressed_request = lowhaio_decompress.decompressed(self.request)
+        if proxy is not None:
+            # tinyproxy closes each connection just after a response, unannounced, so the next
+            # request can race that close; aiohttp then retries once by itself, and lowhaio with
+            # lowhaio_retry, the same way: once, at once, only for that error
+            import lowhaio_retry
+
+            self.request = lowhaio_retry.retry(
+                self.request, ((lowhaio.HttpConnectionClosedBeforeResponseError, (0,)),)
+            )
 
     async def get(self, url: str) -> int:
         code, _, body = await self.request(b'GET', url)
@@ -105,11 +120,23 @@ class LowhaioClient:
         await self.close_pool()
 
 
+class LowhaioRecv16kClient(LowhaioClient):
+    """lowhaio with body pieces capped at 16 KiB (`recv_bufsize=16384`, 0.0.89's default):
+    what the cap costs next to the default, where pieces come as the transport delivers them."""
+
+    pool_options = {'recv_bufsize': 16384}
+
+
 class AiohttpClient:
-    def __init__(self, ctx: ssl.SSLContext) -> None:
+    PROXIES = True
+
+    def __init__(self, ctx: ssl.SSLContext, proxy: Optional[str] = None) -> None:
         import aiohttp
 
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=128, ssl=ctx))
+        options = {} if proxy is None else {'proxy': proxy}
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=128, ssl=ctx), **options
+        )
 
     async def get(self, url: str) -> int:
         async with self.session.get(url) as resp:
@@ -140,11 +167,15 @@ class AiohttpClient:
 
 
 class HttpxClient:
-    def __init__(self, ctx: ssl.SSLContext) -> None:
+    PROXIES = True
+
+    def __init__(self, ctx: ssl.SSLContext, proxy: Optional[str] = None) -> None:
         import httpx
 
         limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
-        self.client = httpx.AsyncClient(verify=ctx, limits=limits, timeout=httpx.Timeout(60.0))
+        self.client = httpx.AsyncClient(
+            verify=ctx, limits=limits, timeout=httpx.Timeout(60.0), proxy=proxy
+        )
 
     async def get(self, url: str) -> int:
         resp = await self.client.get(url)
@@ -176,7 +207,21 @@ class HttpxClient:
         await self.client.aclose()
 
 
+class HttpxLowhaioClient(HttpxClient):
+    """httpx's API over lowhaio_httpx.LowhaioTransport: the same calls as `httpx`, one line
+    different. Connection limits are lowhaio's (none by default), the CA goes to the pool."""
+
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        import httpx
+        from lowhaio_httpx import LowhaioTransport
+
+        transport = LowhaioTransport(get_ssl_context=lambda: ctx)
+        self.client = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(60.0))
+
+
 class AiosonicClient:
+    PROXIES = False
+
     def __init__(self, ctx: ssl.SSLContext) -> None:
         import aiosonic
         from aiosonic.pools import PoolConfig
@@ -423,6 +468,8 @@ class FloorClient:
     """Pre-built request bytes per URL, and a free list of connections per host: a task takes a free
     connection or opens one, so 64 concurrent tasks end up with one connection each."""
 
+    PROXIES = False
+
     def __init__(self, ctx: ssl.SSLContext) -> None:
         self.ctx = ctx
         self.targets: Dict[str, Tuple[Tuple[str, int, bool], bytes, bytes]] = {}
@@ -497,8 +544,10 @@ class FloorClient:
 
 CLIENTS: Dict[str, Callable[[ssl.SSLContext], object]] = {
     'lowhaio': LowhaioClient,
+    'lowhaio-recv16k': LowhaioRecv16kClient,
     'aiohttp': AiohttpClient,
     'httpx': HttpxClient,
+    'httpx-lowhaio': HttpxLowhaioClient,
     'aiosonic': AiosonicClient,
     'floor': FloorClient,
 }
@@ -624,7 +673,8 @@ def rusage_kb() -> int:
 
 async def measure(spec: dict, profile: bool) -> dict:
     adapter, _ = client_factory(spec['client'])
-    client = adapter(ssl_context_trusting(spec['ca_file']))
+    ctx = ssl_context_trusting(spec['ca_file'])
+    client = adapter(ctx, proxy=spec['proxy']) if 'proxy' in spec else adapter(ctx)
     warm, work = WORKLOADS[spec['kind']]
     try:
         await warm(client, spec)

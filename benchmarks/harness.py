@@ -46,9 +46,12 @@ DEFAULT_CLIENTS = [
     'lowhaio-uvloop',
     'aiohttp',
     'httpx',
+    'httpx-lowhaio',
     'aiosonic',
 ]
 PEERS = ['aiohttp', 'httpx', 'aiosonic']
+# Workloads through a proxy, run only by clients whose adapter has PROXIES = True
+PROXY_WORKLOADS = ('proxy-small-seq',)
 
 SMALL_BODY = (b'lowhaio benchmark small body; ' * 4)[:99] + b'\n'
 assert len(SMALL_BODY) == 100
@@ -140,6 +143,13 @@ def workloads(smoke: bool, scale: float) -> Dict[str, Workload]:
                 description='a gzip-encoded text file streamed, decoded and discarded',
                 # the floor and aiosonic have no streaming gzip decoding to compare
                 clients=('lowhaio', 'aiohttp', 'httpx'),
+            ),
+            Workload(
+                'proxy-small-seq',
+                'small',
+                'req/s',
+                n=count(5_000, 300),
+                description='as small-seq, forwarded through tinyproxy',
             ),
         ]
     }
@@ -250,6 +260,7 @@ class Servers:
     http_port: int = 0
     https_port: int = 0
     upload_port: int = 0
+    proxy_port: int = 0
     ca_file: str = ''
     chunked_len: int = 0
     chunk_count: int = 0
@@ -375,6 +386,43 @@ def start_upload_server(servers: Servers) -> None:
     wait_listening(servers.upload_port, process, 'upload server')
 
 
+TINYPROXY_CONF = '''\
+{user}Port {port}
+Listen 127.0.0.1
+Timeout 600
+MaxClients 100
+LogLevel Error
+LogFile "{tmp}/tinyproxy.log"
+DisableViaHeader Yes
+'''
+
+
+def start_tinyproxy(servers: Servers) -> None:
+    tinyproxy = shutil.which('tinyproxy') or '/usr/sbin/tinyproxy'
+    user = 'User nobody\nGroup nogroup\n' if os.geteuid() == 0 else ''
+    for attempt in range(5):
+        servers.proxy_port = free_port()
+        conf_path = os.path.join(servers.tmp, 'tinyproxy.conf')
+        with open(conf_path, 'w') as file:
+            file.write(TINYPROXY_CONF.format(user=user, port=servers.proxy_port, tmp=servers.tmp))
+        process = subprocess.Popen(
+            ['taskset', '-c', SERVER_CPU, tinyproxy, '-d', '-c', conf_path],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        servers.processes.append(process)
+        register_pid(process.pid)
+        try:
+            wait_listening(servers.proxy_port, process, 'tinyproxy')
+            return
+        except RuntimeError:
+            stop_process(process)
+            if attempt == 4:
+                raise
+
+
 def register_pid(pid: int) -> None:
     # benchmarks/run kills these on exit too, in case this process dies without running its cleanup
     pid_file = os.environ.get('BENCH_PID_FILE')
@@ -498,13 +546,16 @@ def verify_gzip_download(servers: Servers) -> None:
     servers.gzip_encoded_size = encoded
 
 
-def start_servers(servers: Servers, download_size: int, gzip_size: int) -> None:
+def start_servers(servers: Servers, download_size: int, gzip_size: int,
+                  with_proxy: bool = False) -> None:
     write_files(servers.tmp, download_size)
     servers.gzip_size = gzip_size
     servers.gzip_sha256 = write_gzip_files(os.path.join(servers.tmp, 'www'), gzip_size)
     servers.ca_file = write_certs(servers.tmp)
     start_nginx(servers)
     start_upload_server(servers)
+    if with_proxy:
+        start_tinyproxy(servers)
     verify_servers(servers)
 
 
@@ -527,6 +578,12 @@ def spec_for(client: str, workload: Workload, servers: Servers, max_seconds: flo
     elif workload.name in ('small-seq', 'small-c64', 'tls-small-seq'):
         spec.update(
             url=servers.url('/small', tls=workload.name.startswith('tls')), expected_len=100
+        )
+    elif workload.name == 'proxy-small-seq':
+        spec.update(
+            url=servers.url('/small'),
+            expected_len=100,
+            proxy=f'http://127.0.0.1:{servers.proxy_port}',
         )
     elif workload.name == 'chunked-seq':
         spec.update(url=servers.url('/chunked'), expected_len=servers.chunked_len)
@@ -780,6 +837,8 @@ def markdown(
             f"{ratio(summary[n], 'lowhaio-uvloop', 'floor-uvloop', cpu_key)} |"
         )
 
+    lines += variant_ratios(summary, wls, clients)
+
     errors = [(n, c, e) for n in names for c in clients for e in summary[n][c]['errors']]
     if errors:
         lines += ['', '### Errors', '']
@@ -791,6 +850,39 @@ def markdown(
         f"{meta['sizes_line']}. {meta['date']}.",
     ]
     return '\n'.join(lines) + '\n'
+
+
+def variant_ratios(
+    summary: Dict[str, Dict[str, dict]], wls: Dict[str, Workload], clients: List[str]
+) -> List[str]:
+    """Each lowhaio variant (a client named lowhaio-SOMETHING, e.g. lowhaio-recv16k, or
+    lowhaio-recv16k-uvloop) next to plain lowhaio on the same loop: what its option costs."""
+    pairs = []
+    for client in clients:
+        on_uvloop = client.endswith('-uvloop')
+        base = 'lowhaio-uvloop' if on_uvloop else 'lowhaio'
+        if client.startswith('lowhaio-') and client != base and client != 'lowhaio-uvloop' \
+                and base in clients:
+            pairs.append((client, base))
+    if not pairs:
+        return []
+    lines = [
+        '',
+        '### lowhaio variants ÷ lowhaio on the same loop',
+        '',
+        'Throughput: above 1 = the variant is faster. CPU: above 1 = the variant uses more.',
+        '',
+        '| workload | variant | throughput ÷ base | CPU ÷ base |',
+        '|---|---|---:|---:|',
+    ]
+    for n in summary:
+        cpu_key = 'cpu_us_per_request' if wls[n].kind == 'small' else 'cpu_s_per_gb'
+        for variant, base in pairs:
+            lines.append(
+                f"| {n} | {variant} ÷ {base} | {ratio(summary[n], variant, base)} | "
+                f"{ratio(summary[n], variant, base, cpu_key)} |"
+            )
+    return lines
 
 
 def versions(lowhaio_sha: str) -> Dict[str, str]:
@@ -892,7 +984,8 @@ def main(argv: List[str]) -> int:
     servers = Servers(tmp=tmp)
     try:
         lowhaio_sha = snapshot_lowhaio(tmp)
-        start_servers(servers, download_size, gzip_size)
+        start_servers(servers, download_size, gzip_size,
+                      with_proxy='proxy-small-seq' in names)
         print(
             f'servers up: nginx http :{servers.http_port} https :{servers.https_port}, '
             f'upload sink :{servers.upload_port}; /chunked is {servers.chunked_len} bytes in '
@@ -908,6 +1001,8 @@ def main(argv: List[str]) -> int:
                 for client in order:
                     if workload.clients and client.split('-')[0] not in workload.clients:
                         continue
+                    if name in PROXY_WORKLOADS and not client_factory(client)[0].PROXIES:
+                        continue  # the floor has no proxy support; aiosonic's is not compared
                     spec = spec_for(client, workload, servers, args.max_seconds)
                     result = run_one(spec, tmp, args.timeout, profile=bool(args.profile))
                     add_metrics(result, workload)

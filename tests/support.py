@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 from typing import (
     AsyncIterator,
     Awaitable,
@@ -70,6 +71,11 @@ __all__ = [
     'wait_for_fds',
     'Nginx',
     'nginx_binary',
+    'proxy_binary',
+    'ProxyServer',
+    'Tinyproxy',
+    'Squid',
+    'Microsocks',
 ]
 
 # One CA for the whole test session: every server certificate is issued by it and every client
@@ -577,6 +583,26 @@ class Connection:
             await self._writer.drain()
             await asyncio.sleep(delay)
 
+    async def relay_to(self, host: str, port: int) -> None:
+        """Pipe bytes both ways between this connection and a new one to host:port, until
+        either side closes: what a proxy does once its tunnel is open."""
+        reader, writer = await asyncio.open_connection(host, port)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    data = await source.read(65536)
+                    if not data:
+                        break
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        try:
+            await asyncio.gather(pipe(self._reader, writer), pipe(reader, self._writer))
+        finally:
+            writer.close()
+
     def close(self) -> None:
         """Close gracefully: what was written is still sent, then a FIN."""
         if not self.closed:
@@ -762,6 +788,27 @@ async def wait_for_fds(expected: int, timeout: float = 2.0) -> int:
     while count > expected and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
         count = open_fds()
+    return count
+
+
+def open_sockets() -> int:
+    """How many sockets this process has open. Unlike `open_fds`, not thrown off by other
+    descriptors an event loop opens once for good (libuv opens /dev/null the first time a
+    uvloop transport with unsent data is aborted)."""
+    count = 0
+    for fd in os.listdir('/proc/self/fd'):
+        with contextlib.suppress(OSError):  # closed since it was listed
+            count += os.readlink('/proc/self/fd/' + fd).startswith('socket:')
+    return count
+
+
+async def wait_for_sockets(expected: int, timeout: float = 2.0) -> int:
+    """Wait until at most `expected` sockets are open, or `timeout`; return the final count."""
+    deadline = time.monotonic() + timeout
+    count = open_sockets()
+    while count > expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+        count = open_sockets()
     return count
 
 
@@ -1101,3 +1148,196 @@ def _answers_dns(host: str, port: int) -> bool:
         except OSError:  # refused: not listening yet; timed out: not answering yet
             return False
     return True
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Proxy servers (Debian packages), each a subprocess with its configuration in a temporary
+# directory, on a free port of 127.0.0.1
+# ---------------------------------------------------------------------------------------------
+
+def proxy_binary(name: str) -> Optional[str]:
+    """Path to tinyproxy, squid or microsocks, also looking in sbin directories."""
+    return shutil.which(name) or shutil.which(
+        name, path='/usr/sbin:/usr/local/sbin:/sbin:/usr/bin:/usr/local/bin')
+
+
+class ProxyServer:
+    """A proxy server subprocess. Use as a context manager; `url` is its proxy URL, with the
+    credentials it requires (if any) in it."""
+
+    NAME = ''
+    SCHEME = 'http'
+    START_ATTEMPTS = 10
+    START_SECONDS = 30.0
+
+    def __init__(self, username: Optional[str] = None, password: Optional[str] = None) -> None:
+        binary = proxy_binary(self.NAME)
+        if binary is None:
+            raise FileNotFoundError(f'{self.NAME} not found')
+        self.binary = binary
+        self.username = username
+        self.password = password
+        self.host = '127.0.0.1'
+        self.port = 0
+        self._tmp: Optional[tempfile.TemporaryDirectory] = None
+        self._process: Optional[subprocess.Popen] = None
+
+    @property
+    def tmp(self) -> pathlib.Path:
+        assert self._tmp is not None, f'{self.NAME} is not started'
+        return pathlib.Path(self._tmp.name)
+
+    def url_with(self, username: Optional[str] = None, password: Optional[str] = None,
+                 scheme: Optional[str] = None, host: Optional[str] = None) -> str:
+        """The proxy URL with other credentials (or none), scheme or host name."""
+        userinfo = '' if username is None else (
+            urllib.parse.quote(username, safe='') + ':' +
+            urllib.parse.quote(password or '', safe='') + '@')
+        return f'{scheme or self.SCHEME}://{userinfo}{_host_in_url(host or self.host)}:{self.port}'
+
+    @property
+    def url(self) -> str:
+        return self.url_with(self.username, self.password)
+
+    def log(self) -> str:
+        return '\n'.join(path.read_text(errors='replace')
+                         for path in sorted(self.tmp.glob('*.log')))
+
+    def command(self) -> List[str]:
+        raise NotImplementedError
+
+    def ports(self) -> List[int]:
+        """The ports that must accept connections before the server counts as started."""
+        return [self.port]
+
+    def write_config(self) -> None:
+        pass
+
+    def __enter__(self) -> 'ProxyServer':
+        self._tmp = tempfile.TemporaryDirectory(prefix=f'lowhaio-{self.NAME}-')
+        # Proxies started as root switch to an unprivileged user, who must reach the directory
+        os.chmod(self.tmp, 0o777)
+        try:
+            for _ in range(self.START_ATTEMPTS):
+                self.port = _free_port()
+                self.write_config()
+                if self._start():
+                    return self
+            raise RuntimeError(f'{self.NAME} failed to start:\n{self.log()}')
+        except BaseException:
+            self._tmp.cleanup()
+            raise
+
+    def __exit__(self, *_: object) -> None:
+        self._stop()
+        assert self._tmp is not None
+        self._tmp.cleanup()
+
+    def _start(self) -> bool:
+        self._process = subprocess.Popen(
+            self.command(), stdin=subprocess.DEVNULL,
+            stdout=open(self.tmp / 'stdout.log', 'wb'), stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + self.START_SECONDS
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                return False  # most likely the port was taken
+            if all(_accepting(self.host, port) for port in self.ports()):
+                return True
+            time.sleep(0.05)
+        self._stop()
+        return False
+
+    def _stop(self) -> None:
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+
+class Tinyproxy(ProxyServer):
+    """tinyproxy: forwarding and CONNECT to any port, without authentication."""
+
+    NAME = 'tinyproxy'
+
+    def write_config(self) -> None:
+        user = 'User nobody\nGroup nogroup\n' if os.geteuid() == 0 else ''
+        (self.tmp / 'tinyproxy.conf').write_text(
+            f'{user}Port {self.port}\nListen {self.host}\nTimeout 600\nMaxClients 200\n'
+            f'LogLevel Error\nLogFile "{self.tmp}/tinyproxy.log"\nDisableViaHeader Yes\n')
+
+    def command(self) -> List[str]:
+        return [self.binary, '-d', '-c', str(self.tmp / 'tinyproxy.conf')]
+
+
+class Squid(ProxyServer):
+    """squid with Basic authentication: a request without the right credentials gets 407.
+
+    It also listens with TLS on `tls_port` (an https:// proxy, certificate from `ca`)."""
+
+    NAME = 'squid'
+
+    def __init__(self, username: str = 'proxy-user', password: str = 'proxy-secret') -> None:
+        super().__init__(username, password)
+        self.tls_port = 0
+
+    @property
+    def tls_url(self) -> str:
+        """The https:// proxy URL, with the credentials."""
+        return self.url_with(self.username, self.password, scheme='https').rsplit(':', 1)[0] + \
+            f':{self.tls_port}'
+
+    def ports(self) -> List[int]:
+        return [self.port, self.tls_port]
+
+    def write_config(self) -> None:
+        self.tls_port = _free_port()
+        server_cert().private_key_pem.write_to_path(str(self.tmp / 'key.pem'))
+        server_cert().cert_chain_pems[0].write_to_path(str(self.tmp / 'cert.pem'))
+        hashed = subprocess.run(['openssl', 'passwd', '-apr1', self.password or ''],
+                                check=True, capture_output=True, text=True).stdout.strip()
+        (self.tmp / 'passwd').write_text(f'{self.username}:{hashed}\n')
+        helper = next((path for path in ('/usr/lib/squid/basic_ncsa_auth',
+                                         '/usr/lib/squid3/basic_ncsa_auth')
+                       if os.path.exists(path)), 'basic_ncsa_auth')
+        (self.tmp / 'squid.conf').write_text(f'''\
+http_port {self.host}:{self.port}
+https_port {self.host}:{self.tls_port} tls-cert={self.tmp}/cert.pem tls-key={self.tmp}/key.pem
+pid_filename {self.tmp}/squid.pid
+cache_log {self.tmp}/cache.log
+access_log none
+cache deny all
+cache_mem 8 MB
+coredump_dir {self.tmp}
+shutdown_lifetime 0 seconds
+visible_hostname lowhaio-test
+pinger_enable off
+auth_param basic program {helper} {self.tmp}/passwd
+auth_param basic realm lowhaio
+acl authenticated proxy_auth REQUIRED
+http_access allow authenticated
+http_access deny all
+''')
+
+    def command(self) -> List[str]:
+        return [self.binary, '-N', '-f', str(self.tmp / 'squid.conf')]
+
+
+class Microsocks(ProxyServer):
+    """microsocks: SOCKS5, with a username and password when given."""
+
+    NAME = 'microsocks'
+    SCHEME = 'socks5'
+
+    def command(self) -> List[str]:
+        credentials = [] if self.username is None else \
+            ['-u', self.username, '-P', self.password or '']
+        return [self.binary, '-i', self.host, '-p', str(self.port), *credentials]

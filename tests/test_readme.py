@@ -1,6 +1,7 @@
 """Every Python example in README.md runs as written, with its `URL = ...` line pointed at a
-local server (there is no internet here): each example is a complete script, run in its own
-process, and must exit 0 having printed something."""
+local server (there is no internet here), and its `PROXY = ...` line, if any, at a local
+tinyproxy: each example is a complete script, run in its own process, and must exit 0 having
+printed something."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import pathlib
 import re
 import sys
 import urllib.parse
-from typing import List, Tuple
+from typing import Iterator, List, Tuple
 
 import pytest
 from aiohttp import web
-from support import web_server
+from support import Tinyproxy, proxy_binary, web_server
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -59,9 +60,21 @@ def local_app(seen: List[Tuple[str, str, int]]) -> web.Application:
     return app
 
 
+@pytest.fixture(scope='session')
+def readme_proxy() -> Iterator[str]:
+    """A tinyproxy for the examples that need a proxy, started once."""
+    if proxy_binary('tinyproxy') is None:
+        pytest.fail('tinyproxy is not installed; scripts/test installs it')
+    with Tinyproxy() as proxy:
+        yield proxy.url
+
+
 @pytest.mark.parametrize('code', [code for _, code in EXAMPLES],
                          ids=[example_id for example_id, _ in EXAMPLES])
-async def test_example_runs(code: str) -> None:
+async def test_example_runs(code: str, request: pytest.FixtureRequest) -> None:
+    if re.search(r"^PROXY = '[^']+'$", code, flags=re.M):
+        code = re.sub(r"^PROXY = '[^']+'$", "PROXY = '%s'" % request.getfixturevalue(
+            'readme_proxy'), code, flags=re.M)
     assert re.search(r"^URL = '[^']+'$", code, flags=re.M), 'every example names its URL'
     seen: List[Tuple[str, str, int]] = []
     async with web_server(local_app(seen)) as server:
