@@ -1,17 +1,62 @@
+import ast
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
-from typing import List
+from typing import Iterator, List, Set, Tuple, Union
 
 import setuptools
 from setuptools.command.build_py import build_py
+
+Function = Union[ast.FunctionDef, ast.AsyncFunctionDef]
 
 
 def long_description() -> str:
     with open('README.md', 'r', encoding='utf-8') as file:
         return file.read()
+
+
+def functions(node: ast.AST, prefix: str = '') -> Iterator[Tuple[str, Function]]:
+    """(qualified name, node) of the functions and methods that a stub can declare: those of
+    the module and of its classes, not those nested in functions."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.ClassDef):
+            yield from functions(child, prefix + child.name + '.')
+        elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield prefix + child.name, child
+
+
+def yields(function: Function) -> bool:
+    """Whether `yield` is in the function's own body (not in a function nested in it)."""
+    pending: List[ast.AST] = list(function.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.Yield, ast.YieldFrom)):
+            return True
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
+                                 ast.Lambda)):
+            pending.extend(ast.iter_child_nodes(node))
+    return False
+
+
+def async_generators(source: str) -> Set[str]:
+    return {name for name, function in functions(ast.parse(source))
+            if isinstance(function, ast.AsyncFunctionDef) and yields(function)}
+
+
+def generators_not_async(stub: str, generators: Set[str]) -> str:
+    """The stub with `async` dropped from the async generator functions. stubgen writes them
+    as `async def f() -> AsyncIterator[bytes]`, which declares a coroutine that returns an
+    iterator; calling an async generator function returns the iterator itself, which is what
+    `def f() -> AsyncIterator[bytes]` declares."""
+    lines = stub.split('\n')
+    for name, function in functions(ast.parse(stub)):
+        if name in generators and isinstance(function, ast.AsyncFunctionDef):
+            line, column = function.lineno - 1, function.col_offset
+            if lines[line][column:column + 6] != 'async ':
+                raise ValueError('Unexpected stub line for %s: %r' % (name, lines[line]))
+            lines[line] = lines[line][:column] + lines[line][column + 6:]
+    return '\n'.join(lines)
 
 
 class build_py_with_stubs(build_py):
@@ -38,10 +83,14 @@ class build_py_with_stubs(build_py):
                  '-o', generated, *(module + '.py' for module in self.py_modules)],
                 check=True)
             for module in self.py_modules:
+                with open(module + '.py', encoding='utf-8') as file:
+                    generators = async_generators(file.read())
+                with open(os.path.join(generated, module + '.pyi'), encoding='utf-8') as file:
+                    stub = generators_not_async(file.read(), generators)
                 stubs_dir = os.path.join(self.build_lib, module + '-stubs')
                 os.makedirs(stubs_dir, exist_ok=True)
-                shutil.copyfile(os.path.join(generated, module + '.pyi'),
-                                os.path.join(stubs_dir, '__init__.pyi'))
+                with open(os.path.join(stubs_dir, '__init__.pyi'), 'w', encoding='utf-8') as file:
+                    file.write(stub)
 
     def get_outputs(self, include_bytecode: bool = True) -> List[str]:
         return super().get_outputs(include_bytecode) + [

@@ -13,6 +13,7 @@ stubtest, so a stub that says something the module does not do fails here.
 
 from __future__ import annotations
 
+import ast
 import os
 import pathlib
 import shutil
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import textwrap
 import zipfile
-from typing import List, NamedTuple
+from typing import Dict, List, NamedTuple
 
 import pytest
 
@@ -108,6 +109,40 @@ def test_the_stubs_agree_with_the_modules(installed: Installed) -> None:
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+def module_functions(tree: ast.AST) -> Dict[str, ast.AST]:
+    """Functions of a module and methods of its classes, by qualified name."""
+    found: Dict[str, ast.AST] = {}
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            found[node.name] = node
+        elif isinstance(node, ast.ClassDef):
+            found.update({node.name + '.' + name: method
+                          for name, method in module_functions(node).items()})
+    return found
+
+
+def is_async_generator(function: ast.AST) -> bool:
+    return isinstance(function, ast.AsyncFunctionDef) and any(
+        isinstance(node, (ast.Yield, ast.YieldFrom)) for statement in function.body
+        if not isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        for node in ast.walk(statement))
+
+
+@pytest.mark.parametrize('module', MODULES)
+def test_async_generator_functions_are_declared_returning_iterators(
+        installed: Installed, module: str) -> None:
+    """Calling an async generator function returns the async iterator itself: its stub must
+    be `def f() -> AsyncIterator[...]`, not `async def`, which would declare a coroutine."""
+    source = module_functions(ast.parse((REPO_ROOT / (module + '.py')).read_text()))
+    stub = module_functions(ast.parse(
+        (installed.site_packages / (module + '-stubs') / '__init__.pyi').read_text()))
+    for name, function in source.items():
+        if name in stub:
+            declared_async = isinstance(stub[name], ast.AsyncFunctionDef)
+            assert declared_async == (isinstance(function, ast.AsyncFunctionDef) and
+                                      not is_async_generator(function)), name
+
+
 # ---------------------------------------------------------------------------------------------
 # Programs that use lowhaio correctly type-check
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +152,7 @@ WRAPPING_PROGRAM = '''
     from typing import Any, AsyncIterator
 
     from lowhaio import (BodyFunction, Headers, HttpConnectionError, Pool, Request, Response,
-                         ResponseBody, buffered, streamed)
+                         ResponseBody, buffered, empty_async_iterator, streamed)
     from lowhaio_redirect import redirectable
     from lowhaio_retry import retry
 
@@ -165,6 +200,9 @@ WRAPPING_PROGRAM = '''
             names = [name for name, _ in headers]
             data: bytes = await buffered(body)
             code, _, body = await wrapped(b'POST', 'http://127.0.0.1:1/', body=streamed(b'hi'))
+            code, _, body = await wrapped(b'GET', 'http://127.0.0.1:1/', body=empty_async_iterator)
+            async for chunk in empty_async_iterator():
+                print(chunk)
             print(status, names, data, await first_chunk(body))
             print(request.status())
         finally:
@@ -177,6 +215,19 @@ WRAPPING_PROGRAM = '''
 
 def test_a_program_wrapping_request_type_checks(installed: Installed) -> None:
     checked = mypy(installed, 'wrapping.py', WRAPPING_PROGRAM)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout == ''
+
+
+def readme_types_example() -> str:
+    """The ```python block of README.md's "## Types" section."""
+    readme = (REPO_ROOT / 'README.md').read_text()
+    section = readme.split('\n## Types\n', 1)[1].split('\n## ', 1)[0]
+    return section.split('```python\n', 1)[1].split('\n```', 1)[0] + '\n'
+
+
+def test_the_readme_example_type_checks(installed: Installed) -> None:
+    checked = mypy(installed, 'readme_example.py', readme_types_example())
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout == ''
 
