@@ -25,7 +25,7 @@ import select
 import socket
 import ssl
 import urllib.parse
-from collections import deque
+from collections import OrderedDict, deque
 from typing import (
     Any,
     AsyncIterator,
@@ -61,6 +61,8 @@ __all__ = [
     'streamed',
     'buffered',
     'timeout',
+    'deadline',
+    'PoolStatus',
     'empty_async_iterator',
     'HttpError',
     'HttpConnectionError',
@@ -125,7 +127,7 @@ class Request(Protocol):
 class PoolRequest(Request, Protocol):
     """`request` as `Pool()` returns it: a `Request` that can also report the pool's state."""
 
-    def status(self) -> Dict[Tuple[str, str, int], Dict[str, int]]: ...
+    def status(self) -> PoolStatus: ...
 
 
 class Close(Protocol):
@@ -603,6 +605,8 @@ class RequestHeaders(NamedTuple):
     has_host: bool
     content_length: Optional[int]  # None when not given, or when transfer-encoding is
     closes: bool  # the caller asked for "connection: close"
+    # "expect: 100-continue" with a body that may not be empty: wait for 100 before sending it
+    expects_continue: bool = False
 
 
 def encode_request_headers(method: bytes, headers: Sequence[Tuple[bytes, bytes]]) \
@@ -615,6 +619,7 @@ def encode_request_headers(method: bytes, headers: Sequence[Tuple[bytes, bytes]]
     content_lengths = []
     chunked = False
     closes = False
+    expects_continue = False
     for header in headers:
         try:
             name, value = header
@@ -638,6 +643,9 @@ def encode_request_headers(method: bytes, headers: Sequence[Tuple[bytes, bytes]]
             chunked = True
         elif lower == b'connection':
             closes = closes or b'close' in value.lower().replace(b' ', b'').split(b',')
+        elif lower == b'expect':
+            # RFC 9110 §10.1.1: 100-continue is the only expectation defined, case-insensitive
+            expects_continue = value.strip(b' \t').lower() == b'100-continue'
         lines.append(b'%s: %s\r\n' % (name, value))
 
     content_length = None
@@ -646,7 +654,8 @@ def encode_request_headers(method: bytes, headers: Sequence[Tuple[bytes, bytes]]
                 _CONTENT_LENGTH_RE.fullmatch(content_lengths[0]) is None:
             raise HttpInvalidRequestError('Invalid content-length: %r' % (content_lengths,))
         content_length = int(content_lengths[0])
-    return RequestHeaders(b''.join(lines), has_host, content_length, closes)
+    return RequestHeaders(b''.join(lines), has_host, content_length, closes,
+                          expects_continue and content_length != 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -707,6 +716,70 @@ def timeout(loop: asyncio.AbstractEventLoop, max_time: float) -> Iterator[Callab
         raise
     finally:
         handle.cancel()
+
+
+if asyncio.TimeoutError is TimeoutError:  # Python 3.11+
+    _DeadlineExceeded = TimeoutError
+else:
+    # (typeshed makes the two bases one class, as they are on 3.11+: misc, there)
+    class _DeadlineExceeded(asyncio.TimeoutError, TimeoutError):  # type: ignore[no-redef,misc,unused-ignore]
+        """Raised by `deadline` before Python 3.11, where asyncio.TimeoutError and the
+        built-in TimeoutError are different classes: it is both, as the one class is since."""
+
+
+class _Deadline:
+    """`deadline` before Python 3.11: a timer that cancels the task, and an exit that turns
+    that cancellation, and only that one, into a TimeoutError."""
+
+    __slots__ = ('_seconds', '_task', '_handle', '_fired')
+
+    def __init__(self, seconds: Optional[float]) -> None:
+        self._seconds = seconds
+        self._task: Optional['asyncio.Task[Any]'] = None
+        self._handle: Optional[asyncio.TimerHandle] = None
+        self._fired = False
+
+    async def __aenter__(self) -> '_Deadline':
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError('lowhaio.deadline() must be used inside a task')
+        if self._task is not None:
+            raise RuntimeError('a lowhaio.deadline() can be entered only once')
+        self._task = task
+        if self._seconds is not None:
+            self._handle = asyncio.get_running_loop().call_later(
+                max(self._seconds, 0), self._expire)
+        return self
+
+    def _expire(self) -> None:
+        self._handle = None
+        self._fired = True
+        assert self._task is not None
+        self._task.cancel()
+
+    async def __aexit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._fired and exc_type is asyncio.CancelledError:
+            raise _DeadlineExceeded() from exc
+
+
+def deadline(seconds: Optional[float]) -> Any:
+    """An async context manager that raises TimeoutError if its block takes more than
+    `seconds` (None: no limit), on every supported Python:
+
+        async with lowhaio.deadline(5):
+            code, headers, body = await request(b'GET', url)
+            data = await buffered(body)
+
+    On Python 3.11+ it is `asyncio.timeout(seconds)`. Before that, it cancels the task when
+    time is up and raises an exception that is both `asyncio.TimeoutError` and the built-in
+    `TimeoutError`. lowhaio is safe to cancel at any point: the connection in use is closed,
+    its slot freed, and nothing is left behind."""
+    if hasattr(asyncio, 'timeout'):
+        return asyncio.timeout(seconds)  # type: ignore[attr-defined,unused-ignore]
+    return _Deadline(seconds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1957,14 +2030,34 @@ class _CappedBody:
         await self._body.aclose()
 
 
+# A request waiting for a connection: the host it is for, and the future that hands it either
+# a connection (released by another request to that host) or None (a slot to connect in).
+_Waiter = Tuple['_HostConnections', 'asyncio.Future[Optional[_Connection]]']
+
+
 class _HostConnections:
-    """The connections of one (scheme, host, port): idle ones, and a count of all of them."""
+    """The connections of one (scheme, host, port): idle ones, and a count of all of them.
+
+    `waiters` is the host's own FIFO queue when only `max_connections_per_host` limits it; with
+    a global `max_connections`, every host shares one queue, so that requests to all hosts are
+    served in the order they arrived."""
     __slots__ = ('idle', 'total', 'waiters')
 
-    def __init__(self) -> None:
+    def __init__(self, waiters: Optional[Deque[_Waiter]] = None) -> None:
         self.idle: List[_Connection] = []
         self.total = 0  # idle + in use + connecting
-        self.waiters: Deque[asyncio.Future[Optional[_Connection]]] = deque()
+        self.waiters: Deque[_Waiter] = deque() if waiters is None else waiters
+
+
+class PoolStatus(Dict[Tuple[str, str, int], Dict[str, int]]):
+    """What `request.status()` returns: for each (scheme, host, port), the counts of `idle`
+    and `in_use` connections and of requests `waiting`; and in `totals`, the same three counts
+    for the whole pool, taken at the same moment.
+
+    The totals are an attribute rather than a key so that the mapping keeps only host keys:
+    code that iterates over it, sums its values or compares it with a dict is unaffected."""
+
+    totals: Dict[str, int]
 
 
 def _read_etc_hosts() -> Dict[str, Tuple[str, ...]]:
@@ -2092,15 +2185,29 @@ def Pool(
         pool_timeout: Optional[float] = None,
         max_header_count: int = 100,
         proxy: Any = None,
+        max_connections: Optional[int] = None,
+        max_idle_per_host: Optional[int] = None,
+        expect_continue_timeout: float = 1,
 ) -> Tuple[PoolRequest, Close]:
     """Make a connection pool. Must be called inside a running event loop.
 
     Returns `(request, close)`. See README.md for every option; in short:
     `connect_timeout` (default `socket_timeout`) bounds DNS-to-TLS connection set-up,
     `response_head_timeout` bounds the wait for the whole response head, `socket_timeout`
-    bounds each wait for the socket, and `max_connections_per_host` queues requests (FIFO,
-    up to `pool_timeout` seconds) beyond that many connections to one host.
+    bounds each wait for the socket, and `max_connections_per_host` and `max_connections`
+    (across hosts) queue requests (FIFO, up to `pool_timeout` seconds) beyond that many
+    connections; `max_idle_per_host` closes a released connection beyond that many idle ones.
+    `expect_continue_timeout` is how long a request with "expect: 100-continue" waits for the
+    server's go-ahead before sending its body anyway.
     """
+    for name, value, least in (('max_connections_per_host', max_connections_per_host, 1),
+                               ('max_connections', max_connections, 1),
+                               ('max_idle_per_host', max_idle_per_host, 0),
+                               ('recv_bufsize', recv_bufsize, 1)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or
+                                  value < least):
+            raise HttpInvalidRequestError(
+                '%s must be None or a whole number >= %d, not %r' % (name, least, value))
     loop = asyncio.get_running_loop()
     ssl_context: Optional[ssl.SSLContext] = None
     logger = get_logger_adapter({})
@@ -2111,10 +2218,6 @@ def Pool(
     )
     if connect_timeout is None:
         connect_timeout = socket_timeout
-    if recv_bufsize is not None and (not isinstance(recv_bufsize, int) or
-                                     isinstance(recv_bufsize, bool) or recv_bufsize < 1):
-        raise HttpInvalidRequestError(
-            'recv_bufsize must be a whole number of bytes, at least 1, not %r' % (recv_bufsize,))
     first_head_wait = min(socket_timeout, response_head_timeout)
     keep_alive = keep_alive_timeout > 0
     custom_send = not (sock_pre_message is None and sock_post_message is None and
@@ -2126,6 +2229,12 @@ def Pool(
     get_sock_takes_family = _accepts_argument(get_sock)
 
     hosts: Dict[Tuple[str, str, int], _HostConnections] = {}
+    open_total = 0  # connections open or opening, across all hosts
+    # Only under max_connections: one queue of waiting requests for every host, and the idle
+    # connections of every host, oldest first, to close one when another host needs room.
+    shared_waiters: Optional[Deque[_Waiter]] = None if max_connections is None else deque()
+    idle_by_age: Optional['OrderedDict[_Connection, None]'] = \
+        None if max_connections is None else OrderedDict()
     dns_answers: Dict[str, _DnsAnswer] = {}
     lookups_going_on: 'set[asyncio.Future[Any]]' = set()  # see answer_meanwhile
     etc_hosts = _read_etc_hosts()
@@ -2257,28 +2366,66 @@ def Pool(
             if _succeeded(a) and resolution_delay_ends == float('inf'):
                 resolution_delay_ends = loop.time() + _RESOLUTION_DELAY
 
-    # Pool bookkeeping
+    # Pool bookkeeping. Each connection holds a slot from the moment it starts connecting
+    # until it is closed: one in its host's `total`, and one in `open_total` for the pool.
 
     def host_connections(key: Tuple[str, str, int]) -> _HostConnections:
         connections = hosts.get(key)
         if connections is None:
-            connections = hosts[key] = _HostConnections()
+            connections = hosts[key] = _HostConnections(shared_waiters)
         return connections
 
     def on_idle_close(conn: _Connection) -> None:
         connections = conn.owner
         with contextlib.suppress(ValueError):
             connections.idle.remove(conn)
+        if idle_by_age is not None:
+            idle_by_age.pop(conn, None)
         free_slot(connections)
 
+    def has_room(connections: _HostConnections) -> bool:
+        """Whether both limits allow one more connection to this host."""
+        return (max_connections_per_host is None or
+                connections.total < max_connections_per_host) and \
+            (max_connections is None or open_total < max_connections)
+
+    def take_slot(connections: _HostConnections) -> None:
+        nonlocal open_total
+        connections.total += 1
+        open_total += 1
+
     def free_slot(connections: _HostConnections) -> None:
+        nonlocal open_total
         connections.total -= 1
-        while connections.waiters:
-            waiter = connections.waiters.popleft()
-            if not waiter.done():
-                connections.total += 1  # the slot passes to the waiter
+        open_total -= 1
+        waiters = connections.waiters
+        if waiters:
+            # The oldest request that both limits now let connect gets the slot. Only one
+            # can: a single slot was freed.
+            index = next_waiter(waiters, None)
+            if index != -1:
+                waiter_connections, waiter = waiters[index]
+                del waiters[index]
+                take_slot(waiter_connections)
                 waiter.set_result(None)
-                return
+
+    def next_waiter(waiters: Deque[_Waiter], releasing: Optional[_HostConnections]) -> int:
+        """The position of the oldest waiting request that can go ahead now (-1 if none): one
+        for the host of a connection being released, which can take it over, or one whose host
+        is below max_connections_per_host, which can connect once the pool has room. Requests
+        cancelled or timed out while waiting are dropped from the front as they are met."""
+        while waiters and waiters[0][1].done():
+            waiters.popleft()
+        for index, (connections, waiter) in enumerate(waiters):
+            if waiter.done():
+                continue
+            if connections is releasing or (
+                    (max_connections_per_host is None or
+                     connections.total < max_connections_per_host) and
+                    (releasing is not None or max_connections is None or
+                     open_total < max_connections)):
+                return index
+        return -1
 
     def release(conn: _Connection, reusable: bool) -> None:
         """Take back a connection whose response is finished."""
@@ -2288,14 +2435,29 @@ def Pool(
             conn.close()
             free_slot(connections)
             return
-        while connections.waiters:
-            waiter = connections.waiters.popleft()
-            if not waiter.done():
+        waiters = connections.waiters
+        if waiters:
+            index = next_waiter(waiters, connections)
+            if index != -1:
+                waiter_connections, waiter = waiters[index]
+                if waiter_connections is not connections:
+                    # An older request, to another host, waits for room under max_connections:
+                    # this connection is closed to make that room (free_slot hands it over).
+                    conn.close()
+                    free_slot(connections)
+                    return
+                del waiters[index]
                 conn.reused = True
                 waiter.set_result(conn)
                 return
+        if max_idle_per_host is not None and len(connections.idle) >= max_idle_per_host:
+            conn.close()
+            free_slot(connections)
+            return
         conn.make_idle(on_idle_close)
         connections.idle.append(conn)
+        if idle_by_age is not None:
+            idle_by_age[conn] = None
 
     def take_idle_fast(target: Target) -> Optional[_Connection]:
         # Without awaiting anything: an IP literal, or a host whose DNS answer is still fresh.
@@ -2315,6 +2477,8 @@ def Pool(
         while idle:
             conn = idle.pop()
             conn.idle = False
+            if idle_by_age is not None:
+                del idle_by_age[conn]
             # Inline of conn.is_reusable(), on the path of every reuse
             if not (conn._eof or conn._queue) and conn._poll is not None:
                 try:
@@ -2331,6 +2495,15 @@ def Pool(
             free_slot(connections)
         return None
 
+    def close_oldest_idle() -> bool:
+        """Under max_connections, close the connection idle the longest, whatever its host, so
+        that a request to another host can connect: otherwise a pool full of idle connections
+        to one host would keep every other host waiting until they expire."""
+        if not idle_by_age:
+            return False
+        next(iter(idle_by_age)).close()  # on_idle_close frees its slot
+        return True
+
     async def acquire(target: Target) -> _Connection:
         connections = host_connections(target.key)
         # connect_timeout bounds the whole connect phase: DNS, TCP and TLS
@@ -2339,8 +2512,8 @@ def Pool(
         conn = take_idle(connections, answer)
         if conn is not None:
             return conn
-        if max_connections_per_host is not None and \
-                connections.total >= max_connections_per_host:
+        if not has_room(connections) and not (
+                has_host_room(connections) and close_oldest_idle() and has_room(connections)):
             waited_from = loop.time()
             conn = await wait_for_slot(connections)
             deadline += loop.time() - waited_from  # waiting for a slot is not connecting
@@ -2350,7 +2523,7 @@ def Pool(
                     return conn
                 conn.close()  # the slot stays ours: open a new connection in it
         else:
-            connections.total += 1
+            take_slot(connections)
         try:
             conn = await connect(target, answer, deadline)
             conn.owner = connections
@@ -2359,9 +2532,12 @@ def Pool(
             free_slot(connections)
             raise
 
+    def has_host_room(connections: _HostConnections) -> bool:
+        return max_connections_per_host is None or connections.total < max_connections_per_host
+
     async def wait_for_slot(connections: _HostConnections) -> Optional[_Connection]:
         waiter: asyncio.Future[Optional[_Connection]] = loop.create_future()
-        connections.waiters.append(waiter)
+        connections.waiters.append((connections, waiter))
 
         def on_timeout() -> None:
             if not waiter.done():
@@ -2477,6 +2653,89 @@ def Pool(
             raise HttpDataError('Body shorter (%d bytes) than its content-length (%d)'
                                 % (sent, content_length))
         await conn.flush(socket_timeout)
+
+    async def send_expecting_continue(
+            conn: _Connection, method: bytes, head: bytes, body: BodyFunction,
+            body_args: Sequence[Any], body_kwargs: Any, content_length: Optional[int]) \
+            -> Optional[Tuple[Tuple[bytes, Headers, Framing], bytes]]:
+        """Send the head alone, then wait up to expect_continue_timeout for the server's
+        answer (RFC 9110 §10.1.1). On 100 Continue, or no answer in time, send the body and
+        return None: the final response is read as usual. On a final status instead, return
+        its parsed head and the bytes after it, the body unsent."""
+        conn.write(head)
+        await conn.drain(socket_timeout)
+        started = loop.time()
+        continue_by = started + expect_continue_timeout
+        head_by = started + response_head_timeout
+        data = b''
+        informational = 0
+        while True:
+            if data:
+                response_head = parse_response_head(data, max_header_length, max_header_count)
+                if response_head is not None:
+                    data = data[response_head.length:]
+                    code = response_head.code
+                    if code[0] != 49 or code == b'101':  # 49: b'1'
+                        return (code, response_head.headers,
+                                response_framing(method, response_head)), data
+                    informational += 1
+                    if informational > _MAX_INFORMATIONAL_RESPONSES:
+                        raise HttpProtocolError('More than %d informational (1xx) responses'
+                                                % (_MAX_INFORMATIONAL_RESPONSES,))
+                    if code == b'100' and not data:
+                        break
+                    # Another 1xx (103 Early Hints, say) is not the go-ahead: wait on for 100,
+                    # and bytes after a 100 are a response on its way: read it first.
+                    continue
+            if not conn._queue and not conn._eof:
+                now = loop.time()
+                try:
+                    await conn.readable(min(now + socket_timeout, head_by) if data else
+                                        continue_by)
+                except asyncio.TimeoutError as exception:
+                    if data:  # a response head arriving too slowly
+                        raise HttpTimeoutError('Timed out reading the response head while '
+                                               'waiting for 100 Continue; the body was not '
+                                               'sent') from exception
+                    break  # no answer in time: RFC 9110 §10.1.1 lets the client go on
+            received = conn.take()
+            if not received:
+                raise early_close_error(conn, data)
+            data += received
+        await send_request(conn, b'', body, body_args, body_kwargs, content_length)
+        return None
+
+    def early_close_error(conn: _Connection, data: bytes) -> HttpError:
+        if not data and conn.reused and not conn.received_any:
+            error: HttpError = HttpConnectionClosedBeforeResponseError(
+                'Reused connection closed before any byte of the response, while waiting for '
+                '100 Continue; the body was not sent, and the server did not process the '
+                'request')
+        else:
+            error = HttpConnectionClosedError(
+                'Connection closed while waiting for 100 Continue (%d bytes of a response '
+                'received); the body was not sent' % (len(data),))
+        error.__cause__ = conn.lost_exception
+        return error
+
+    def response_without_sending_body(conn: _Connection,
+                                      parsed: Tuple[bytes, Headers, Framing], rest: bytes) \
+            -> Response:
+        """The response to a request whose body was not sent, as the server answered before
+        100 Continue. The connection is closed once the response is read: the server may read
+        the body it still expects from the connection (RFC 9110 §10.1.1 lets it choose between
+        that and closing, and a missing "connection: close" is only a SHOULD), so the next
+        request would be taken for that body. RFC 9112 §9.6, too, has a client that sees the
+        server refuse the body stop sending it and close."""
+        code, response_headers, framing = parsed
+        if framing.kind == NO_BODY or (framing.kind == CONTENT_LENGTH and
+                                       len(rest) >= framing.length):
+            release(conn, False)
+            return code, response_headers, _BufferedBody(
+                rest[:framing.length] if framing.kind == CONTENT_LENGTH else b'')
+        return code, response_headers, _ResponseBody(
+            conn, release, _tuple_new(Framing, (framing.kind, framing.length, False)), rest,
+            socket_timeout, loop)
 
     async def send_request_with_hooks(conn: _Connection, method: bytes, url: str, params: Any,
                                       headers: Headers, body: BodyFunction,
@@ -2595,9 +2854,16 @@ def Pool(
                                               body_args, body_kwargs, request_logger)
             elif bodiless:
                 conn.transport.write(head)
-            else:
+            elif not encoded.expects_continue:
                 await send_request(conn, head, body, body_args, body_kwargs,
                                    encoded.content_length)
+            else:
+                final = await send_expecting_continue(conn, method, head, body, body_args,
+                                                      body_kwargs, encoded.content_length)
+                if final is not None:
+                    refused = response_without_sending_body(conn, *final)
+                    return refused if recv_bufsize is None else \
+                        (refused[0], refused[1], _CappedBody(refused[2], recv_bufsize))
             # The usual case without a further coroutine: the whole head arrives in one read,
             # and is one seen before (see parsed_heads).
             sending = False
@@ -2652,6 +2918,7 @@ def Pool(
                     get_resolver_logger_adapter) -> None:
         """Close every idle connection, cancel their timers and clear the DNS cache.
         Connections in use are closed when their response is finished."""
+        nonlocal open_total
         await dns_clear_cache(get_logger_adapter=get_resolver_logger_adapter({}))
         dns_answers.clear()
         for lookup in list(lookups_going_on):
@@ -2660,21 +2927,37 @@ def Pool(
             for conn in list(connections.idle):
                 conn.on_idle_close = _no_op
                 conn.close()
+            open_total -= len(connections.idle)
             connections.idle.clear()
-            for waiter in connections.waiters:
+            for _, waiter in connections.waiters:
                 if not waiter.done():
                     waiter.set_exception(HttpPoolTimeoutError('Pool closed'))
+            connections.waiters.clear()
+        if idle_by_age is not None:
+            idle_by_age.clear()
         hosts.clear()
 
-    def status() -> Dict[Tuple[str, str, int], Dict[str, int]]:
+    def status() -> PoolStatus:
         """For each (scheme, host, port): idle and in-use (or connecting) connections, and
-        requests waiting for a connection slot."""
-        return {
-            key: {'idle': len(connections.idle),
-                  'in_use': connections.total - len(connections.idle),
-                  'waiting': sum(1 for waiter in connections.waiters if not waiter.done())}
-            for key, connections in hosts.items()
+        requests waiting for a connection; and the same for the whole pool in `.totals`."""
+        waiting: Dict[int, int] = {}  # by id() of the host's record
+        for connections in hosts.values():
+            for waiter_connections, waiter in connections.waiters:
+                if not waiter.done():
+                    waiting[id(waiter_connections)] = waiting.get(id(waiter_connections), 0) + 1
+            if connections.waiters is shared_waiters:
+                break  # one queue for every host: counted once
+        by_host = PoolStatus(
+            (key, {'idle': len(connections.idle),
+                   'in_use': connections.total - len(connections.idle),
+                   'waiting': waiting.get(id(connections), 0)})
+            for key, connections in hosts.items())
+        by_host.totals = {
+            'idle': sum(counts['idle'] for counts in by_host.values()),
+            'in_use': sum(counts['in_use'] for counts in by_host.values()),
+            'waiting': sum(waiting.values()),
         }
+        return by_host
 
     request.status = status  # type: ignore[attr-defined]
     if TYPE_CHECKING:  # the function itself must be a Request: cast() would not check that

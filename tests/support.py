@@ -18,6 +18,7 @@ import itertools
 import os
 import pathlib
 import pwd
+import select
 import shutil
 import socket
 import ssl
@@ -67,6 +68,7 @@ __all__ = [
     'ScriptedServer',
     'Connection',
     'responding',
+    'black_hole',
     'open_fds',
     'wait_for_fds',
     'Nginx',
@@ -289,6 +291,7 @@ class DnsServer(asyncio.DatagramProtocol):
         self._records: Dict[str, Tuple[Tuple[str, ...], int]] = {}
         self._replies: Dict[Tuple[str, str], DnsReply] = {}
         self._cnames: Dict[str, Tuple[str, int, bool]] = {}
+        self._ignored: set = set()
         self._transport: Optional[asyncio.DatagramTransport] = None
         self._delayed: Dict[int, asyncio.TimerHandle] = {}  # answers not sent yet
         self._serials = itertools.count()
@@ -340,6 +343,11 @@ class DnsServer(asyncio.DatagramProtocol):
         name = _normalise_name(name)
         return [qtype for queried, qtype in self.queries if queried == name]
 
+    def ignore(self, name: str) -> None:
+        """From now on, never answer a query for `name` (it is still recorded in `queries`):
+        a DNS server that has gone silent, for tests of deadlines during resolution."""
+        self._ignored.add(_normalise_name(name))
+
     def get_dns_resolver(self, **kwargs: object) -> Tuple[Callable, Callable]:
         """A drop-in for `aiodnsresolver.Resolver` that asks only this server.
 
@@ -365,7 +373,8 @@ class DnsServer(asyncio.DatagramProtocol):
         except Exception as exception:  # a malformed query is a test bug: keep it for asserting
             self.errors.append(exception)
             return
-        if silent:
+        if silent or any(_normalise_name(str(question.qname)) in self._ignored
+                         for question in query.questions):
             return
         now = asyncio.get_running_loop().time()
         asked = [DnsAnswerSent(now, now, _normalise_name(str(q.qname)), dnslib.QTYPE.get(q.qtype))
@@ -768,6 +777,36 @@ def responding(*responses: bytes, then: str = 'keep') -> Handler:
 
 
 # ---------------------------------------------------------------------------------------------
+# A black hole
+# ---------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def black_hole(host: str = '127.0.0.1') -> Iterator[int]:
+    """A port on `host` where connection attempts neither succeed nor fail, as with a host
+    that went away: a listener whose accept queue is full, so the kernel drops further SYNs.
+    Yields the port; checks first that this kernel does drop them."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.bind((host, 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        filler.settimeout(1.0)
+        filler.connect((host, port))  # occupies the single accept slot, never accepted
+        probe.setblocking(False)
+        probe.connect_ex((host, port))
+        _, writable, _ = select.select((), (probe,), (), 0.05)
+        assert not writable, 'a full accept queue does not black-hole SYNs on this kernel'
+        probe.close()
+        yield port
+    finally:
+        probe.close()
+        filler.close()
+        listener.close()
+
+
+# ---------------------------------------------------------------------------------------------
 # File descriptors
 # ---------------------------------------------------------------------------------------------
 
@@ -895,6 +934,15 @@ http {{
             dav_methods PUT DELETE;
             create_full_put_path on;
         }}
+
+        # The same, for bodies of at most 1 KiB: a larger content-length gets 413 at once,
+        # before any of the body is read (and before 100 Continue, when one is expected).
+        location /small-dav/ {{
+            alias {tmp}/dav/;
+            dav_methods PUT DELETE;
+            create_full_put_path on;
+            client_max_body_size 1k;
+        }}
     }}
 }}
 '''
@@ -906,7 +954,8 @@ class Nginx:
     Use as a context manager. Tests write files into `root`; `url(path)` and `tls_url(path)` give
     their addresses. `/chunked/<file>` serves the same file with Transfer-Encoding: chunked,
     `/gzip/<file>` serves it gzip-encoded to requests that accept gzip, `/echo` describes the
-    request's framing, and `/dav/<name>` stores a PUT body and serves it back.
+    request's framing, and `/dav/<name>` stores a PUT body and serves it back (`/small-dav/<name>`
+    too, for bodies up to 1 KiB, answering 413 to a larger content-length).
     """
 
     START_ATTEMPTS = 10
