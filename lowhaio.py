@@ -718,7 +718,7 @@ def timeout(loop: asyncio.AbstractEventLoop, max_time: float) -> Iterator[Callab
         handle.cancel()
 
 
-if asyncio.TimeoutError is TimeoutError:  # Python 3.11+
+if asyncio.TimeoutError is TimeoutError:  # type: ignore[comparison-overlap,unused-ignore]  # 3.11+
     _DeadlineExceeded = TimeoutError
 else:
     # (typeshed makes the two bases one class, as they are on 3.11+: misc, there)
