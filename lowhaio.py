@@ -1396,8 +1396,8 @@ class HttpProxyError(HttpConnectionError):
     def __init__(self, message: str, code: Optional[bytes] = None,
                  socks_reply: Optional[int] = None) -> None:
         super().__init__(message)
-        self.code = code
-        self.socks_reply = socks_reply
+        self.code: Optional[bytes] = code
+        self.socks_reply: Optional[int] = socks_reply
 
 
 _PROXY_DEFAULT_PORTS = {'http': 80, 'https': 443, 'socks5': 1080, 'socks5h': 1080}
@@ -1431,16 +1431,16 @@ class Proxy:
 
     def __init__(self, scheme: str, host: str, port: int, ip_literal: bool,
                  username: Optional[str], password: Optional[str]) -> None:
-        self.scheme = scheme
-        self.host = host
-        self.port = port
-        self.ip_literal = ip_literal
-        self.username = username
-        self.password = password
+        self.scheme: str = scheme
+        self.host: str = host
+        self.port: int = port
+        self.ip_literal: bool = ip_literal
+        self.username: Optional[str] = username
+        self.password: Optional[str] = password
         bracketed = '[%s]' % (host,) if ':' in host else host
         user = '' if username is None else \
             urllib.parse.quote(username, safe='') + (':***' if password else '') + '@'
-        self.label = '%s://%s%s:%d' % (scheme, user, bracketed, port)
+        self.label: str = '%s://%s%s:%d' % (scheme, user, bracketed, port)
         # RFC 9110 §11.7.1 with the Basic scheme of RFC 7617 (user-id and password in UTF-8)
         self.authorization = b'' if username is None else b'proxy-authorization: Basic %s\r\n' % (
             base64.b64encode(('%s:%s' % (username, password or '')).encode('utf-8')),)

@@ -169,18 +169,18 @@ def hash_functions() -> Dict[str, Callable[[bytes], str]]:
     return functions
 
 
-HASHES = hash_functions()
+HASHES: Dict[str, Callable[[bytes], str]] = hash_functions()
 # RFC 9110 section 11.6.1: challenge = auth-scheme [ 1*SP ( token68 / #auth-param ) ], and a
 # header value is a comma-separated list of challenges, whose parameters are separated by
 # commas too. Each element of the list is one of these, up to the next comma
 TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 QUOTED_STRING = r'"(?:[^"\\]|\\.)*"'
 TOKEN68 = r'[A-Za-z0-9\-._~+/]+=*'
-ELEMENT_RE = re.compile(
+ELEMENT_RE: re.Pattern[str] = re.compile(
     rf'(?:(?P<name>{TOKEN})[ \t]*=[ \t]*(?P<value>{TOKEN}|{QUOTED_STRING})'
     rf'|(?P<scheme>{TOKEN})(?:[ ]+(?:(?P<first_name>{TOKEN})[ \t]*=[ \t]*'
     rf'(?P<first_value>{TOKEN}|{QUOTED_STRING})|{TOKEN68}))?)[ \t]*(?:,|\Z)')
-SEPARATORS_RE = re.compile(r'[ \t,]*')
+SEPARATORS_RE: re.Pattern[str] = re.compile(r'[ \t,]*')
 
 
 class Challenge(NamedTuple):

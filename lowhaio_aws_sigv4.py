@@ -28,6 +28,7 @@ from typing import (
     Awaitable,
     Callable,
     Dict,
+    FrozenSet,
     Iterable,
     List,
     Sequence,
@@ -42,16 +43,17 @@ Now = Callable[[], datetime.datetime]
 
 ALGORITHM = 'AWS4-HMAC-SHA256'
 UNSIGNED_PAYLOAD = 'UNSIGNED-PAYLOAD'
-DEFAULT_PORTS = {'http': 80, 'https': 443}
+DEFAULT_PORTS: Dict[str, int] = {'http': 80, 'https': 443}
 # Headers that proxies and the HTTP layer may add, change or drop; signing them would make a
 # valid request fail. The same list as botocore's SIGNED_HEADERS_BLACKLIST.
-UNSIGNED_HEADERS = frozenset((
+UNSIGNED_HEADERS: FrozenSet[str] = frozenset((
     'baggage', 'connection', 'expect', 'keep-alive', 'proxy-authenticate', 'proxy-authorization',
     'te', 'traceparent', 'tracestate', 'trailer', 'transfer-encoding', 'upgrade', 'user-agent',
     'x-amzn-trace-id',
 ))
 # Set by signing, so any the caller passed (e.g. from signing an earlier attempt) are replaced
-SIGNING_HEADERS = frozenset((b'authorization', b'x-amz-date', b'x-amz-content-sha256'))
+SIGNING_HEADERS: FrozenSet[bytes] = frozenset((
+    b'authorization', b'x-amz-date', b'x-amz-content-sha256'))
 # Characters that are never percent-encoded in AWS canonical forms (RFC 3986 unreserved)
 UNRESERVED = '-_.~'
 

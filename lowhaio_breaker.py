@@ -46,13 +46,13 @@ CLOSED = 'closed'
 OPEN = 'open'
 HALF_OPEN = 'half-open'
 
-DEFAULT_PORTS = {'http': 80, 'https': 443}
+DEFAULT_PORTS: Dict[str, int] = {'http': 80, 'https': 443}
 # Failing to connect, timing out, and the server dropping the connection: what an unhealthy
 # origin does. Errors the caller causes (HttpInvalidRequestError) and malformed responses
 # are not counted.
 DEFAULT_FAILURE_EXCEPTIONS: Tuple[Type[BaseException], ...] = (
     HttpConnectionError, HttpTimeoutError, HttpConnectionClosedError)
-SERVER_ERRORS = tuple(range(500, 600))
+SERVER_ERRORS: Tuple[int, ...] = tuple(range(500, 600))
 
 
 class CircuitOpenError(HttpConnectionError):

@@ -21,12 +21,13 @@ import ssl
 import stat
 import sys
 from typing import (
-    IO,
     Any,
     AsyncIterator,
     Awaitable,
     Callable,
     Dict,
+    FrozenSet,
+    IO,
     Iterator,
     List,
     NamedTuple,
@@ -57,8 +58,9 @@ from lowhaio import (
 # Bytes read from a file or stdin per chunk sent
 CHUNK_SIZE = 65536
 # The statuses curl's --retry counts as transient (408, 429, 500, 502, 503, 504)
-TRANSIENT_STATUSES = (408, 429, 500, 502, 503, 504)
-IDEMPOTENT_METHODS = frozenset((b'GET', b'HEAD', b'OPTIONS', b'TRACE', b'PUT', b'DELETE'))
+TRANSIENT_STATUSES: Tuple[int, ...] = (408, 429, 500, 502, 503, 504)
+IDEMPOTENT_METHODS: FrozenSet[bytes] = frozenset((
+    b'GET', b'HEAD', b'OPTIONS', b'TRACE', b'PUT', b'DELETE'))
 EXTRA_HINT = 'pip install "lowhaio[cli]"'
 
 EXIT_CODES: Sequence[Tuple[int, str]] = (
@@ -89,8 +91,8 @@ class CliError(Exception):
 
     def __init__(self, exit_code: int, message: str) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
-        self.message = message
+        self.exit_code: int = exit_code
+        self.message: str = message
 
 
 # ---------------------------------------------------------------------------------------------

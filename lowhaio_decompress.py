@@ -33,8 +33,8 @@ from lowhaio import Headers, HttpDataError, Params, Request, Response, ResponseB
 OUTPUT_CHUNK = 65536
 # The ratio check starts only once this much is decoded: small, very repetitive bodies (a page
 # of zeros) legitimately compress far better than large ones
-RATIO_FLOOR = 1 << 20
-DEFAULT_MAX_SIZE = 1 << 30
+RATIO_FLOOR: int = 1 << 20
+DEFAULT_MAX_SIZE: int = 1 << 30
 DEFAULT_MAX_RATIO = 200
 # More stacked codings than this is no real server; each one costs a decoder's memory
 MAX_CODINGS = 5
@@ -44,7 +44,7 @@ MAX_CODINGS = 5
 ZSTD_INPUT_SLICE = 64
 BROTLI_INPUT_SLICE = 4096
 # RFC 9659 section 3: a zstd content coding uses a window of at most 8 MiB
-ZSTD_MAX_WINDOW = 1 << 23
+ZSTD_MAX_WINDOW: int = 1 << 23
 
 
 class DecompressionError(HttpDataError):
@@ -244,10 +244,11 @@ def decoder_factories(brotli: Any, zstandard: Any) -> Dict[bytes, Callable[[], A
     return factories
 
 
-DECODERS = decoder_factories(brotli_module(), optional_module('zstandard'))
+DECODERS: Dict[bytes, Callable[[], Any]] = decoder_factories(
+    brotli_module(), optional_module('zstandard'))
 # RFC 9110 section 8.4.1.3: x-gzip is to be treated as gzip
-ALIASES = {b'x-gzip': b'gzip'}
-INSTALL_HINTS = {
+ALIASES: Dict[bytes, bytes] = {b'x-gzip': b'gzip'}
+INSTALL_HINTS: Dict[bytes, str] = {
     b'br': 'install brotli or brotlicffi 1.2 or later: pip install lowhaio[compression]',
     b'zstd': 'install zstandard: pip install lowhaio[compression]',
 }

@@ -20,8 +20,8 @@ from typing import Any, AsyncIterator, Optional, Tuple
 
 from lowhaio import BodyFunction, Headers, HttpDataError, HttpInvalidRequestError
 
-DEFAULT_MAX_SIZE = 16 * 1024 * 1024
-BACKENDS = ('orjson', 'json')
+DEFAULT_MAX_SIZE: int = 16 * 1024 * 1024
+BACKENDS: Tuple[str, ...] = ('orjson', 'json')
 
 
 class JsonError(HttpDataError):
@@ -39,7 +39,7 @@ class JsonTypeError(JsonError):
 
     def __init__(self, message: str, field: str) -> None:
         super().__init__(message)
-        self.field = field
+        self.field: str = field
 
 
 def default_backend() -> str:

@@ -41,7 +41,7 @@ MAX_BOUNDARY_ATTEMPTS = 10
 # In a quoted name or filename: the quote would end it, and CR, LF and the other controls
 # could end the header line or trip the server's parser. Percent-encoded, as browsers do for
 # '"', CR and LF (HTML's multipart/form-data encoding algorithm) and httpx for all of them.
-UNSAFE_IN_QUOTED = re.compile('["\x00-\x1f\x7f]')
+UNSAFE_IN_QUOTED: re.Pattern[str] = re.compile('["\x00-\x1f\x7f]')
 # A backslash starts a quoted-pair (RFC 9110 section 5.6.4) for servers that parse those
 # (aiohttp, python-multipart), so it is doubled, as httpx does
 

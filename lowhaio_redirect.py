@@ -13,6 +13,8 @@ from typing import (
     Any,
     AsyncIterator,
     Callable,
+    Dict,
+    FrozenSet,
     Iterable,
     Optional,
     Sequence,
@@ -39,9 +41,11 @@ RedirectRule = Callable[[bytes], TransformRequest]
 # the headers of the next request
 TransformHeaders = Callable[[Headers, Optional[str], Optional[str]], Headers]
 
-DEFAULT_PORTS = {'http': 80, 'https': 443}
-CREDENTIAL_HEADERS = frozenset((b'authorization', b'cookie', b'proxy-authorization'))
-BODY_HEADERS = frozenset((b'content-length', b'transfer-encoding', b'content-type'))
+DEFAULT_PORTS: Dict[str, int] = {'http': 80, 'https': 443}
+CREDENTIAL_HEADERS: FrozenSet[bytes] = frozenset((
+    b'authorization', b'cookie', b'proxy-authorization'))
+BODY_HEADERS: FrozenSet[bytes] = frozenset((
+    b'content-length', b'transfer-encoding', b'content-type'))
 # A redirect response's body is read to its end so the connection can be reused, but only
 # up to this much: a larger one is cheaper to abandon along with its connection
 MAX_DRAINED_BYTES = 65536

@@ -18,6 +18,7 @@ from typing import (
     Any,
     Awaitable,
     Callable,
+    FrozenSet,
     Iterable,
     Iterator,
     List,
@@ -32,7 +33,8 @@ from lowhaio import HttpConnectionError, HttpError, Request, Response
 
 ExceptionIntervals = Sequence[Tuple[Type[BaseException], Iterable[float]]]
 
-IDEMPOTENT_METHODS = frozenset((b'GET', b'HEAD', b'OPTIONS', b'TRACE', b'PUT', b'DELETE'))
+IDEMPOTENT_METHODS: FrozenSet[bytes] = frozenset((
+    b'GET', b'HEAD', b'OPTIONS', b'TRACE', b'PUT', b'DELETE'))
 
 
 class _NeverRaised(HttpError):
@@ -75,7 +77,7 @@ class _ExponentialBackoff:
                 f'max_count={self.max_count!r})')
 
 
-DEFAULT_INTERVALS = exponential_backoff(max_count=5)
+DEFAULT_INTERVALS: Iterable[float] = exponential_backoff(max_count=5)
 DEFAULT_STATUS_INTERVALS = DEFAULT_INTERVALS
 
 
