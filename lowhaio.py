@@ -1442,7 +1442,8 @@ class Proxy:
             urllib.parse.quote(username, safe='') + (':***' if password else '') + '@'
         self.label: str = '%s://%s%s:%d' % (scheme, user, bracketed, port)
         # RFC 9110 §11.7.1 with the Basic scheme of RFC 7617 (user-id and password in UTF-8)
-        self.authorization = b'' if username is None else b'proxy-authorization: Basic %s\r\n' % (
+        self.authorization: bytes = \
+            b'' if username is None else b'proxy-authorization: Basic %s\r\n' % (
             base64.b64encode(('%s:%s' % (username, password or '')).encode('utf-8')),)
 
     def _identity(self) -> Tuple[Any, ...]:

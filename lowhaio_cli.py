@@ -527,8 +527,8 @@ class Heads:
     """The response heads of the current attempt, for -i: with -L, one per hop, as curl."""
 
     def __init__(self, err: IO[str], verbose: bool) -> None:
-        self.err = err
-        self.verbose = verbose
+        self.err: IO[str] = err
+        self.verbose: bool = verbose
         self.responses: List[bytes] = []
 
     def request_sent(self, method: bytes, url: str, headers: Headers) -> None:
@@ -618,7 +618,7 @@ class Output:
     """stdout or -o FILE, created only once there is something to write to it."""
 
     def __init__(self, path: Optional[str]) -> None:
-        self.path = path
+        self.path: Optional[str] = path
         self.file: Optional[IO[bytes]] = None
 
     def write(self, data: bytes) -> None:

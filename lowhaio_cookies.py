@@ -41,14 +41,15 @@ class CookieRequest:
 
     def __init__(self, url: str, headers: Headers) -> None:
         parsed = urllib.parse.urlsplit(url)
-        self.full_url = url
-        self.type = parsed.scheme.lower()
-        self.host = parsed.netloc.rpartition('@')[2].lower()
-        self.origin_req_host = (parsed.hostname or '').lower()
+        self.full_url: str = url
+        self.type: str = parsed.scheme.lower()
+        self.host: str = parsed.netloc.rpartition('@')[2].lower()
+        self.origin_req_host: str = (parsed.hostname or '').lower()
         # Every request is one the user asked for: redirects are followed by the user's
         # choice of redirectable, so none is the "unverifiable" third-party kind
         self.unverifiable = False
-        self.headers = {text(key).lower(): text(value) for key, value in headers}
+        self.headers: Dict[str, str] = {text(key).lower(): text(value)
+                                        for key, value in headers}
         self.added: Dict[str, str] = {}
 
     def get_full_url(self) -> str:
@@ -83,7 +84,7 @@ class CookieResponse:
     """A lowhaio response as http.cookiejar reads one: info().get_all(name)."""
 
     def __init__(self, headers: Headers) -> None:
-        self.headers = headers
+        self.headers: Headers = headers
 
     def info(self) -> CookieResponse:
         return self

@@ -59,6 +59,55 @@ def generators_not_async(stub: str, generators: Set[str]) -> str:
     return '\n'.join(lines)
 
 
+def bound_names(tree: ast.Module) -> Set[str]:
+    """The names a module binds at its top level."""
+    names: Set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split('.')[0] for alias in node.names)
+    return names
+
+
+def conditionally_defined(source: ast.Module) -> Set[str]:
+    """Names the module defines in a top-level `if` (one per Python version, say)."""
+    return {node.name if isinstance(node, ast.ClassDef) else node.id
+            for statement in source.body if isinstance(statement, ast.If)
+            for node in ast.walk(statement)
+            if isinstance(node, ast.ClassDef) or
+            (isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store))}
+
+
+def with_untranslated_names(stub: str, source: str) -> str:
+    """The stub with `Incomplete` (Any, to a checker) for what stubgen cannot write: it drops
+    or copies without its condition a name defined in a top-level `if`, and drops a private
+    type alias (and any alias written with quoted forward references) that the stub uses."""
+    source_tree = ast.parse(source)
+    conditional = conditionally_defined(source_tree)
+    aliases = {target.id for node in source_tree.body if isinstance(node, ast.Assign)
+               for target in node.targets if isinstance(target, ast.Name)}
+    tree = ast.parse(stub)
+    lines = stub.split('\n')
+    replaced = set()
+    for node in reversed(tree.body):
+        if isinstance(node, ast.ClassDef) and node.name in conditional:
+            first = node.lineno - 1 - len(node.decorator_list)
+            lines[first:node.end_lineno] = ['%s = Incomplete' % node.name]
+            replaced.add(node.name)
+    used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    missing = sorted(name for name in used - bound_names(tree)
+                     if name in aliases or name in conditional)
+    if not (replaced or missing):
+        return stub
+    if 'from _typeshed import Incomplete' not in lines:
+        lines.insert(0, 'from _typeshed import Incomplete')
+    return '\n'.join(lines).rstrip('\n') + '\n' + \
+        ''.join('%s = Incomplete\n' % name for name in missing)
+
+
 class build_py_with_stubs(build_py):
     """Also builds a PEP 561 stub-only package, `<module>-stubs/__init__.pyi`, for each module.
 
@@ -84,9 +133,10 @@ class build_py_with_stubs(build_py):
                 check=True)
             for module in self.py_modules:
                 with open(module + '.py', encoding='utf-8') as file:
-                    generators = async_generators(file.read())
+                    source = file.read()
                 with open(os.path.join(generated, module + '.pyi'), encoding='utf-8') as file:
-                    stub = generators_not_async(file.read(), generators)
+                    stub = with_untranslated_names(
+                        generators_not_async(file.read(), async_generators(source)), source)
                 stubs_dir = os.path.join(self.build_lib, module + '-stubs')
                 os.makedirs(stubs_dir, exist_ok=True)
                 with open(os.path.join(stubs_dir, '__init__.pyi'), 'w', encoding='utf-8') as file:
