@@ -63,6 +63,7 @@ __all__ = [
     'timeout',
     'deadline',
     'PoolStatus',
+    'ResponseHeaders',
     'empty_async_iterator',
     'HttpError',
     'HttpConnectionError',
@@ -206,7 +207,10 @@ _TOKEN = _TCHAR + rb'+'
 _FIELD_CHAR = rb'[\t !-~\x80-\xff]'
 # field-line = field-name ":" OWS field-value OWS (RFC 9112 §5). No whitespace is allowed
 # between the name and the colon (§5.1), and a line starting with whitespace is obs-fold.
-_FIELD_LINE = rb'(' + _TOKEN + rb'):[ \t]*(' + _FIELD_CHAR + rb'*)\r\n'
+# The value starts with a visible character, so that the leading OWS and the value can split
+# a run of spaces in one way only: otherwise a line of spaces ending in a bad byte would be
+# tried at every split, in time quadratic in its length. Trailing OWS is stripped after.
+_FIELD_LINE = rb'(' + _TOKEN + rb'):[ \t]*((?:[!-~\x80-\xff]' + _FIELD_CHAR + rb'*)?)\r\n'
 
 _TOKEN_RE = re.compile(_TOKEN)
 _FIELD_LINE_RE = re.compile(_FIELD_LINE)
@@ -218,6 +222,8 @@ _CONTENT_LENGTH_RE = re.compile(rb'[0-9]{1,18}')
 # chunk-size = 1*HEXDIG; chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
 # (RFC 9112 §7.1). Extensions are ignored, so only their characters are checked.
 _CHUNK_SIZE_LINE_RE = re.compile(rb'([0-9A-Fa-f]{1,16})(?:[ \t]*;' + _FIELD_CHAR + rb'*)?\r\n')
+# reg-name = *( unreserved / pct-encoded / sub-delims ) (RFC 3986 §3.2.2), as sent
+_REG_NAME_RE = re.compile(rb"[A-Za-z0-9\-._~%!$&'()*+,;=]+")
 # Characters a request header value may not hold: they would end the line early or
 # truncate it in some servers, letting a caller inject a second header or request.
 _FORBIDDEN_IN_VALUE_RE = re.compile(rb'[\x00\r\n]')
@@ -240,6 +246,17 @@ class ResponseHead(NamedTuple):
     reason: bytes
     headers: Headers
     length: int  # number of bytes of the head, including the final empty line
+
+
+class ResponseHeaders(tuple):  # type: ignore[type-arg]
+    """The response headers `request` returns: a tuple of (lowercased name, value) pairs, as
+    in 0.0.89, that also says what the status line did: `reason` (the reason phrase, as sent)
+    and `http_version` (b'HTTP/1.0' or b'HTTP/1.1'), for code that passes them on."""
+    reason: bytes = b''
+    http_version: bytes = b'HTTP/1.1'
+
+
+_HTTP_VERSIONS = (b'HTTP/1.0', b'HTTP/1.1')
 
 
 def parse_response_head(data: bytes, max_header_length: int = 16384,
@@ -571,6 +588,8 @@ def parse_target(url: str) -> Target:
         raise HttpInvalidRequestError('Invalid character in URL host: %r' % (url,))
 
     host = hostname[:-1] if hostname.endswith('.') else hostname
+    if not host or (not host.startswith('[') and '' in host.split('.')):
+        raise HttpInvalidRequestError('URL host has an empty label: %r' % (url,))
     default_port = _DEFAULT_PORTS[scheme]
     if port == 0:
         raise HttpInvalidRequestError('URL port 0 cannot be connected to: %r' % (url,))
@@ -587,6 +606,10 @@ def parse_target(url: str) -> Target:
     except UnicodeError as exception:
         raise HttpInvalidRequestError('Host is not a valid IDNA name: %r' % (hostname,)) \
             from exception
+    if address is None and not _REG_NAME_RE.fullmatch(host_bytes):
+        # IDNA's nameprep maps Unicode spaces (U+00A0, U+3000...) to an ASCII space, which
+        # no Host header may hold: the name is checked as it will be sent.
+        raise HttpInvalidRequestError('Invalid character in URL host: %r' % (url,))
     if address is not None and address.version == 6:
         host_bytes = b'[' + host_bytes + b']'
     if port != default_port:
@@ -1195,7 +1218,9 @@ class _Connection(asyncio.Protocol):
         was_idle = self.idle
         self.idle = False
         self._cancel_timer()
-        if self.transport is not None:
+        if self.transport is not None and not self._lost:
+            # Not once connection_lost has run: asyncio's transport may then have let go of
+            # its loop, and aborting it again would raise (a peer's FIN while sending, say).
             self.transport.abort()
         if was_idle:
             self.on_idle_close(self)
@@ -2294,6 +2319,10 @@ def Pool(
         # timeouts never touch the caller's task.
         aaaa, a = lookups = [asyncio.ensure_future(dns_resolve(host, qtype))
                              for qtype in (TYPES.AAAA, TYPES.A)]
+        for lookup in lookups:
+            # Read below, unless the request is cancelled first: a failed lookup must not then
+            # be logged as "exception was never retrieved"
+            lookup.add_done_callback(_retrieve_outcome)
         try:
             await _wait_for_addresses(aaaa, a, deadline)
         finally:
@@ -2760,7 +2789,10 @@ def Pool(
 
     def parse_final_head(method: bytes, head: ResponseHead, head_bytes: bytes) \
             -> Tuple[bytes, Headers, Framing]:
-        parsed = (head.code, head.headers, response_framing(method, head))
+        headers = ResponseHeaders(head.headers)
+        headers.reason = head.reason
+        headers.http_version = _HTTP_VERSIONS[head.http_minor]
+        parsed = (head.code, headers, response_framing(method, head))
         if method != b'HEAD' and method != b'CONNECT' and len(head_bytes) <= 4096:
             if len(parsed_heads) >= 256:
                 parsed_heads.clear()

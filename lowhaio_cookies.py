@@ -19,6 +19,7 @@ import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 from lowhaio import Headers, Params, Request, Response
+from lowhaio_redirect import redirect_observers
 
 
 def text(value: bytes) -> str:
@@ -118,6 +119,31 @@ def store_cookies(jar: http.cookiejar.CookieJar, url: str, request_headers: Head
                                     cookie_request)  # type: ignore[arg-type]
 
 
+class CookieHops:
+    """The hops of one request through a redirectable stacked inside `cookies`: each redirect
+    response's cookies are stored, and the next request is sent the jar's cookies for its URL
+    in place of those for the previous one."""
+
+    def __init__(self, jar: http.cookiejar.CookieJar, url: str, headers: Headers) -> None:
+        self.jar: http.cookiejar.CookieJar = jar
+        self.url: str = url
+        self.callers_cookie: bool = any(key.lower() == b'cookie' for key, _ in headers)
+        self.sent: Headers = headers if self.callers_cookie else \
+            with_jar_cookies(jar, url, headers)
+
+    def next_hop(self, url: str, response_headers: Headers, next_url: str,
+                 headers: Headers) -> Headers:
+        store_cookies(self.jar, url, self.sent, response_headers)
+        self.url = next_url
+        if not self.callers_cookie:
+            # redirectable kept the previous URL's cookies (same origin) or dropped them
+            headers = with_jar_cookies(
+                self.jar, next_url,
+                tuple((key, value) for key, value in headers if key.lower() != b'cookie'))
+        self.sent = headers
+        return headers
+
+
 def new_policy() -> http.cookiejar.DefaultCookiePolicy:
     """http.cookiejar's policy with its two stricter options on: a cookie set without a Domain
     attribute goes only to the host that set it (RFC 6265 section 5.3 step 6, "host-only"),
@@ -140,9 +166,8 @@ def cookies(request: Request, jar: Optional[http.cookiejar.CookieJar] = None) ->
         the `jar` attribute of the returned function.
 
     A `cookie` header given by the caller is sent as it is, without the jar's cookies, as
-    http.cookiejar does for urllib. Put `cookies` inside `redirectable`
-    (`redirectable(cookies(request))`) so that every hop stores its Set-Cookie and is sent
-    the cookies for its own URL.
+    http.cookiejar does for urllib. Stacked inside or outside `redirectable`, every hop stores
+    its Set-Cookie and is sent the cookies for its own URL.
     """
     cookie_jar = new_jar() if jar is None else jar
 
@@ -150,10 +175,15 @@ def cookies(request: Request, jar: Optional[http.cookiejar.CookieJar] = None) ->
                               **kwargs: Any) -> Response:
         # Matching uses scheme, host and path, which params do not change
         headers = tuple(headers)
-        code, response_headers, body = await request(
-            method, url, params=params, headers=with_jar_cookies(cookie_jar, url, headers),
-            **kwargs)
-        store_cookies(cookie_jar, url, headers, response_headers)
+        hops = CookieHops(cookie_jar, url, headers)
+        # A redirectable inside reports each hop (see lowhaio_redirect.redirect_observers)
+        token = redirect_observers.set(redirect_observers.get() + (hops,))
+        try:
+            code, response_headers, body = await request(
+                method, url, params=params, headers=hops.sent, **kwargs)
+        finally:
+            redirect_observers.reset(token)
+        store_cookies(cookie_jar, hops.url, hops.sent, response_headers)
         return code, response_headers, body
 
     cookies_request.jar = cookie_jar  # type: ignore[attr-defined]

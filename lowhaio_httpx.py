@@ -29,6 +29,7 @@ from lowhaio import (
     HttpProtocolError,
     HttpProxyError,
     HttpTimeoutError,
+    ResponseHeaders,
     Pool,
     Request,
     ResponseBody,
@@ -97,9 +98,15 @@ class LowhaioTransport(httpx.AsyncBaseTransport):
                 raise sending.failure from None
             raise httpx_error(exception, request, sending.in_progress) from exception
         status = int(code)
+        # What the status line said, where lowhaio (not a wrapper that rebuilt the headers)
+        # returned them; else what an HTTP/1.1 server usually says
+        said = response_headers if isinstance(response_headers, ResponseHeaders) else None
         return httpx.Response(
             status, headers=response_headers, stream=ResponseStream(body, request),
-            extensions={'http_version': b'HTTP/1.1', 'reason_phrase': reason_phrase(status)})
+            extensions={
+                'http_version': b'HTTP/1.1' if said is None else said.http_version,
+                'reason_phrase': reason_phrase(status) if said is None else said.reason,
+            })
 
     async def aclose(self) -> None:
         """Close every pool: idle connections now, those in use when their response ends."""
@@ -159,7 +166,7 @@ def request_method(request: httpx.Request) -> bytes:
 
 
 def reason_phrase(status: int) -> bytes:
-    # lowhaio's request() returns the status code but not the reason phrase the server sent
+    # The standard phrase, for headers that do not carry the one the server sent
     try:
         return http.HTTPStatus(status).phrase.encode('ascii')
     except ValueError:

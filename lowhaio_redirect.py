@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import urllib.parse
 from typing import (
     Any,
@@ -53,6 +54,15 @@ MAX_DRAINED_BYTES = 65536
 
 class HttpTooManyRedirects(HttpError):
     pass
+
+
+# Wrappers stacked outside redirectable that need to see each hop (a cookie jar: a 302's
+# Set-Cookie, and the cookies for the URL redirected to) put an observer here for the duration
+# of their call. For each redirect followed, redirectable calls
+# `observer.next_hop(url, response_headers, next_url, headers)`: the redirect response and the
+# headers of the next request, which it returns, changed or not.
+redirect_observers: contextvars.ContextVar[Tuple[Any, ...]] = contextvars.ContextVar(
+    'lowhaio_redirect_observers', default=())
 
 
 async def empty_body(*_: Any, **__: Any) -> AsyncIterator[bytes]:
@@ -178,6 +188,8 @@ def redirectable(request: Request,
                 urllib.parse.urlsplit(next_url).hostname))
             method, body, body_args, body_kwargs, headers = rules[code](method)(
                 method, body, body_args, body_kwargs, headers)
+            for observer in redirect_observers.get():
+                headers = tuple(observer.next_hop(url, response_headers, next_url, headers))
             url, params = next_url, ()
 
         raise AssertionError('unreachable')  # pragma: no cover

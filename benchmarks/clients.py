@@ -20,11 +20,20 @@ import asyncio
 import collections
 import gc
 import json
-import resource
 import ssl
 import sys
 import time
-from typing import AsyncIterator, Awaitable, Callable, Deque, Dict, List, Optional, Tuple
+from typing import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Deque,
+    Dict,
+    Iterator,
+    List,
+    Optional,
+    Tuple,
+)
 from urllib.parse import urlsplit
 
 
@@ -53,6 +62,16 @@ def upload_chunks(size: int, chunk_size: int) -> Callable[[], AsyncIterator[byte
         if left:
             yield chunk[:left]
 
+    def sync_gen() -> Iterator[bytes]:
+        left = size
+        while left >= chunk_size:
+            left -= chunk_size
+            yield chunk
+        if left:
+            yield chunk[:left]
+
+    # The same chunks from a plain generator, for a client whose async-generator bodies are broken
+    gen.sync = sync_gen  # type: ignore[attr-defined]
     return gen
 
 
@@ -72,7 +91,8 @@ class LowhaioClient:
     PROXIES = True
     pool_options: Dict[str, object] = {}
 
-    def __init__(self, ctx: ssl.SSLContext, proxy: Optional[str] = None) -> None:
+    def __init__(self, ctx: ssl.SSLContext, ca_file: str,
+                 proxy: Optional[str] = None) -> None:
         import lowhaio
         import lowhaio_decompress
 
@@ -130,7 +150,8 @@ class LowhaioRecv16kClient(LowhaioClient):
 class AiohttpClient:
     PROXIES = True
 
-    def __init__(self, ctx: ssl.SSLContext, proxy: Optional[str] = None) -> None:
+    def __init__(self, ctx: ssl.SSLContext, ca_file: str,
+                 proxy: Optional[str] = None) -> None:
         import aiohttp
 
         options = {} if proxy is None else {'proxy': proxy}
@@ -169,7 +190,8 @@ class AiohttpClient:
 class HttpxClient:
     PROXIES = True
 
-    def __init__(self, ctx: ssl.SSLContext, proxy: Optional[str] = None) -> None:
+    def __init__(self, ctx: ssl.SSLContext, ca_file: str,
+                 proxy: Optional[str] = None) -> None:
         import httpx
 
         limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
@@ -211,18 +233,20 @@ class HttpxLowhaioClient(HttpxClient):
     """httpx's API over lowhaio_httpx.LowhaioTransport: the same calls as `httpx`, one line
     different. Connection limits are lowhaio's (none by default), the CA goes to the pool."""
 
-    def __init__(self, ctx: ssl.SSLContext) -> None:
+    def __init__(self, ctx: ssl.SSLContext, ca_file: str,
+                 proxy: Optional[str] = None) -> None:
         import httpx
         from lowhaio_httpx import LowhaioTransport
 
-        transport = LowhaioTransport(get_ssl_context=lambda: ctx)
+        options = {} if proxy is None else {'proxy': proxy}
+        transport = LowhaioTransport(get_ssl_context=lambda: ctx, **options)
         self.client = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(60.0))
 
 
 class AiosonicClient:
     PROXIES = False
 
-    def __init__(self, ctx: ssl.SSLContext) -> None:
+    def __init__(self, ctx: ssl.SSLContext, ca_file: str) -> None:
         import aiosonic
         from aiosonic.pools import PoolConfig
 
@@ -260,6 +284,173 @@ class AiosonicClient:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+# --- Clients with native cores. Their I/O runs on threads of their own (a Tokio runtime, libcurl's
+# event loop driven from asyncio, or urllib3-future's sockets), so CPU is measured as the whole
+# process's: time.process_time() is CLOCK_PROCESS_CPUTIME_ID, the sum over all threads.
+
+
+class PyreqwestClient:
+    """pyreqwest (Rust reqwest/hyper on a Tokio runtime), HTTP/1.1 only, trusting the CA."""
+
+    def __init__(self, ctx: ssl.SSLContext, ca_file: str) -> None:
+        from pyreqwest.client import ClientBuilder
+
+        with open(ca_file, 'rb') as file:
+            ca_pem = file.read()
+        self.client = (
+            ClientBuilder().http1_only().add_root_certificate_pem(ca_pem).build()
+        )
+
+    async def get(self, url: str) -> int:
+        resp = await self.client.get(url).build().send()
+        data = await resp.bytes()
+        check_status(resp.status, url)
+        return len(data)
+
+    async def get_stream(self, url: str) -> int:
+        n = 0
+        async with self.client.get(url).build_streamed() as resp:
+            reader = resp.body_reader
+            while (chunk := await reader.read_chunk()) is not None:
+                n += len(chunk)
+            check_status(resp.status, url)
+        return n
+
+    async def post(self, url: str, size: int, gen_fn: Callable[[], AsyncIterator[bytes]]) -> bytes:
+        request = (
+            self.client.post(url)
+            .header('content-length', str(size))
+            .body_stream(gen_fn())
+            .build()
+        )
+        resp = await request.send()
+        data = bytes(await resp.bytes())
+        check_status(resp.status, url)
+        return data
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class RnetClient:
+    """rnet (Rust, a reqwest fork on Tokio), HTTP/1.1 only, trusting the CA by path."""
+
+    def __init__(self, ctx: ssl.SSLContext, ca_file: str) -> None:
+        import pathlib
+
+        import rnet
+
+        self.client = rnet.Client(
+            http1_only=True, verify=pathlib.Path(ca_file), pool_max_idle_per_host=128
+        )
+
+    async def get(self, url: str) -> int:
+        resp = await self.client.get(url)
+        async with resp:
+            data = await resp.bytes()
+            check_status(resp.status, url)
+        return len(data)
+
+    async def get_stream(self, url: str) -> int:
+        n = 0
+        resp = await self.client.get(url)
+        async with resp:
+            async with resp.stream() as streamer:
+                async for chunk in streamer:
+                    n += len(chunk)
+            check_status(resp.status, url)
+        return n
+
+    async def post(self, url: str, size: int, gen_fn: Callable[[], AsyncIterator[bytes]]) -> bytes:
+        # rnet 2.4.2 stops reading an async-generator body after 720,896 bytes (11 chunks of
+        # 64 KiB), and sends the truncated body as if complete when no content-length is given;
+        # from a plain generator it sends every byte. So it gets the same chunks from one.
+        resp = await self.client.post(
+            url,
+            headers={'content-length': str(size)},
+            body=gen_fn.sync(),  # type: ignore[attr-defined]
+        )
+        async with resp:
+            data = await resp.bytes()
+            check_status(resp.status, url)
+        return data
+
+    async def close(self) -> None:
+        pass  # rnet has no close: its pool goes with the client
+
+
+class CurlCffiClient:
+    """curl_cffi's AsyncSession (libcurl's multi interface driven by the asyncio loop), HTTP/1.1."""
+
+    def __init__(self, ctx: ssl.SSLContext, ca_file: str) -> None:
+        from curl_cffi import CurlHttpVersion
+        from curl_cffi.requests import AsyncSession
+
+        self.session = AsyncSession(
+            verify=ca_file, http_version=CurlHttpVersion.V1_1, max_clients=128
+        )
+
+    async def get(self, url: str) -> int:
+        resp = await self.session.get(url)
+        check_status(resp.status_code, url)
+        return len(resp.content)
+
+    async def get_stream(self, url: str) -> int:
+        n = 0
+        async with self.session.stream('GET', url) as resp:
+            async for chunk in resp.aiter_content():
+                n += len(chunk)
+            check_status(resp.status_code, url)
+        return n
+
+    async def post(self, url: str, size: int, gen_fn: Callable[[], AsyncIterator[bytes]]) -> bytes:
+        resp = await self.session.post(
+            url, content=gen_fn(), headers={'content-length': str(size)}
+        )
+        check_status(resp.status_code, url)
+        return resp.content
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+class NiquestsClient:
+    """niquests' AsyncSession (urllib3-future underneath), HTTP/2 and HTTP/3 turned off."""
+
+    def __init__(self, ctx: ssl.SSLContext, ca_file: str) -> None:
+        import niquests
+
+        self.session = niquests.AsyncSession(
+            disable_http2=True, disable_http3=True, pool_connections=128, pool_maxsize=128
+        )
+        # Given per request: niquests 3.21.2's AsyncSession ignores its `verify` attribute (it
+        # verified against the system store when that was set)
+        self.verify = ca_file
+
+    async def get(self, url: str) -> int:
+        resp = await self.session.get(url, verify=self.verify)
+        check_status(resp.status_code, url)
+        return len(resp.content)
+
+    async def get_stream(self, url: str) -> int:
+        n = 0
+        resp = await self.session.get(url, stream=True, verify=self.verify)
+        async for chunk in await resp.iter_raw(1 << 16):
+            n += len(chunk)
+        check_status(resp.status_code, url)
+        return n
+
+    async def post(self, url: str, size: int, gen_fn: Callable[[], AsyncIterator[bytes]]) -> bytes:
+        resp = await self.session.post(
+            url, data=gen_fn(), headers={'content-length': str(size)}, verify=self.verify
+        )
+        check_status(resp.status_code, url)
+        return resp.content
+
+    async def close(self) -> None:
+        await self.session.close()
 
 
 # --- The floor: the least an asyncio HTTP/1.1 client can do per request ------------------------
@@ -470,7 +661,7 @@ class FloorClient:
 
     PROXIES = False
 
-    def __init__(self, ctx: ssl.SSLContext) -> None:
+    def __init__(self, ctx: ssl.SSLContext, ca_file: str) -> None:
         self.ctx = ctx
         self.targets: Dict[str, Tuple[Tuple[str, int, bool], bytes, bytes]] = {}
         self.free: Dict[Tuple[str, int, bool], List[FloorConnection]] = collections.defaultdict(
@@ -542,7 +733,7 @@ class FloorClient:
         await asyncio.sleep(0)
 
 
-CLIENTS: Dict[str, Callable[[ssl.SSLContext], object]] = {
+CLIENTS: Dict[str, Callable[[ssl.SSLContext, str], object]] = {
     'lowhaio': LowhaioClient,
     'lowhaio-recv16k': LowhaioRecv16kClient,
     'aiohttp': AiohttpClient,
@@ -550,10 +741,14 @@ CLIENTS: Dict[str, Callable[[ssl.SSLContext], object]] = {
     'httpx-lowhaio': HttpxLowhaioClient,
     'aiosonic': AiosonicClient,
     'floor': FloorClient,
+    'pyreqwest': PyreqwestClient,
+    'rnet': RnetClient,
+    'curl_cffi': CurlCffiClient,
+    'niquests': NiquestsClient,
 }
 
 
-def client_factory(name: str) -> Tuple[Callable[[ssl.SSLContext], object], bool]:
+def client_factory(name: str) -> Tuple[Callable[[ssl.SSLContext, str], object], bool]:
     """'NAME' or 'NAME-uvloop' -> (adapter class, whether to run on uvloop)."""
     on_uvloop = name.endswith('-uvloop')
     base = name[: -len('-uvloop')] if on_uvloop else name
@@ -667,19 +862,36 @@ WORKLOADS = {
 }
 
 
-def rusage_kb() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+def status_kb(field: str) -> int:
+    """A `kB` field of /proc/self/status (Linux), e.g. VmHWM (peak RSS) or VmRSS."""
+    with open('/proc/self/status') as file:
+        for line in file:
+            if line.startswith(field + ':'):
+                return int(line.split()[1])
+    raise RuntimeError(f'no {field} in /proc/self/status')
+
+
+def reset_peak_rss() -> None:
+    """Start the peak-RSS high-water mark (VmHWM) afresh from the current RSS.
+
+    Not getrusage's ru_maxrss: Linux keeps it across exec, so a child starts with the peak of the
+    process that forked it (the harness), and every client would show the same ~40 MiB.
+    Writing 5 to clear_refs resets VmHWM (Linux >= 4.0)."""
+    with open('/proc/self/clear_refs', 'w') as file:
+        file.write('5')
 
 
 async def measure(spec: dict, profile: bool) -> dict:
     adapter, _ = client_factory(spec['client'])
     ctx = ssl_context_trusting(spec['ca_file'])
-    client = adapter(ctx, proxy=spec['proxy']) if 'proxy' in spec else adapter(ctx)
+    options = {'proxy': spec['proxy']} if 'proxy' in spec else {}
+    client = adapter(ctx, spec['ca_file'], **options)
     warm, work = WORKLOADS[spec['kind']]
     try:
         await warm(client, spec)
         gc.collect()
-        rss_before = rusage_kb()
+        rss_before = status_kb('VmRSS')
+        reset_peak_rss()
         profiler = None
         if profile:
             import cProfile
@@ -690,6 +902,7 @@ async def measure(spec: dict, profile: bool) -> dict:
         cpu0, wall0 = time.process_time(), time.perf_counter()
         requests, nbytes = await work(client, spec)
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        peak_kb = status_kb('VmHWM')  # the peak since reset_peak_rss: the measured part's
         if profiler is not None:
             profiler.disable()
             print_profile(profiler)
@@ -701,7 +914,7 @@ async def measure(spec: dict, profile: bool) -> dict:
         'bytes': nbytes,
         'wall_s': wall,
         'cpu_s': cpu,
-        'maxrss_kb': rusage_kb(),
+        'maxrss_kb': peak_kb,
         'rss_before_kb': rss_before,
     }
 

@@ -48,8 +48,12 @@ DEFAULT_CLIENTS = [
     'httpx',
     'httpx-lowhaio',
     'aiosonic',
+    'pyreqwest',
+    'rnet',
+    'curl_cffi',
+    'niquests',
 ]
-PEERS = ['aiohttp', 'httpx', 'aiosonic']
+PEERS = ['aiohttp', 'httpx', 'aiosonic', 'pyreqwest', 'rnet', 'curl_cffi', 'niquests']
 # Workloads through a proxy, run only by clients whose adapter has PROXIES = True
 PROXY_WORKLOADS = ('proxy-small-seq',)
 
@@ -887,7 +891,17 @@ def variant_ratios(
 
 def versions(lowhaio_sha: str) -> Dict[str, str]:
     found = {'lowhaio.py sha256': lowhaio_sha}
-    for dist in ('aiohttp', 'httpx', 'aiosonic', 'uvloop', 'aiodnsresolver'):
+    for dist in (
+        'aiohttp',
+        'httpx',
+        'aiosonic',
+        'pyreqwest',
+        'rnet',
+        'curl_cffi',
+        'niquests',
+        'uvloop',
+        'aiodnsresolver',
+    ):
         try:
             found[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -1001,7 +1015,8 @@ def main(argv: List[str]) -> int:
                 for client in order:
                     if workload.clients and client.split('-')[0] not in workload.clients:
                         continue
-                    if name in PROXY_WORKLOADS and not client_factory(client)[0].PROXIES:
+                    proxies = getattr(client_factory(client)[0], 'PROXIES', False)
+                    if name in PROXY_WORKLOADS and not proxies:
                         continue  # the floor has no proxy support; aiosonic's is not compared
                     spec = spec_for(client, workload, servers, args.max_seconds)
                     result = run_one(spec, tmp, args.timeout, profile=bool(args.profile))

@@ -347,10 +347,14 @@ async def aiohttp_text(session: aiohttp.ClientSession, url: str) -> str:
 # With redirects, and with decompressed
 # ---------------------------------------------------------------------------------------------
 
-async def test_inside_redirectable_each_hop_stores_and_gets_its_own_cookies(site):
+@pytest.mark.parametrize('order', ['cookies inside', 'cookies outside'])
+async def test_each_hop_stores_and_gets_its_own_cookies_inside_or_outside_redirectable(
+        site, order):
     site_, request = site
-    stacked = redirectable(cookies(request))
-    final = site_.url('other.test', '/end')
+    stacked = redirectable(cookies(request)) if order == 'cookies inside' else \
+        cookies(redirectable(request))
+    jar = stacked.jar if order == 'cookies outside' else None
+    final = site_.url('other.test', '/end', 'last=z')
     middle = site_.url('www.example.test', '/middle', 'hop=2', to=final)
     start = site_.url('www.example.test', '/start', 'first=1', 'wide=w; Domain=example.test',
                       to=middle)
@@ -360,25 +364,40 @@ async def test_inside_redirectable_each_hop_stores_and_gets_its_own_cookies(site
         ('/middle', 'first=1; wide=w'),   # the 302's Set-Cookie, sent on the redirected request
         ('/end', ''),                     # another domain: none of them
     ]
+    if jar is not None:
+        # Each response's cookies are filed under the URL that answered, the last one too
+        assert sorted((c.domain, c.name) for c in jar) == [
+            ('.example.test', 'wide'), ('other.test', 'last'),
+            ('www.example.test', 'first'), ('www.example.test', 'hop')]
 
 
-async def test_outside_redirectable_the_first_urls_cookies_and_the_final_response(site):
-    """Stacked outside, cookies sees the URL asked for and the final response only: the
-    cookies go with the first request (and redirectable drops them when the origin changes),
-    and only the final response's Set-Cookie is stored."""
+async def test_outside_redirectable_a_same_origin_hop_gets_the_cookies_for_its_path(site):
+    """redirectable keeps the cookie header on a same-origin hop; the jar's cookies for the
+    new path replace it, and a hop to another origin gets that origin's cookies only."""
+    site_, request = site
+    stacked = cookies(redirectable(request))
+    await sent(stacked, site_.url('www.example.test', '/', 'k=v'))
+    await sent(stacked, site_.url('www.example.test', '/app/x', 'scoped=1; Path=/app'))
+    await sent(stacked, site_.url('other.test', '/', 'theirs=1'))
+    site_.received.clear()
+    other_origin = site_.url('other.test', '/elsewhere')
+    app_path = site_.url('www.example.test', '/app/page', to=other_origin)
+    await sent(stacked, site_.url('www.example.test', '/a', to=app_path))
+    assert site_.received == [
+        ('/a', 'k=v'), ('/app/page', 'scoped=1; k=v'), ('/elsewhere', 'theirs=1'),
+    ]
+
+
+async def test_a_callers_own_cookie_header_is_left_alone_through_redirects(site):
     site_, request = site
     stacked = cookies(redirectable(request))
     await sent(stacked, site_.url('www.example.test', '/', 'k=v'))
     site_.received.clear()
-    same_origin = site_.url('www.example.test', '/next', 'final=f')
-    other_origin = site_.url('other.test', '/elsewhere')
-    await sent(stacked, site_.url('www.example.test', '/a', 'lost=1', to=same_origin))
-    await sent(stacked, site_.url('www.example.test', '/b', to=other_origin))
-    assert site_.received == [
-        ('/a', 'k=v'), ('/next', 'k=v'),
-        ('/b', 'k=v; final=f'), ('/elsewhere', ''),
-    ]
-    assert sorted(c.name for c in stacked.jar) == ['final', 'k']
+    same_origin = site_.url('www.example.test', '/next')
+    code, _, body = await stacked(b'GET', site_.url('www.example.test', '/a', to=same_origin),
+                                  headers=((b'cookie', b'mine=1'),))
+    await buffered(body)
+    assert site_.received == [('/a', 'mine=1'), ('/next', 'mine=1')]
 
 
 async def test_cookies_redirectable_decompressed_together(site):
@@ -403,5 +422,5 @@ async def test_cookies_redirectable_decompressed_together(site):
                         cookies(redirectable(decompressed(request)))):
             code, headers, body = await stacked(b'GET', server.url('/start'))
             assert (code, await buffered(body)) == (b'200', b'page ' * 1000)
-    # Inside redirectable the 302's cookie reaches /page; outside, it cannot be seen
-    assert received == ['hop=1', '']
+    # Inside or outside redirectable, the 302's cookie reaches /page
+    assert received == ['hop=1', 'hop=1']

@@ -244,6 +244,32 @@ async def test_reason_phrase_and_http_version_are_filled_in(server: str) -> None
     assert unknown.status_code == 299 and unknown.extensions['reason_phrase'] == b''
 
 
+@pytest.mark.parametrize('status_line', [
+    b'HTTP/1.1 200 Very Fine', b'HTTP/1.0 200 OK', b'HTTP/1.1 404 ', b'HTTP/1.1 418 I\'m a teapot',
+    b'HTTP/1.0 503 Busy \t now',
+])
+@pytest.mark.parametrize('transport', ['lowhaio', 'httpx'])
+async def test_the_status_line_is_reported_as_the_server_sent_it(
+        transport: str, status_line: bytes) -> None:
+    """The reason phrase and version that httpx reports are the server's, as with httpx's own
+    transport: both transports are asked, and must agree."""
+    async def handler(conn: support.Connection) -> None:
+        await conn.read_request()
+        conn.write(status_line + b'\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok')
+        await conn.drain()
+        conn.close()
+
+    async with support.scripted_server(handler) as server:
+        client = httpx.AsyncClient(transport=LowhaioTransport()) if transport == 'lowhaio' \
+            else httpx.AsyncClient()
+        async with client:
+            response = await client.get(server.url('/'))
+    version, code, reason = status_line.split(b' ', 2)
+    assert response.status_code == int(code) and response.text == 'ok'
+    assert response.http_version == version.decode()
+    assert response.extensions['reason_phrase'] == reason.rstrip(b' \t')
+
+
 @pytest.mark.parametrize('server', SERVERS)
 @pytest.mark.parametrize('read_before_close', [0, 1, 3])
 async def test_closing_a_response_early_closes_its_connection(
