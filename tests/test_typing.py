@@ -104,7 +104,13 @@ def test_the_stubs_agree_with_the_modules(installed: Installed) -> None:
         # MYPYPATH is searched before anything installed, for `<module>.pyi`
         shutil.copy(installed.site_packages / (module + '-stubs') / '__init__.pyi',
                     stubs / (module + '.pyi'))
-    checked = run([sys.executable, '-m', 'mypy.stubtest', '--concise', *MODULES],
+    options = ['--concise']
+    # stubgen writes no PEP 800 @disjoint_base markers (which classes cannot share a subclass,
+    # for narrowing), and stubtest checks them from mypy 1.18: not checked here
+    if '--ignore-disjoint-bases' in run([sys.executable, '-m', 'mypy.stubtest', '--help'],
+                                        cwd=installed.work).stdout:
+        options.append('--ignore-disjoint-bases')
+    checked = run([sys.executable, '-m', 'mypy.stubtest', *options, *MODULES],
                   cwd=installed.work, MYPYPATH=str(stubs))
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
