@@ -35,10 +35,15 @@ from typing import (
     Dict,
     Iterator,
     List,
+    Mapping,
     NamedTuple,
     Optional,
+    Protocol,
+    TYPE_CHECKING,
     Sequence,
     Tuple,
+    Union,
+    cast,
 )
 
 from aiodnsresolver import (
@@ -73,10 +78,63 @@ __all__ = [
     'HttpTimeoutError',
     'HttpInvalidRequestError',
     'HttpProxyError',
+    'Headers',
+    'Params',
+    'BodyFunction',
+    'BodyKwargs',
+    'ResponseBody',
+    'Response',
+    'Request',
+    'PoolRequest',
+    'Close',
 ]
 
+# ---------------------------------------------------------------------------------------------
+# Public types, for code that calls or wraps `request` (the helper modules do both).
+# ---------------------------------------------------------------------------------------------
+
 Headers = Tuple[Tuple[bytes, bytes], ...]
+Params = Sequence[Tuple[str, str]]
+# A request body: an async generator function, called as body(*body_args, **dict(body_kwargs))
+# for each attempt, so that a request can be replayed
 BodyFunction = Callable[..., AsyncIterator[bytes]]
+BodyKwargs = Union[Sequence[Tuple[str, Any]], Mapping[str, Any]]
+
+
+class ResponseBody(Protocol):
+    """A response body: an async iterator of bytes that can be closed before its end."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    def __anext__(self) -> Awaitable[bytes]: ...
+
+    def aclose(self) -> Awaitable[None]: ...
+
+
+# (status code, headers, body), e.g. (b'200', ((b'content-type', b'text/plain'),), body)
+Response = Tuple[bytes, Headers, ResponseBody]
+
+
+class Request(Protocol):
+    """`request` from `Pool()`, and what every helper takes and returns. Type checkers see
+    the arguments after `url` as keyword-only, so that a wrapper can take them as **kwargs."""
+
+    async def __call__(self, method: bytes, url: str, *, params: Params = (),
+                       headers: Headers = (), body: BodyFunction = ...,
+                       body_args: Sequence[Any] = (), body_kwargs: BodyKwargs = (),
+                       ) -> Response: ...
+
+
+class PoolRequest(Request, Protocol):
+    """`request` as `Pool()` returns it: a `Request` that can also report the pool's state."""
+
+    def status(self) -> PoolStatus: ...
+
+
+class Close(Protocol):
+    """`close` from `Pool()`."""
+
+    async def __call__(self) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -683,10 +741,11 @@ def timeout(loop: asyncio.AbstractEventLoop, max_time: float) -> Iterator[Callab
         handle.cancel()
 
 
-if asyncio.TimeoutError is TimeoutError:  # Python 3.11+
+if asyncio.TimeoutError is TimeoutError:  # type: ignore[comparison-overlap,unused-ignore]  # 3.11+
     _DeadlineExceeded = TimeoutError
 else:
-    class _DeadlineExceeded(asyncio.TimeoutError, TimeoutError):  # type: ignore[no-redef]
+    # (typeshed makes the two bases one class, as they are on 3.11+: misc, there)
+    class _DeadlineExceeded(asyncio.TimeoutError, TimeoutError):  # type: ignore[no-redef,misc,unused-ignore]
         """Raised by `deadline` before Python 3.11, where asyncio.TimeoutError and the
         built-in TimeoutError are different classes: it is both, as the one class is since."""
 
@@ -742,7 +801,7 @@ def deadline(seconds: Optional[float]) -> Any:
     `TimeoutError`. lowhaio is safe to cancel at any point: the connection in use is closed,
     its slot freed, and nothing is left behind."""
     if hasattr(asyncio, 'timeout'):
-        return asyncio.timeout(seconds)  # type: ignore[attr-defined]
+        return asyncio.timeout(seconds)  # type: ignore[attr-defined,unused-ignore]
     return _Deadline(seconds)
 
 
@@ -757,16 +816,16 @@ class HttpLoggerAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
             ('[http:%s] %s' % (','.join(str(v) for v in self.extra.values()), msg), kwargs)
 
 
-def get_logger_adapter_default(extra: Dict[str, Any]) -> logging.LoggerAdapter:  # type: ignore
+def get_logger_adapter_default(extra: Dict[str, Any]) -> logging.LoggerAdapter[Any]:
     return HttpLoggerAdapter(logging.getLogger('lowhaio'), extra)
 
 
 def get_resolver_logger_adapter_default(http_extra: Dict[str, Any]) \
-        -> Callable[[Dict[str, Any]], logging.LoggerAdapter]:  # type: ignore[type-arg]
+        -> Callable[[Dict[str, Any]], logging.LoggerAdapter[Any]]:
     def _get_resolver_logger_adapter_default(resolver_extra: Dict[str, Any]) \
-            -> logging.LoggerAdapter:  # type: ignore[type-arg]
+            -> logging.LoggerAdapter[Any]:
         http_adapter = HttpLoggerAdapter(logging.getLogger('aiodnsresolver'), http_extra)
-        return ResolverLoggerAdapter(http_adapter, resolver_extra)
+        return ResolverLoggerAdapter(http_adapter, resolver_extra)  # type: ignore[no-any-return]
     return _get_resolver_logger_adapter_default
 
 
@@ -788,11 +847,12 @@ def get_nonblocking_sock(family: int = socket.AF_INET) -> socket.socket:
 
 def set_tcp_cork(sock: Any) -> None:
     """A `sock_pre_message` hook from 0.0.89 (the default now coalesces writes itself)."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)  # type: ignore[attr-defined]
+    # TCP_CORK is Linux-only: typeshed has it only when checking for Linux
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)  # type: ignore[attr-defined,unused-ignore]
 
 
 def unset_tcp_cork(sock: Any) -> None:
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)  # type: ignore[attr-defined]
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)  # type: ignore[attr-defined,unused-ignore]
 
 
 def _no_op(_: Any) -> None:
@@ -1361,8 +1421,8 @@ class HttpProxyError(HttpConnectionError):
     def __init__(self, message: str, code: Optional[bytes] = None,
                  socks_reply: Optional[int] = None) -> None:
         super().__init__(message)
-        self.code = code
-        self.socks_reply = socks_reply
+        self.code: Optional[bytes] = code
+        self.socks_reply: Optional[int] = socks_reply
 
 
 _PROXY_DEFAULT_PORTS = {'http': 80, 'https': 443, 'socks5': 1080, 'socks5h': 1080}
@@ -1396,18 +1456,19 @@ class Proxy:
 
     def __init__(self, scheme: str, host: str, port: int, ip_literal: bool,
                  username: Optional[str], password: Optional[str]) -> None:
-        self.scheme = scheme
-        self.host = host
-        self.port = port
-        self.ip_literal = ip_literal
-        self.username = username
-        self.password = password
+        self.scheme: str = scheme
+        self.host: str = host
+        self.port: int = port
+        self.ip_literal: bool = ip_literal
+        self.username: Optional[str] = username
+        self.password: Optional[str] = password
         bracketed = '[%s]' % (host,) if ':' in host else host
         user = '' if username is None else \
             urllib.parse.quote(username, safe='') + (':***' if password else '') + '@'
-        self.label = '%s://%s%s:%d' % (scheme, user, bracketed, port)
+        self.label: str = '%s://%s%s:%d' % (scheme, user, bracketed, port)
         # RFC 9110 §11.7.1 with the Basic scheme of RFC 7617 (user-id and password in UTF-8)
-        self.authorization = b'' if username is None else b'proxy-authorization: Basic %s\r\n' % (
+        self.authorization: bytes = \
+            b'' if username is None else b'proxy-authorization: Basic %s\r\n' % (
             base64.b64encode(('%s:%s' % (username, password or '')).encode('utf-8')),)
 
     def _identity(self) -> Tuple[Any, ...]:
@@ -2153,8 +2214,7 @@ def Pool(
         max_connections: Optional[int] = None,
         max_idle_per_host: Optional[int] = None,
         expect_continue_timeout: float = 1,
-) -> Tuple[Callable[..., Awaitable[Tuple[bytes, Headers, AsyncIterator[bytes]]]],
-           Callable[..., Awaitable[None]]]:
+) -> Tuple[PoolRequest, Close]:
     """Make a connection pool. Must be called inside a running event loop.
 
     Returns `(request, close)`. See README.md for every option; in short:
@@ -2279,7 +2339,7 @@ def Pool(
                 errors.append(asyncio.TimeoutError(
                     'DNS lookup of %s not answered within connect_timeout' % (host,)))
             elif lookup.exception() is not None:
-                errors.append(lookup.exception())  # type: ignore[arg-type]
+                errors.append(lookup.exception())  # type: ignore[arg-type,unused-ignore]
             else:
                 results.extend(lookup.result())
         if not results:
@@ -2534,7 +2594,7 @@ def Pool(
     async def connect(target: Target, answer: Optional[_DnsAnswer],
                       deadline: float) -> _Connection:
         nonlocal ssl_context
-        if proxied and target.__class__ is ProxiedTarget:
+        if proxied and target.__class__ is ProxiedTarget:  # type: ignore[comparison-overlap]
             return await connect_through_proxy(target, answer, deadline)
         addresses = (target.host,) if answer is None else answer.addresses
         if logger.isEnabledFor(logging.DEBUG):
@@ -2690,7 +2750,7 @@ def Pool(
 
     def response_without_sending_body(conn: _Connection,
                                       parsed: Tuple[bytes, Headers, Framing], rest: bytes) \
-            -> Tuple[bytes, Headers, AsyncIterator[bytes]]:
+            -> Response:
         """The response to a request whose body was not sent, as the server answered before
         100 Continue. The connection is closed once the response is read: the server may read
         the body it still expects from the connection (RFC 9110 §10.1.1 lets it choose between
@@ -2794,7 +2854,7 @@ def Pool(
                       get_logger_adapter: Callable[[Dict[str, Any]], Any] = get_logger_adapter,
                       get_resolver_logger_adapter: Callable[..., Any] =
                       get_resolver_logger_adapter,
-                      ) -> Tuple[bytes, Headers, AsyncIterator[bytes]]:
+                      ) -> Response:
         target = targets.get(url) or cached_target(url)
         try:
             encoded = encoded_headers[method, headers]
@@ -2877,7 +2937,7 @@ def Pool(
             # caller even starts reading, and the body iterator holds only bytes.
             body_bytes = rest[:framing.length] if framing.kind == CONTENT_LENGTH else b''
             release(conn, keep and len(rest) == len(body_bytes))
-            response_body: AsyncIterator[bytes] = _BufferedBody(body_bytes)
+            response_body: ResponseBody = _BufferedBody(body_bytes)
         else:
             response_body = _ResponseBody(
                 conn, release, _tuple_new(Framing, (framing.kind, framing.length, keep)), rest,
@@ -2933,7 +2993,9 @@ def Pool(
         return by_host
 
     request.status = status  # type: ignore[attr-defined]
-    return request, close
+    if TYPE_CHECKING:  # the function itself must be a Request: cast() would not check that
+        _: Request = request
+    return cast(PoolRequest, request), close
 
 
 if __name__ == '__main__':  # python -m lowhaio: the command-line client

@@ -13,9 +13,11 @@ import asyncio
 import urllib.parse
 from typing import (
     Any,
+    Dict,
     AsyncIterator,
     Awaitable,
     Callable,
+    FrozenSet,
     Iterable,
     List,
     Mapping,
@@ -25,10 +27,12 @@ from typing import (
 )
 
 from lowhaio import (
+    Close,
     HttpError,
     HttpPoolTimeoutError,
     HttpTimeoutError,
     Pool,
+    Request,
     empty_async_iterator,
 )
 from lowhaio_chunked import chunked
@@ -43,7 +47,7 @@ HeaderList = List[Tuple[bytes, bytes]]
 
 # RFC 9110 §7.6.1: meaningful for one connection only, so never forwarded; plus the fields the
 # `connection` header lists. `expect` too: the ASGI server has answered any 100-continue already.
-HOP_BY_HOP = frozenset((
+HOP_BY_HOP: FrozenSet[bytes] = frozenset((
     b'connection', b'keep-alive', b'proxy-connection', b'te', b'transfer-encoding',
     b'upgrade', b'trailer',
 ))
@@ -91,11 +95,11 @@ class ReverseProxy:
         if forwarded not in FORWARDED_STYLES:
             raise ValueError('forwarded must be one of %s, not %r'
                              % (', '.join(FORWARDED_STYLES), forwarded))
-        self.upstream = parse_upstream(upstream)
-        self.forwarded = forwarded
-        self.preserve_host = preserve_host
-        self.pool_options = dict(pool_options)
-        self._pool: Optional[Tuple[Callable[..., Any], Callable[..., Any]]] = None
+        self.upstream: Upstream = parse_upstream(upstream)
+        self.forwarded: str = forwarded
+        self.preserve_host: bool = preserve_host
+        self.pool_options: Dict[str, Any] = dict(pool_options)
+        self._pool: Optional[Tuple[Request, Close]] = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope['type'] == 'http':
@@ -112,7 +116,7 @@ class ReverseProxy:
         if pool is not None:
             await pool[1]()
 
-    def _request(self) -> Callable[..., Any]:
+    def _request(self) -> Request:
         if self._pool is None:
             self._pool = Pool(**self.pool_options)
         return self._pool[0]
@@ -193,8 +197,8 @@ class ReverseProxy:
 
 class Upstream:
     def __init__(self, scheme: str, base: str) -> None:
-        self.scheme = scheme
-        self.base = base  # scheme://authority/prefix, without a trailing slash
+        self.scheme: str = scheme
+        self.base: str = base  # scheme://authority/prefix, without a trailing slash
 
 
 def parse_upstream(upstream: str) -> Upstream:

@@ -19,7 +19,7 @@ import os
 import re
 import urllib.parse
 from typing import (
-    AsyncGenerator,
+    Any,
     Awaitable,
     Callable,
     Dict,
@@ -31,10 +31,16 @@ from typing import (
     Union,
 )
 
-from lowhaio import HttpInvalidRequestError, parse_target
+from lowhaio import (
+    Headers,
+    HttpInvalidRequestError,
+    Params,
+    Request,
+    Response,
+    ResponseBody,
+    parse_target,
+)
 
-Headers = Tuple[Tuple[bytes, bytes], ...]
-Request = Callable[..., Awaitable[Tuple[bytes, Headers, AsyncGenerator[bytes, None]]]]
 Origin = Tuple[str, str, int]
 Token = Union[str, Callable[[], Awaitable[str]]]
 
@@ -60,7 +66,7 @@ def has_authorization(headers: Headers) -> bool:
     return any(key.lower() == b'authorization' for key, _ in headers)
 
 
-async def discard(body: AsyncGenerator[bytes, None]) -> None:
+async def discard(body: ResponseBody) -> None:
     num_bytes = 0
     async for chunk in body:
         num_bytes += len(chunk)
@@ -88,8 +94,8 @@ def basic(request: Request, username: str, password: str) -> Request:
     credentials = basic_credentials(username, password)
     lock = OriginLock()
 
-    async def basic_request(method: bytes, url: str, params=(), headers: Headers = (),
-                            **kwargs):
+    async def basic_request(method: bytes, url: str, params: Params = (), headers: Headers = (),
+                            **kwargs: Any) -> Response:
         headers = tuple(headers)
         if lock.allows(url) and not has_authorization(headers):
             headers += ((b'authorization', credentials),)
@@ -121,13 +127,13 @@ def bearer(request: Request, token: Token) -> Request:
     """
     lock = OriginLock()
 
-    async def bearer_request(method: bytes, url: str, params=(), headers: Headers = (),
-                             **kwargs):
+    async def bearer_request(method: bytes, url: str, params: Params = (), headers: Headers = (),
+                             **kwargs: Any) -> Response:
         headers = tuple(headers)
         if not lock.allows(url) or has_authorization(headers):
             return await request(method, url, params=params, headers=headers, **kwargs)
 
-        async def attempt() -> Tuple[bytes, Headers, AsyncGenerator[bytes, None]]:
+        async def attempt() -> Response:
             authorization = ((b'authorization', await current_token(token)),)
             return await request(method, url, params=params, headers=headers + authorization,
                                  **kwargs)
@@ -163,18 +169,18 @@ def hash_functions() -> Dict[str, Callable[[bytes], str]]:
     return functions
 
 
-HASHES = hash_functions()
+HASHES: Dict[str, Callable[[bytes], str]] = hash_functions()
 # RFC 9110 section 11.6.1: challenge = auth-scheme [ 1*SP ( token68 / #auth-param ) ], and a
 # header value is a comma-separated list of challenges, whose parameters are separated by
 # commas too. Each element of the list is one of these, up to the next comma
 TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 QUOTED_STRING = r'"(?:[^"\\]|\\.)*"'
 TOKEN68 = r'[A-Za-z0-9\-._~+/]+=*'
-ELEMENT_RE = re.compile(
+ELEMENT_RE: re.Pattern[str] = re.compile(
     rf'(?:(?P<name>{TOKEN})[ \t]*=[ \t]*(?P<value>{TOKEN}|{QUOTED_STRING})'
     rf'|(?P<scheme>{TOKEN})(?:[ ]+(?:(?P<first_name>{TOKEN})[ \t]*=[ \t]*'
     rf'(?P<first_value>{TOKEN}|{QUOTED_STRING})|{TOKEN68}))?)[ \t]*(?:,|\Z)')
-SEPARATORS_RE = re.compile(r'[ \t,]*')
+SEPARATORS_RE: re.Pattern[str] = re.compile(r'[ \t,]*')
 
 
 class Challenge(NamedTuple):
@@ -331,7 +337,7 @@ def digest_authorization(challenge: DigestChallenge, username: str, password: st
     return b'Digest ' + wire(', '.join(params))
 
 
-def request_target(url: str, params) -> str:
+def request_target(url: str, params: Params) -> str:
     """The request-target lowhaio sends for this URL and params: what the uri parameter must
     be, byte for byte, for the server to accept the response."""
     target = parse_target(url)
@@ -386,15 +392,14 @@ def digest(request: Request, username: str, password: str) -> Request:
     lock = OriginLock()
     nonces = NonceCounter()
 
-    async def digest_request(method: bytes, url: str, params=(), headers: Headers = (),
-                             **kwargs):
+    async def digest_request(method: bytes, url: str, params: Params = (), headers: Headers = (),
+                             **kwargs: Any) -> Response:
         headers = tuple(headers)
         if not lock.allows(url) or has_authorization(headers):
             return await request(method, url, params=params, headers=headers, **kwargs)
         uri = request_target(url, params)
 
-        async def attempt(authorized: bool) -> Tuple[bytes, Headers,
-                                                     AsyncGenerator[bytes, None]]:
+        async def attempt(authorized: bool) -> Response:
             authorization: Headers = ()
             if authorized:
                 challenge, nc = nonces.next()

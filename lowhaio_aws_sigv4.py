@@ -23,37 +23,42 @@ import hashlib
 import hmac
 import urllib.parse
 from typing import (
+    Any,
     AsyncIterator,
     Awaitable,
     Callable,
+    Dict,
+    FrozenSet,
     Iterable,
     List,
+    Sequence,
     Tuple,
+    Union,
 )
 
-Headers = Tuple[Tuple[bytes, bytes], ...]
-BodyFunction = Callable[..., AsyncIterator[bytes]]
-Request = Callable[..., Awaitable[Tuple[bytes, Headers, AsyncIterator[bytes]]]]
+from lowhaio import BodyFunction, BodyKwargs, Headers, Params, Request, Response
+
 Credentials = Callable[[], Awaitable[Tuple[str, str, Headers]]]
 Now = Callable[[], datetime.datetime]
 
 ALGORITHM = 'AWS4-HMAC-SHA256'
 UNSIGNED_PAYLOAD = 'UNSIGNED-PAYLOAD'
-DEFAULT_PORTS = {'http': 80, 'https': 443}
+DEFAULT_PORTS: Dict[str, int] = {'http': 80, 'https': 443}
 # Headers that proxies and the HTTP layer may add, change or drop; signing them would make a
 # valid request fail. The same list as botocore's SIGNED_HEADERS_BLACKLIST.
-UNSIGNED_HEADERS = frozenset((
+UNSIGNED_HEADERS: FrozenSet[str] = frozenset((
     'baggage', 'connection', 'expect', 'keep-alive', 'proxy-authenticate', 'proxy-authorization',
     'te', 'traceparent', 'tracestate', 'trailer', 'transfer-encoding', 'upgrade', 'user-agent',
     'x-amzn-trace-id',
 ))
 # Set by signing, so any the caller passed (e.g. from signing an earlier attempt) are replaced
-SIGNING_HEADERS = frozenset((b'authorization', b'x-amz-date', b'x-amz-content-sha256'))
+SIGNING_HEADERS: FrozenSet[bytes] = frozenset((
+    b'authorization', b'x-amz-date', b'x-amz-content-sha256'))
 # Characters that are never percent-encoded in AWS canonical forms (RFC 3986 unreserved)
 UNRESERVED = '-_.~'
 
 
-async def empty_body(*_, **__) -> AsyncIterator[bytes]:
+async def empty_body(*_: Any, **__: Any) -> AsyncIterator[bytes]:
     return
     yield  # pylint: disable=unreachable
 
@@ -77,9 +82,9 @@ def signed(request: Request, credentials: Credentials, service: str, region: str
     transfer-encoding.
     """
 
-    async def signed_request(method: bytes, url: str, params=(), headers: Headers = (),
-                             body: BodyFunction = empty_body, body_args=(), body_kwargs=(),
-                             **kwargs):
+    async def signed_request(method: bytes, url: str, params: Params = (), headers: Headers = (),
+                             body: BodyFunction = empty_body, body_args: Sequence[Any] = (),
+                             body_kwargs: BodyKwargs = (), **kwargs: Any) -> Response:
         body_hash, length, body_to_send, body_args, body_kwargs = \
             await hashed(body, body_args, body_kwargs, replay_body)
         headers = tuple(headers)
@@ -93,7 +98,8 @@ def signed(request: Request, credentials: Credentials, service: str, region: str
     return signed_request
 
 
-async def hashed(body: BodyFunction, body_args, body_kwargs, replay_body: bool):
+async def hashed(body: BodyFunction, body_args: Sequence[Any], body_kwargs: BodyKwargs,
+                 replay_body: bool) -> Tuple[str, int, BodyFunction, Sequence[Any], BodyKwargs]:
     """The body's SHA-256 hex digest and length, and the body function (with its arguments)
     that sends the same bytes."""
     digest = hashlib.sha256()
@@ -121,7 +127,7 @@ def has_header(headers: Headers, names: Iterable[bytes]) -> bool:
 
 
 async def sign(credentials: Credentials, service: str, region: str, when: datetime.datetime,
-               method: bytes, url: str, params, headers: Headers, payload_hash: str,
+               method: bytes, url: str, params: Params, headers: Headers, payload_hash: str,
                ) -> Tuple[str, Headers]:
     """The URL to request (with params moved into its query, in canonical form) and the
     headers to send: the caller's, the credentials' extra headers, host, x-amz-date,
@@ -151,7 +157,7 @@ def as_utc(when: datetime.datetime) -> datetime.datetime:
     return when if when.tzinfo is None else when.astimezone(datetime.timezone.utc)
 
 
-def url_with_canonical_query(url: str, params) -> str:
+def url_with_canonical_query(url: str, params: Params) -> str:
     """The URL with its path and query percent-encoded as AWS canonicalises them, and params
     appended to the query, so that what lowhaio sends is byte for byte what is signed (lowhaio
     leaves valid percent-escapes and unreserved characters as they are).
@@ -175,7 +181,7 @@ def canonical_encoded_path(path: str) -> str:
     )
 
 
-def as_text(value) -> str:
+def as_text(value: Union[str, bytes]) -> str:
     return value.decode('utf-8') if isinstance(value, bytes) else str(value)
 
 
@@ -237,7 +243,7 @@ def signing_key(secret_access_key: str, date: str, region: str, service: str) ->
 def canonical_headers_and_names(headers: Headers) -> Tuple[str, str]:
     """Each signed header once, values of repeated headers joined by commas in the order
     sent, whitespace runs collapsed; a trailing newline ends the block."""
-    values: dict = {}
+    values: Dict[str, List[str]] = {}
     for key, value in headers:
         name = key.decode('ascii').strip().lower()
         if name not in UNSIGNED_HEADERS:

@@ -11,13 +11,13 @@ with lowhaio-aws-sigv4-unsigned-payload.
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
+from lowhaio import BodyFunction, BodyKwargs, Headers, Params, Request, Response
 from lowhaio_aws_sigv4 import (
     UNSIGNED_PAYLOAD,
-    BodyFunction,
     Credentials,
-    Headers,
     Now,
-    Request,
     empty_body,
     sign,
     utc_now,
@@ -35,9 +35,9 @@ def signed(request: Request, credentials: Credentials, service: str, region: str
     now: the signing time; fixed in tests.
     """
 
-    async def signed_request(method: bytes, url: str, params=(), headers: Headers = (),
-                             body: BodyFunction = empty_body, body_args=(), body_kwargs=(),
-                             **kwargs):
+    async def signed_request(method: bytes, url: str, params: Params = (), headers: Headers = (),
+                             body: BodyFunction = empty_body, body_args: Sequence[Any] = (),
+                             body_kwargs: BodyKwargs = (), **kwargs: Any) -> Response:
         url, signed_headers = await sign(credentials, service, region, now(), method, url,
                                          params, tuple(headers), UNSIGNED_PAYLOAD)
         return await request(method, url, headers=signed_headers, body=body,

@@ -23,8 +23,6 @@ import time
 import urllib.parse
 from typing import (
     Any,
-    AsyncIterator,
-    Awaitable,
     Callable,
     Collection,
     Dict,
@@ -38,23 +36,23 @@ from lowhaio import (
     HttpConnectionError,
     HttpInvalidRequestError,
     HttpTimeoutError,
+    Request,
+    Response,
 )
 
-Headers = Tuple[Tuple[bytes, bytes], ...]
-Request = Callable[..., Awaitable[Tuple[bytes, Headers, AsyncIterator[bytes]]]]
 Origin = Tuple[str, str, Optional[int]]
 
 CLOSED = 'closed'
 OPEN = 'open'
 HALF_OPEN = 'half-open'
 
-DEFAULT_PORTS = {'http': 80, 'https': 443}
+DEFAULT_PORTS: Dict[str, int] = {'http': 80, 'https': 443}
 # Failing to connect, timing out, and the server dropping the connection: what an unhealthy
 # origin does. Errors the caller causes (HttpInvalidRequestError) and malformed responses
 # are not counted.
 DEFAULT_FAILURE_EXCEPTIONS: Tuple[Type[BaseException], ...] = (
     HttpConnectionError, HttpTimeoutError, HttpConnectionClosedError)
-SERVER_ERRORS = tuple(range(500, 600))
+SERVER_ERRORS: Tuple[int, ...] = tuple(range(500, 600))
 
 
 class CircuitOpenError(HttpConnectionError):
@@ -130,7 +128,7 @@ def circuit_breaker(request: Request, failure_threshold: int = 5, recovery_time:
             not isinstance(exception, CircuitOpenError)
 
     async def breaker_request(method: bytes, url: str, *args: Any, **kwargs: Any
-                              ) -> Tuple[bytes, Headers, AsyncIterator[bytes]]:
+                              ) -> Response:
         circuit = circuits.setdefault(origin_of(url), _Circuit())
         is_trial = admit(circuit, url)
         try:

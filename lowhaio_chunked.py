@@ -10,9 +10,9 @@ with lowhaio-chunked 0.0.5: this module only encodes the body, it never touches 
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator
 
-BodyFunction = Callable[..., AsyncIterator[bytes]]
+from lowhaio import BodyFunction
 
 LAST_CHUNK_AND_EMPTY_TRAILER = b'0\r\n\r\n'
 
@@ -25,7 +25,7 @@ def chunked(body: BodyFunction) -> BodyFunction:
     because each call starts a fresh iteration of `body`.
     """
 
-    async def chunked_body(*args, **kwargs) -> AsyncIterator[bytes]:
+    async def chunked_body(*args: Any, **kwargs: Any) -> AsyncIterator[bytes]:
         async for data in body(*args, **kwargs):
             # A zero-length chunk would be read by the server as the end of the body
             if data:

@@ -21,12 +21,13 @@ import ssl
 import stat
 import sys
 from typing import (
-    IO,
     Any,
     AsyncIterator,
     Awaitable,
     Callable,
     Dict,
+    FrozenSet,
+    IO,
     Iterator,
     List,
     NamedTuple,
@@ -38,6 +39,8 @@ from typing import (
 
 import lowhaio
 from lowhaio import (
+    BodyFunction,
+    Headers,
     HttpConnectionClosedError,
     HttpConnectionError,
     HttpDataError,
@@ -49,17 +52,15 @@ from lowhaio import (
     HttpTimeoutError,
     HttpTlsError,
     Pool,
+    Request,
 )
-
-Headers = Tuple[Tuple[bytes, bytes], ...]
-BodyFunction = Callable[..., AsyncIterator[bytes]]
-Request = Callable[..., Awaitable[Tuple[bytes, Headers, Any]]]
 
 # Bytes read from a file or stdin per chunk sent
 CHUNK_SIZE = 65536
 # The statuses curl's --retry counts as transient (408, 429, 500, 502, 503, 504)
-TRANSIENT_STATUSES = (408, 429, 500, 502, 503, 504)
-IDEMPOTENT_METHODS = frozenset((b'GET', b'HEAD', b'OPTIONS', b'TRACE', b'PUT', b'DELETE'))
+TRANSIENT_STATUSES: Tuple[int, ...] = (408, 429, 500, 502, 503, 504)
+IDEMPOTENT_METHODS: FrozenSet[bytes] = frozenset((
+    b'GET', b'HEAD', b'OPTIONS', b'TRACE', b'PUT', b'DELETE'))
 EXTRA_HINT = 'pip install "lowhaio[cli]"'
 
 EXIT_CODES: Sequence[Tuple[int, str]] = (
@@ -90,8 +91,8 @@ class CliError(Exception):
 
     def __init__(self, exit_code: int, message: str) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
-        self.message = message
+        self.exit_code: int = exit_code
+        self.message: str = message
 
 
 # ---------------------------------------------------------------------------------------------
@@ -526,8 +527,8 @@ class Heads:
     """The response heads of the current attempt, for -i: with -L, one per hop, as curl."""
 
     def __init__(self, err: IO[str], verbose: bool) -> None:
-        self.err = err
-        self.verbose = verbose
+        self.err: IO[str] = err
+        self.verbose: bool = verbose
         self.responses: List[bytes] = []
 
     def request_sent(self, method: bytes, url: str, headers: Headers) -> None:
@@ -617,7 +618,7 @@ class Output:
     """stdout or -o FILE, created only once there is something to write to it."""
 
     def __init__(self, path: Optional[str]) -> None:
-        self.path = path
+        self.path: Optional[str] = path
         self.file: Optional[IO[bytes]] = None
 
     def write(self, data: bytes) -> None:

@@ -16,12 +16,10 @@ from __future__ import annotations
 import http.cookiejar
 import urllib.parse
 import warnings
-from typing import AsyncGenerator, Awaitable, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
+from lowhaio import Headers, Params, Request, Response
 from lowhaio_redirect import redirect_observers
-
-Headers = Tuple[Tuple[bytes, bytes], ...]
-Request = Callable[..., Awaitable[Tuple[bytes, Headers, AsyncGenerator[bytes, None]]]]
 
 
 def text(value: bytes) -> str:
@@ -44,14 +42,15 @@ class CookieRequest:
 
     def __init__(self, url: str, headers: Headers) -> None:
         parsed = urllib.parse.urlsplit(url)
-        self.full_url = url
-        self.type = parsed.scheme.lower()
-        self.host = parsed.netloc.rpartition('@')[2].lower()
-        self.origin_req_host = (parsed.hostname or '').lower()
+        self.full_url: str = url
+        self.type: str = parsed.scheme.lower()
+        self.host: str = parsed.netloc.rpartition('@')[2].lower()
+        self.origin_req_host: str = (parsed.hostname or '').lower()
         # Every request is one the user asked for: redirects are followed by the user's
         # choice of redirectable, so none is the "unverifiable" third-party kind
         self.unverifiable = False
-        self.headers = {text(key).lower(): text(value) for key, value in headers}
+        self.headers: Dict[str, str] = {text(key).lower(): text(value)
+                                        for key, value in headers}
         self.added: Dict[str, str] = {}
 
     def get_full_url(self) -> str:
@@ -86,7 +85,7 @@ class CookieResponse:
     """A lowhaio response as http.cookiejar reads one: info().get_all(name)."""
 
     def __init__(self, headers: Headers) -> None:
-        self.headers = headers
+        self.headers: Headers = headers
 
     def info(self) -> CookieResponse:
         return self
@@ -99,7 +98,9 @@ class CookieResponse:
 
 def with_jar_cookies(jar: http.cookiejar.CookieJar, url: str, headers: Headers) -> Headers:
     cookie_request = CookieRequest(url, headers)
-    jar.add_cookie_header(cookie_request)
+    # http.cookiejar reads a urllib Request (and response) only through the methods these
+    # stand-ins define
+    jar.add_cookie_header(cookie_request)  # type: ignore[arg-type]
     return headers + tuple((wire(name), wire(value))
                            for name, value in cookie_request.added.items())
 
@@ -114,7 +115,8 @@ def store_cookies(jar: http.cookiejar.CookieJar, url: str, request_headers: Head
         if key in (b'set-cookie', b'set-cookie2'):
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore', UserWarning)
-                jar.extract_cookies(CookieResponse(((key, value),)), cookie_request)
+                jar.extract_cookies(CookieResponse(((key, value),)),  # type: ignore[arg-type]
+                                    cookie_request)  # type: ignore[arg-type]
 
 
 class CookieHops:
@@ -123,10 +125,11 @@ class CookieHops:
     in place of those for the previous one."""
 
     def __init__(self, jar: http.cookiejar.CookieJar, url: str, headers: Headers) -> None:
-        self.jar = jar
-        self.url = url
-        self.callers_cookie = any(key.lower() == b'cookie' for key, _ in headers)
-        self.sent = headers if self.callers_cookie else with_jar_cookies(jar, url, headers)
+        self.jar: http.cookiejar.CookieJar = jar
+        self.url: str = url
+        self.callers_cookie: bool = any(key.lower() == b'cookie' for key, _ in headers)
+        self.sent: Headers = headers if self.callers_cookie else \
+            with_jar_cookies(jar, url, headers)
 
     def next_hop(self, url: str, response_headers: Headers, next_url: str,
                  headers: Headers) -> Headers:
@@ -168,8 +171,8 @@ def cookies(request: Request, jar: Optional[http.cookiejar.CookieJar] = None) ->
     """
     cookie_jar = new_jar() if jar is None else jar
 
-    async def cookies_request(method: bytes, url: str, params=(), headers: Headers = (),
-                              **kwargs):
+    async def cookies_request(method: bytes, url: str, params: Params = (), headers: Headers = (),
+                              **kwargs: Any) -> Response:
         # Matching uses scheme, host and path, which params do not change
         headers = tuple(headers)
         hops = CookieHops(cookie_jar, url, headers)

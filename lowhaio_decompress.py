@@ -18,29 +18,23 @@ import zlib
 from typing import (
     Any,
     AsyncGenerator,
-    AsyncIterator,
-    Awaitable,
     Callable,
     Dict,
     Iterator,
     List,
     Optional,
     Sequence,
-    Tuple,
 )
 
-from lowhaio import HttpDataError
-
-Headers = Tuple[Tuple[bytes, bytes], ...]
-Request = Callable[..., Awaitable[Tuple[bytes, Headers, AsyncGenerator[bytes, None]]]]
+from lowhaio import Headers, HttpDataError, Params, Request, Response, ResponseBody
 
 # Decoded pieces handed to the caller are at most this long, and each decoder holds at most about
 # this much output at a time, so memory stays bounded whatever the compressed stream says
 OUTPUT_CHUNK = 65536
 # The ratio check starts only once this much is decoded: small, very repetitive bodies (a page
 # of zeros) legitimately compress far better than large ones
-RATIO_FLOOR = 1 << 20
-DEFAULT_MAX_SIZE = 1 << 30
+RATIO_FLOOR: int = 1 << 20
+DEFAULT_MAX_SIZE: int = 1 << 30
 DEFAULT_MAX_RATIO = 200
 # More stacked codings than this is no real server; each one costs a decoder's memory
 MAX_CODINGS = 5
@@ -50,7 +44,7 @@ MAX_CODINGS = 5
 ZSTD_INPUT_SLICE = 64
 BROTLI_INPUT_SLICE = 4096
 # RFC 9659 section 3: a zstd content coding uses a window of at most 8 MiB
-ZSTD_MAX_WINDOW = 1 << 23
+ZSTD_MAX_WINDOW: int = 1 << 23
 
 
 class DecompressionError(HttpDataError):
@@ -250,10 +244,11 @@ def decoder_factories(brotli: Any, zstandard: Any) -> Dict[bytes, Callable[[], A
     return factories
 
 
-DECODERS = decoder_factories(brotli_module(), optional_module('zstandard'))
+DECODERS: Dict[bytes, Callable[[], Any]] = decoder_factories(
+    brotli_module(), optional_module('zstandard'))
 # RFC 9110 section 8.4.1.3: x-gzip is to be treated as gzip
-ALIASES = {b'x-gzip': b'gzip'}
-INSTALL_HINTS = {
+ALIASES: Dict[bytes, bytes] = {b'x-gzip': b'gzip'}
+INSTALL_HINTS: Dict[bytes, str] = {
     b'br': 'install brotli or brotlicffi 1.2 or later: pip install lowhaio[compression]',
     b'zstd': 'install zstandard: pip install lowhaio[compression]',
 }
@@ -286,8 +281,8 @@ def decompressed(request: Request, max_size: Optional[int] = DEFAULT_MAX_SIZE,
     factories = DECODERS if decoders is None else decoders
     accepted = accept_encoding(factories)
 
-    async def decompressed_request(method: bytes, url: str, params=(), headers: Headers = (),
-                                   **kwargs):
+    async def decompressed_request(method: bytes, url: str, params: Params = (),
+                                   headers: Headers = (), **kwargs: Any) -> Response:
         headers = tuple(headers)
         if not any(key.lower() == b'accept-encoding' for key, _ in headers):
             headers += ((b'accept-encoding', accepted),)
@@ -342,9 +337,9 @@ def decoded_through(decoders: Sequence[Any], data: bytes) -> Iterator[bytes]:
         yield from decoded_through(decoders[1:], piece)
 
 
-async def decoded_body(body: AsyncGenerator[bytes, None], decoders: Sequence[Any],
+async def decoded_body(body: ResponseBody, decoders: Sequence[Any],
                        max_size: Optional[int], max_ratio: Optional[float]
-                       ) -> AsyncIterator[bytes]:
+                       ) -> AsyncGenerator[bytes, None]:
     received = decoded_size = 0
     first = decoders[0]
     try:

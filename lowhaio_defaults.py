@@ -13,13 +13,11 @@ the origin.
 from __future__ import annotations
 
 import urllib.parse
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Optional, Tuple
+from typing import Any, Iterable, Optional, Tuple
 
-from lowhaio import HttpInvalidRequestError
+from lowhaio import Headers, HttpInvalidRequestError, Request, Response
 
-Headers = Tuple[Tuple[bytes, bytes], ...]
 Params = Tuple[Tuple[str, str], ...]
-Request = Callable[..., Awaitable[Tuple[bytes, Headers, AsyncIterator[bytes]]]]
 
 
 def with_defaults(request: Request, base_url: Optional[str] = None,
@@ -43,7 +41,7 @@ def with_defaults(request: Request, base_url: Optional[str] = None,
 
     async def request_with_defaults(method: bytes, url: str, params: Iterable[Tuple[str, str]] = (),
                                     headers: Iterable[Tuple[bytes, bytes]] = (),
-                                    **kwargs: Any) -> Tuple[bytes, Headers, AsyncIterator[bytes]]:
+                                    **kwargs: Any) -> Response:
         absolute_url = url if base_url is None else urllib.parse.urljoin(base_url, url)
         headers, params = tuple(headers), tuple(params)
         return await request(

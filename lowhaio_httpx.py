@@ -13,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import http
 from collections import OrderedDict
-from typing import Any, AsyncIterator, Callable, Dict, Optional, Tuple, Type
+from typing import Any, AsyncIterator, Dict, Optional, Tuple, Type
 
 from lowhaio import (
+    BodyFunction,
+    Close,
+    Headers,
     HttpConnectionClosedError,
     HttpConnectionError,
     HttpDataError,
@@ -28,6 +31,8 @@ from lowhaio import (
     HttpTimeoutError,
     ResponseHeaders,
     Pool,
+    Request,
+    ResponseBody,
     empty_async_iterator,
     streamed,
 )
@@ -40,8 +45,6 @@ except ImportError as exception:  # pragma: no cover - depends on the installati
 
 __all__ = ['LowhaioTransport']
 
-Headers = Tuple[Tuple[bytes, bytes], ...]
-BodyFunction = Callable[..., AsyncIterator[bytes]]
 # httpx's timeout per phase: connect, read, write, pool; None means no limit
 Timeouts = Tuple[Optional[float], Optional[float], Optional[float], Optional[float]]
 
@@ -76,8 +79,7 @@ class LowhaioTransport(httpx.AsyncBaseTransport):
                             'extension "timeout"), not as Pool options' % ', '.join(sorted(given)))
         self._pool_options = dict(pool_options)
         self._pool_options.setdefault('response_head_timeout', NO_LIMIT)
-        self._pools: OrderedDict[Timeouts, Tuple[Callable[..., Any], Callable[..., Any]]] = \
-            OrderedDict()
+        self._pools: OrderedDict[Timeouts, Tuple[Request, Close]] = OrderedDict()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = lowhaio_url(request.url)
@@ -112,7 +114,7 @@ class LowhaioTransport(httpx.AsyncBaseTransport):
         for _, close in pools.values():
             await close()
 
-    async def _request_for(self, timeouts: Timeouts) -> Callable[..., Any]:
+    async def _request_for(self, timeouts: Timeouts) -> Request:
         pool = self._pools.get(timeouts)
         if pool is not None:
             self._pools.move_to_end(timeouts)
@@ -226,7 +228,7 @@ class ResponseStream(httpx.AsyncByteStream):
     """A lowhaio response body as httpx's response stream, its errors mapped to httpx's.
     `aclose()` before the end closes the connection, which is never pooled half-read."""
 
-    def __init__(self, body: Any, request: httpx.Request) -> None:
+    def __init__(self, body: ResponseBody, request: httpx.Request) -> None:
         self._body = body
         self._request = request
 

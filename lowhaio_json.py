@@ -16,15 +16,12 @@ from __future__ import annotations
 import importlib
 import json
 import re
-from typing import Any, AsyncIterator, Callable, Optional, Tuple
+from typing import Any, AsyncIterator, Optional, Tuple
 
-from lowhaio import HttpDataError, HttpInvalidRequestError
+from lowhaio import BodyFunction, Headers, HttpDataError, HttpInvalidRequestError
 
-Headers = Tuple[Tuple[bytes, bytes], ...]
-BodyFunction = Callable[..., AsyncIterator[bytes]]
-
-DEFAULT_MAX_SIZE = 16 * 1024 * 1024
-BACKENDS = ('orjson', 'json')
+DEFAULT_MAX_SIZE: int = 16 * 1024 * 1024
+BACKENDS: Tuple[str, ...] = ('orjson', 'json')
 
 
 class JsonError(HttpDataError):
@@ -42,7 +39,7 @@ class JsonTypeError(JsonError):
 
     def __init__(self, message: str, field: str) -> None:
         super().__init__(message)
-        self.field = field
+        self.field: str = field
 
 
 def default_backend() -> str:
@@ -84,7 +81,7 @@ def json_body(obj: Any, *, backend: Optional[str] = None) -> Tuple[Headers, Body
 def encoded(obj: Any, backend: str) -> bytes:
     try:
         if backend == 'orjson':
-            return importlib.import_module('orjson').dumps(obj)
+            return importlib.import_module('orjson').dumps(obj)  # type: ignore[no-any-return]
         # As compact as orjson's, and NaN refused rather than written as invalid JSON
         return json.dumps(obj, ensure_ascii=False, separators=(',', ':'),
                           allow_nan=False).encode('utf-8')

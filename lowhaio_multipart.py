@@ -34,17 +34,14 @@ from typing import (
     Union,
 )
 
-from lowhaio import HttpDataError, HttpInvalidRequestError
-
-Headers = Tuple[Tuple[bytes, bytes], ...]
-BodyFunction = Callable[..., AsyncIterator[bytes]]
+from lowhaio import BodyFunction, Headers, HttpDataError, HttpInvalidRequestError
 
 CHUNK_SIZE = 65536
 MAX_BOUNDARY_ATTEMPTS = 10
 # In a quoted name or filename: the quote would end it, and CR, LF and the other controls
 # could end the header line or trip the server's parser. Percent-encoded, as browsers do for
 # '"', CR and LF (HTML's multipart/form-data encoding algorithm) and httpx for all of them.
-UNSAFE_IN_QUOTED = re.compile('["\x00-\x1f\x7f]')
+UNSAFE_IN_QUOTED: re.Pattern[str] = re.compile('["\x00-\x1f\x7f]')
 # A backslash starts a quoted-pair (RFC 9110 section 5.6.4) for servers that parse those
 # (aiohttp, python-multipart), so it is doubled, as httpx does
 
@@ -169,7 +166,7 @@ def position_and_size(source: Union[str, 'os.PathLike[str]', BinaryIO], name: st
         raise MultipartError(f'Field {name!r}: open the file in binary mode (rb)')
     try:
         if not hasattr(source, 'read'):
-            return 0, os.stat(source).st_size  # type: ignore[arg-type]
+            return 0, os.stat(source).st_size  # type: ignore[arg-type,unused-ignore]
         start = source.tell()  # type: ignore[union-attr]
         end = source.seek(0, io.SEEK_END)  # type: ignore[union-attr]
         source.seek(start)  # type: ignore[union-attr]
@@ -184,8 +181,10 @@ async def file_chunks(part: _FilePart, chunk_size: int) -> AsyncIterator[bytes]:
     """Exactly part.size bytes from the file, read in a thread so the loop never blocks."""
     loop = asyncio.get_running_loop()
     opened = not hasattr(part.source, 'read')
-    file: BinaryIO = await loop.run_in_executor(None, open, part.source, 'rb') if opened \
-        else part.source  # type: ignore[assignment]
+    # open() is overloaded on its mode, which run_in_executor's signature cannot pick by
+    file: BinaryIO = await loop.run_in_executor(
+        None, open, part.source, 'rb',  # type: ignore[arg-type]
+    ) if opened else part.source  # type: ignore[assignment]
     try:
         await loop.run_in_executor(None, file.seek, part.start)
         remaining = part.size

@@ -12,22 +12,27 @@ import contextvars
 import urllib.parse
 from typing import (
     Any,
-    AsyncGenerator,
     AsyncIterator,
-    Awaitable,
     Callable,
+    Dict,
+    FrozenSet,
     Iterable,
     Optional,
     Sequence,
     Tuple,
 )
 
-from lowhaio import HttpError
+from lowhaio import (
+    BodyFunction,
+    BodyKwargs,
+    Headers,
+    HttpError,
+    Params,
+    Request,
+    Response,
+    ResponseBody,
+)
 
-Headers = Tuple[Tuple[bytes, bytes], ...]
-BodyFunction = Callable[..., AsyncIterator[bytes]]
-# The response body has aclose(), as an async generator does
-Request = Callable[..., Awaitable[Tuple[bytes, Headers, AsyncGenerator[bytes, None]]]]
 # What the next request is made of: method, body function, body_args, body_kwargs, headers
 NextRequest = Tuple[bytes, BodyFunction, Any, Any, Headers]
 TransformRequest = Callable[[bytes, BodyFunction, Any, Any, Headers], NextRequest]
@@ -37,9 +42,11 @@ RedirectRule = Callable[[bytes], TransformRequest]
 # the headers of the next request
 TransformHeaders = Callable[[Headers, Optional[str], Optional[str]], Headers]
 
-DEFAULT_PORTS = {'http': 80, 'https': 443}
-CREDENTIAL_HEADERS = frozenset((b'authorization', b'cookie', b'proxy-authorization'))
-BODY_HEADERS = frozenset((b'content-length', b'transfer-encoding', b'content-type'))
+DEFAULT_PORTS: Dict[str, int] = {'http': 80, 'https': 443}
+CREDENTIAL_HEADERS: FrozenSet[bytes] = frozenset((
+    b'authorization', b'cookie', b'proxy-authorization'))
+BODY_HEADERS: FrozenSet[bytes] = frozenset((
+    b'content-length', b'transfer-encoding', b'content-type'))
 # A redirect response's body is read to its end so the connection can be reused, but only
 # up to this much: a larger one is cheaper to abandon along with its connection
 MAX_DRAINED_BYTES = 65536
@@ -58,17 +65,18 @@ redirect_observers: contextvars.ContextVar[Tuple[Any, ...]] = contextvars.Contex
     'lowhaio_redirect_observers', default=())
 
 
-async def empty_body(*_, **__) -> AsyncIterator[bytes]:
+async def empty_body(*_: Any, **__: Any) -> AsyncIterator[bytes]:
     return
     yield  # pylint: disable=unreachable
 
 
-def unchanged(method: bytes, body: BodyFunction, body_args, body_kwargs, headers: Headers
-              ) -> NextRequest:
+def unchanged(method: bytes, body: BodyFunction, body_args: Sequence[Any],
+              body_kwargs: BodyKwargs, headers: Headers) -> NextRequest:
     return method, body, body_args, body_kwargs, headers
 
 
-def get(_: bytes, __: BodyFunction, ___, ____, headers: Headers) -> NextRequest:
+def get(_: bytes, __: BodyFunction, ___: Sequence[Any], ____: BodyKwargs, headers: Headers
+        ) -> NextRequest:
     """A GET without a body, and so without the headers that describe one."""
     return b'GET', empty_body, (), (), without_headers(headers, BODY_HEADERS)
 
@@ -150,9 +158,10 @@ def redirectable(request: Request,
     """
     rules = dict(redirects)
 
-    async def redirectable_request(method: bytes, url: str, params=(), headers: Headers = (),
-                                   body: BodyFunction = empty_body, body_args=(), body_kwargs=(),
-                                   **kwargs):
+    async def redirectable_request(method: bytes, url: str, params: Params = (),
+                                   headers: Headers = (), body: BodyFunction = empty_body,
+                                   body_args: Sequence[Any] = (), body_kwargs: BodyKwargs = (),
+                                   **kwargs: Any) -> Response:
         headers = tuple(headers)
         for redirect_count in range(max_redirects + 1):
             result = await request(
@@ -199,7 +208,7 @@ def header_value(headers: Headers, name: bytes) -> Optional[bytes]:
     return next((value for key, value in headers if key.lower() == name), None)
 
 
-async def discard(body: AsyncGenerator[bytes, None]) -> None:
+async def discard(body: ResponseBody) -> None:
     """Free the redirect response's connection: reading to the end returns it to the pool,
     abandoning a large body closes it instead of reading it all."""
     if not hasattr(body, '__aiter__'):
@@ -212,7 +221,7 @@ async def discard(body: AsyncGenerator[bytes, None]) -> None:
             return
 
 
-def url_with_params(url: str, params) -> str:
+def url_with_params(url: str, params: Params) -> str:
     """The URL that the request was actually made to, for resolving a relative Location
     such as '?page=2' or '' against."""
     params = tuple(params)

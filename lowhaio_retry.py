@@ -16,11 +16,12 @@ import itertools
 import random
 from typing import (
     Any,
-    AsyncGenerator,
     Awaitable,
     Callable,
+    FrozenSet,
     Iterable,
     Iterator,
+    List,
     Optional,
     Sequence,
     Tuple,
@@ -28,14 +29,12 @@ from typing import (
 )
 
 import lowhaio
-from lowhaio import HttpConnectionError, HttpError
+from lowhaio import HttpConnectionError, HttpError, Request, Response
 
-Headers = Tuple[Tuple[bytes, bytes], ...]
-# The response body has aclose(), as an async generator does
-Request = Callable[..., Awaitable[Tuple[bytes, Headers, AsyncGenerator[bytes, None]]]]
 ExceptionIntervals = Sequence[Tuple[Type[BaseException], Iterable[float]]]
 
-IDEMPOTENT_METHODS = frozenset((b'GET', b'HEAD', b'OPTIONS', b'TRACE', b'PUT', b'DELETE'))
+IDEMPOTENT_METHODS: FrozenSet[bytes] = frozenset((
+    b'GET', b'HEAD', b'OPTIONS', b'TRACE', b'PUT', b'DELETE'))
 
 
 class _NeverRaised(HttpError):
@@ -78,7 +77,7 @@ class _ExponentialBackoff:
                 f'max_count={self.max_count!r})')
 
 
-DEFAULT_INTERVALS = exponential_backoff(max_count=5)
+DEFAULT_INTERVALS: Iterable[float] = exponential_backoff(max_count=5)
 DEFAULT_STATUS_INTERVALS = DEFAULT_INTERVALS
 
 
@@ -87,7 +86,8 @@ def default_exception_intervals(method: bytes) -> ExceptionIntervals:
     could not be made (nothing was sent), and, for idempotent methods only, a reused
     keep-alive connection that the server closed before any byte of a response (the
     request may or may not have been processed)."""
-    rules: list = [(HttpConnectionError, DEFAULT_INTERVALS)]
+    rules: List[Tuple[Type[BaseException], Iterable[float]]] = [
+        (HttpConnectionError, DEFAULT_INTERVALS)]
     if method.upper() in IDEMPOTENT_METHODS:
         rules.append((HttpConnectionClosedBeforeResponseError, DEFAULT_INTERVALS))
     return rules
@@ -123,7 +123,7 @@ def retry(request: Request,
         status if isinstance(status, bytes) else str(status).encode() for status in retry_statuses
     )
 
-    async def retriable_request(method: bytes, url: str, *args, **kwargs):
+    async def retriable_request(method: bytes, url: str, *args: Any, **kwargs: Any) -> Response:
         rules = default_exception_intervals(method) if exception_intervals is None else \
             exception_intervals
         exception_iterators = [(cls, fresh_iterator(intervals)) for cls, intervals in rules]
@@ -181,7 +181,9 @@ def fresh_iterator(intervals: Any) -> Iterator[float]:
     return iter(intervals() if callable(intervals) else intervals)
 
 
-def next_interval_for(exception: BaseException, exception_iterators) -> Optional[float]:
+def next_interval_for(exception: BaseException,
+                      exception_iterators: Sequence[Tuple[Type[BaseException], Iterator[float]]],
+                      ) -> Optional[float]:
     # Cancellation and other BaseExceptions are only retried if a rule names them explicitly
     for cls, intervals in exception_iterators:
         if isinstance(exception, cls):

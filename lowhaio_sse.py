@@ -25,18 +25,15 @@ from typing import (
     Tuple,
 )
 
-from lowhaio import HttpConnectionError, HttpDataError
-
-Headers = Tuple[Tuple[bytes, bytes], ...]
-Request = Callable[..., Awaitable[Tuple[bytes, Headers, AsyncIterator[bytes]]]]
+from lowhaio import Headers, HttpConnectionError, HttpDataError, Request
 
 DEFAULT_RECONNECTION_TIME = 3.0
-DEFAULT_MAX_EVENT_SIZE = 1024 * 1024
+DEFAULT_MAX_EVENT_SIZE: int = 1024 * 1024
 DEFAULT_MAX_RECONNECT_ATTEMPTS = 10
 # "Lines must be separated by either a U+000D CARRIAGE RETURN U+000A LINE FEED (CRLF)
 # character pair, a single U+000A LINE FEED (LF) character, or a single U+000D CARRIAGE RETURN
 # (CR) character."
-LINE_END = re.compile('\r\n|\r|\n')
+LINE_END: re.Pattern[str] = re.compile('\r\n|\r|\n')
 # More digits than any delay worth waiting for; int() of thousands of digits is slow or refused
 MAX_RETRY_DIGITS = 12
 
@@ -58,7 +55,7 @@ class EventStreamError(HttpDataError):
 
     def __init__(self, message: str, code: bytes) -> None:
         super().__init__(message)
-        self.code = code
+        self.code: bytes = code
 
 
 class EventStreamParser:
@@ -70,7 +67,7 @@ class EventStreamParser:
 
     def __init__(self, last_event_id: str = '',
                  max_event_size: int = DEFAULT_MAX_EVENT_SIZE) -> None:
-        self.last_event_id = last_event_id
+        self.last_event_id: str = last_event_id
         self.reconnection_time: Optional[int] = None  # milliseconds, once a retry field says
         self._max_event_size = max_event_size
         # "The stream must then be parsed by ... the UTF-8 decode algorithm", which replaces

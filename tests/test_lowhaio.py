@@ -243,7 +243,8 @@ class TestRequests:
         app.router.add_post('/', echo)
         async with web_server(app) as server:
             _, _, body = await request(b'POST', server.url('/'),
-                                       headers=((b'content-length', b'5'),), body=streamed(b'hello'))
+                                       headers=((b'content-length', b'5'),),
+                                       body=streamed(b'hello'))
             assert await buffered(body) == b'hello'
 
     async def test_body_not_matching_content_length_is_refused(self, pool) -> None:

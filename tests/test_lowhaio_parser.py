@@ -631,7 +631,8 @@ class TestContentLength:
     @pytest.mark.parametrize('lines', [
         pytest.param([b'content-length: 5, 6'], id='list'),
         pytest.param([b'content-length: 5', b'content-length: 6'], id='two-lines'),
-        pytest.param([b'content-length: 5', b'content-length: 05'], id='same-number-written-differently'),
+        pytest.param([b'content-length: 5', b'content-length: 05'],
+                     id='same-number-written-differently'),
         pytest.param([b'content-length: 5, x'], id='valid-and-invalid'),
     ])
     def test_conflicting_values_are_an_error(self, lines: List[bytes]) -> None:
@@ -665,7 +666,7 @@ def chunked_response(body: bytes, minor: int = 1) -> bytes:
 def decode_chunked(data: bytes, **options: int) -> Tuple[bytes, bool, int]:
     """(body, done, excess) from a ChunkedDecoder fed `data` in every way, checked to agree."""
     results = set()
-    for name, pieces in every_split(data).items():
+    for pieces in every_split(data).values():
         decoder = ChunkedDecoder(**options)
         body = b''.join(b''.join(decoder.feed(piece)) for piece in pieces)
         results.add((body, decoder.done, decoder.excess))
@@ -674,7 +675,7 @@ def decode_chunked(data: bytes, **options: int) -> Tuple[bytes, bool, int]:
 
 
 def chunked_error(data: bytes, match: str, **options: int) -> None:
-    for name, pieces in every_split(data).items():
+    for pieces in every_split(data).values():
         decoder = ChunkedDecoder(**options)
         with pytest.raises(HttpProtocolError, match='(?i)' + match):
             for piece in pieces:
