@@ -1041,27 +1041,40 @@ class Nginx:
              '-c', str(self.tmp / 'nginx.conf'), '-g', 'daemon off;'],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                return False  # most likely a port was taken
-            if _accepting(self.host, self.port) and _accepting(self.host, self.tls_port):
-                return True
-            time.sleep(0.02)
+        if _started(self._process, 10.0, lambda: _accepting(self.host, self.port) and
+                    _accepting(self.host, self.tls_port)):
+            return True
         self._stop()
         return False
 
     def _stop(self) -> None:
-        if self._process is None:
-            return
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        _stop_process(self._process, 5)
         self._process = None
+
+
+def _started(process: subprocess.Popen, seconds: float, ready: Callable[[], bool]) -> bool:
+    """Whether a server process became `ready` within `seconds`. False at once if it exited:
+    most likely its port was taken, and the caller tries another."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        if ready():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _stop_process(process: Optional[subprocess.Popen], seconds: float) -> None:
+    """Terminate a server process, killing it if it has not exited within `seconds`."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _accepting(host: str, port: int) -> bool:
@@ -1160,27 +1173,13 @@ class Dnsmasq:
         self._process = subprocess.Popen(
             self._arguments(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                self._process = None
-                return False  # most likely the port was taken
-            if _answers_dns(self.host, self.port):
-                return True
-            time.sleep(0.02)
+        if _started(self._process, 10.0, lambda: _answers_dns(self.host, self.port)):
+            return True
         self._stop()
         return False
 
     def _stop(self) -> None:
-        if self._process is None:
-            return
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        _stop_process(self._process, 5)
         self._process = None
 
 
@@ -1293,26 +1292,14 @@ class ProxyServer:
             self.command(), stdin=subprocess.DEVNULL,
             stdout=open(self.tmp / 'stdout.log', 'wb'), stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + self.START_SECONDS
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                return False  # most likely the port was taken
-            if all(_accepting(self.host, port) for port in self.ports()):
-                return True
-            time.sleep(0.05)
+        if _started(self._process, self.START_SECONDS,
+                    lambda: all(_accepting(self.host, port) for port in self.ports())):
+            return True
         self._stop()
         return False
 
     def _stop(self) -> None:
-        if self._process is None:
-            return
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        _stop_process(self._process, 10)
         self._process = None
 
 
