@@ -2188,121 +2188,16 @@ class _DnsAnswer(NamedTuple):
     more: 'Optional[asyncio.Future[Any]]' = None
 
 
-def Pool(
-        get_dns_resolver: Callable[..., Any] = Resolver,
-        get_sock: Callable[..., socket.socket] = get_nonblocking_sock,
-        get_ssl_context: Callable[[], ssl.SSLContext] = ssl.create_default_context,
-        sock_pre_message: Optional[Callable[[Any], None]] = None,
-        sock_post_message: Optional[Callable[[Any], None]] = None,
-        send_header: Optional[Callable[..., Awaitable[None]]] = None,
-        send_body: Optional[Callable[..., Awaitable[None]]] = None,
-        http_version: bytes = b'HTTP/1.1',
-        keep_alive_timeout: float = 15,
-        recv_bufsize: Optional[int] = None,
-        max_header_length: int = 16384,
-        socket_timeout: float = 10,
-        get_logger_adapter: Callable[[Dict[str, Any]], Any] = get_logger_adapter_default,
-        get_resolver_logger_adapter: Callable[..., Any] = get_resolver_logger_adapter_default,
-        *,
-        connect_timeout: Optional[float] = None,
-        happy_eyeballs_delay: float = 0.25,
-        response_head_timeout: float = 60,
-        max_connections_per_host: Optional[int] = None,
-        pool_timeout: Optional[float] = None,
-        max_header_count: int = 100,
-        proxy: Any = None,
-        max_connections: Optional[int] = None,
-        max_idle_per_host: Optional[int] = None,
-        expect_continue_timeout: float = 1,
-) -> Tuple[PoolRequest, Close]:
-    """Make a connection pool. Must be called inside a running event loop.
-
-    Returns `(request, close)`. See README.md for every option; in short:
-    `connect_timeout` (default `socket_timeout`) bounds DNS-to-TLS connection set-up,
-    `response_head_timeout` bounds the wait for the whole response head, `socket_timeout`
-    bounds each wait for the socket, and `max_connections_per_host` and `max_connections`
-    (across hosts) queue requests (FIFO, up to `pool_timeout` seconds) beyond that many
-    connections; `max_idle_per_host` closes a released connection beyond that many idle ones.
-    `expect_continue_timeout` is how long a request with "expect: 100-continue" waits for the
-    server's go-ahead before sending its body anyway.
-    """
-    for name, value, least in (('max_connections_per_host', max_connections_per_host, 1),
-                               ('max_connections', max_connections, 1),
-                               ('max_idle_per_host', max_idle_per_host, 0),
-                               ('recv_bufsize', recv_bufsize, 1)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or
-                                  value < least):
-            raise HttpInvalidRequestError(
-                '%s must be None or a whole number >= %d, not %r' % (name, least, value))
-    loop = asyncio.get_running_loop()
-    ssl_context: Optional[ssl.SSLContext] = None
-    logger = get_logger_adapter({})
-    # The adapter's isEnabledFor only forwards to its logger's: call that one directly.
-    debug_enabled = getattr(getattr(logger, 'logger', None), 'isEnabledFor', logger.isEnabledFor)
-    dns_resolve, dns_clear_cache = get_dns_resolver(
-        get_logger_adapter=get_resolver_logger_adapter({}),
-    )
-    if connect_timeout is None:
-        connect_timeout = socket_timeout
-    first_head_wait = min(socket_timeout, response_head_timeout)
-    keep_alive = keep_alive_timeout > 0
-    custom_send = not (sock_pre_message is None and sock_post_message is None and
-                       send_header is None and send_body is None)
-    pre_message = sock_pre_message or _no_op
-    post_message = sock_post_message or _no_op
-    header_sender = send_header or send_header_tuples_of_bytes
-    body_sender = send_body or send_body_async_gen_bytes
-    get_sock_takes_family = _accepts_argument(get_sock)
-
-    hosts: Dict[Tuple[str, str, int], _HostConnections] = {}
-    open_total = 0  # connections open or opening, across all hosts
-    # Only under max_connections: one queue of waiting requests for every host, and the idle
-    # connections of every host, oldest first, to close one when another host needs room.
-    shared_waiters: Optional[Deque[_Waiter]] = None if max_connections is None else deque()
-    idle_by_age: Optional['OrderedDict[_Connection, None]'] = \
-        None if max_connections is None else OrderedDict()
+def _dns_layer(loop: asyncio.AbstractEventLoop, dns_resolve: Callable[..., Any]) -> Tuple[
+        Callable[[str, float], Awaitable[_DnsAnswer]], Dict[str, _DnsAnswer],
+        Callable[[], None]]:
+    """A pool's DNS: `resolve(host, deadline)`, the answers it caches (which the pool reads
+    to reuse connections only to current addresses), and a function that forgets them and
+    ends the lookups still going on. A layer of its own, out of Pool, since RFC 8305's rules
+    for two lookups racing (and the resolver's quirks) are a whole subject by themselves."""
     dns_answers: Dict[str, _DnsAnswer] = {}
     lookups_going_on: 'set[asyncio.Future[Any]]' = set()  # see answer_meanwhile
     etc_hosts = _read_etc_hosts()
-    targets: Dict[str, Target] = {}
-    encoded_headers: Dict[Tuple[bytes, Any], RequestHeaders] = {}
-
-    def cached_target(url: str) -> Target:
-        target = targets.get(url)
-        if target is None:
-            target = parse_target(url)
-            if len(targets) >= 1024:
-                targets.clear()
-            targets[url] = target
-        return target
-
-    def cached_headers(method: bytes, headers: Any) -> RequestHeaders:
-        try:
-            key = (method, headers)
-            encoded = encoded_headers.get(key)
-        except TypeError:  # unhashable: a list of pairs, say
-            return encode_request_headers(method, headers)
-        if encoded is None:
-            encoded = encode_request_headers(method, headers)
-            # Memoised for callers that send the same headers again, which is most; large
-            # blocks are not, so that unique ones (signatures, cookies) cannot fill memory.
-            if len(encoded.block) <= 4096:
-                if len(encoded_headers) >= 1024:
-                    encoded_headers.clear()
-                encoded_headers[key] = encoded
-        return encoded
-
-    def make_sock(family: int) -> socket.socket:
-        if get_sock_takes_family:
-            return get_sock(family)
-        sock = get_sock()
-        if sock.family != family:
-            # A 0.0.89-style get_sock makes IPv4 sockets only: use the default for IPv6.
-            sock.close()
-            return get_nonblocking_sock(family)
-        return sock
-
-    # DNS
 
     async def resolve(host: str, deadline: float) -> _DnsAnswer:
         """The addresses of `host`: cached while their TTL lasts, looked up by the deadline."""
@@ -2395,6 +2290,126 @@ def Pool(
                 return
             if _succeeded(a) and resolution_delay_ends == float('inf'):
                 resolution_delay_ends = loop.time() + _RESOLUTION_DELAY
+
+    def end_lookups() -> None:
+        dns_answers.clear()
+        for lookup in list(lookups_going_on):
+            _end_lookup(lookup)
+
+    return resolve, dns_answers, end_lookups
+
+
+def Pool(
+        get_dns_resolver: Callable[..., Any] = Resolver,
+        get_sock: Callable[..., socket.socket] = get_nonblocking_sock,
+        get_ssl_context: Callable[[], ssl.SSLContext] = ssl.create_default_context,
+        sock_pre_message: Optional[Callable[[Any], None]] = None,
+        sock_post_message: Optional[Callable[[Any], None]] = None,
+        send_header: Optional[Callable[..., Awaitable[None]]] = None,
+        send_body: Optional[Callable[..., Awaitable[None]]] = None,
+        http_version: bytes = b'HTTP/1.1',
+        keep_alive_timeout: float = 15,
+        recv_bufsize: Optional[int] = None,
+        max_header_length: int = 16384,
+        socket_timeout: float = 10,
+        get_logger_adapter: Callable[[Dict[str, Any]], Any] = get_logger_adapter_default,
+        get_resolver_logger_adapter: Callable[..., Any] = get_resolver_logger_adapter_default,
+        *,
+        connect_timeout: Optional[float] = None,
+        happy_eyeballs_delay: float = 0.25,
+        response_head_timeout: float = 60,
+        max_connections_per_host: Optional[int] = None,
+        pool_timeout: Optional[float] = None,
+        max_header_count: int = 100,
+        proxy: Any = None,
+        max_connections: Optional[int] = None,
+        max_idle_per_host: Optional[int] = None,
+        expect_continue_timeout: float = 1,
+) -> Tuple[PoolRequest, Close]:
+    """Make a connection pool. Must be called inside a running event loop.
+
+    Returns `(request, close)`. See README.md for every option; in short:
+    `connect_timeout` (default `socket_timeout`) bounds DNS-to-TLS connection set-up,
+    `response_head_timeout` bounds the wait for the whole response head, `socket_timeout`
+    bounds each wait for the socket, and `max_connections_per_host` and `max_connections`
+    (across hosts) queue requests (FIFO, up to `pool_timeout` seconds) beyond that many
+    connections; `max_idle_per_host` closes a released connection beyond that many idle ones.
+    `expect_continue_timeout` is how long a request with "expect: 100-continue" waits for the
+    server's go-ahead before sending its body anyway.
+    """
+    for name, value, least in (('max_connections_per_host', max_connections_per_host, 1),
+                               ('max_connections', max_connections, 1),
+                               ('max_idle_per_host', max_idle_per_host, 0),
+                               ('recv_bufsize', recv_bufsize, 1)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or
+                                  value < least):
+            raise HttpInvalidRequestError(
+                '%s must be None or a whole number >= %d, not %r' % (name, least, value))
+    loop = asyncio.get_running_loop()
+    ssl_context: Optional[ssl.SSLContext] = None
+    logger = get_logger_adapter({})
+    # The adapter's isEnabledFor only forwards to its logger's: call that one directly.
+    debug_enabled = getattr(getattr(logger, 'logger', None), 'isEnabledFor', logger.isEnabledFor)
+    dns_resolve, dns_clear_cache = get_dns_resolver(
+        get_logger_adapter=get_resolver_logger_adapter({}),
+    )
+    if connect_timeout is None:
+        connect_timeout = socket_timeout
+    first_head_wait = min(socket_timeout, response_head_timeout)
+    keep_alive = keep_alive_timeout > 0
+    custom_send = not (sock_pre_message is None and sock_post_message is None and
+                       send_header is None and send_body is None)
+    pre_message = sock_pre_message or _no_op
+    post_message = sock_post_message or _no_op
+    header_sender = send_header or send_header_tuples_of_bytes
+    body_sender = send_body or send_body_async_gen_bytes
+    get_sock_takes_family = _accepts_argument(get_sock)
+
+    hosts: Dict[Tuple[str, str, int], _HostConnections] = {}
+    open_total = 0  # connections open or opening, across all hosts
+    # Only under max_connections: one queue of waiting requests for every host, and the idle
+    # connections of every host, oldest first, to close one when another host needs room.
+    shared_waiters: Optional[Deque[_Waiter]] = None if max_connections is None else deque()
+    idle_by_age: Optional['OrderedDict[_Connection, None]'] = \
+        None if max_connections is None else OrderedDict()
+    resolve, dns_answers, end_dns_lookups = _dns_layer(loop, dns_resolve)
+    targets: Dict[str, Target] = {}
+    encoded_headers: Dict[Tuple[bytes, Any], RequestHeaders] = {}
+
+    def cached_target(url: str) -> Target:
+        target = targets.get(url)
+        if target is None:
+            target = parse_target(url)
+            if len(targets) >= 1024:
+                targets.clear()
+            targets[url] = target
+        return target
+
+    def cached_headers(method: bytes, headers: Any) -> RequestHeaders:
+        try:
+            key = (method, headers)
+            encoded = encoded_headers.get(key)
+        except TypeError:  # unhashable: a list of pairs, say
+            return encode_request_headers(method, headers)
+        if encoded is None:
+            encoded = encode_request_headers(method, headers)
+            # Memoised for callers that send the same headers again, which is most; large
+            # blocks are not, so that unique ones (signatures, cookies) cannot fill memory.
+            if len(encoded.block) <= 4096:
+                if len(encoded_headers) >= 1024:
+                    encoded_headers.clear()
+                encoded_headers[key] = encoded
+        return encoded
+
+    def make_sock(family: int) -> socket.socket:
+        if get_sock_takes_family:
+            return get_sock(family)
+        sock = get_sock()
+        if sock.family != family:
+            # A 0.0.89-style get_sock makes IPv4 sockets only: use the default for IPv6.
+            sock.close()
+            return get_nonblocking_sock(family)
+        return sock
 
     # Pool bookkeeping. Each connection holds a slot from the moment it starts connecting
     # until it is closed: one in its host's `total`, and one in `open_total` for the pool.
@@ -2953,9 +2968,7 @@ def Pool(
         Connections in use are closed when their response is finished."""
         nonlocal open_total
         await dns_clear_cache(get_logger_adapter=get_resolver_logger_adapter({}))
-        dns_answers.clear()
-        for lookup in list(lookups_going_on):
-            _end_lookup(lookup)
+        end_dns_lookups()
         for connections in list(hosts.values()):
             for conn in list(connections.idle):
                 conn.on_idle_close = _no_op
