@@ -1185,8 +1185,10 @@ class _Connection(asyncio.Protocol):
 
     @property
     def ended_cleanly(self) -> bool:
-        """The peer closed its side in order (FIN, or TLS close_notify), not with a reset."""
-        return self._eof_received and self._lost_exception is None
+        """The peer closed its side in order (FIN, or TLS close_notify), not with a reset.
+        asyncio before 3.11 reports a close_notify as the connection lost without an error,
+        and never as an end of file: that counts too."""
+        return self._lost_exception is None and (self._eof_received or self._lost)
 
     @property
     def lost_exception(self) -> Optional[BaseException]:

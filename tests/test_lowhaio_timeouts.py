@@ -122,10 +122,12 @@ async def https_server(handler: StreamHandler) -> AsyncIterator[str]:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
     listener.bind(('127.0.0.1', 0))
     tasks = []
+    writers = []
 
     async def on_connection(reader: asyncio.StreamReader,
                             writer: asyncio.StreamWriter) -> None:
         tasks.append(asyncio.current_task())
+        writers.append(writer)
         try:
             await handler(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError,
@@ -143,6 +145,11 @@ async def https_server(handler: StreamHandler) -> AsyncIterator[str]:
         for task in tasks:
             task.cancel()  # type: ignore[union-attr]
         await asyncio.gather(*tasks, return_exceptions=True)  # type: ignore[arg-type]
+        for writer in writers:
+            # asyncio before 3.11 never finishes closing a TLS connection whose reading is
+            # paused and whose peer has gone: the server's side is dropped at once instead,
+            # so that the socket count measures the client alone
+            writer.transport.abort()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(server.wait_closed(), 2.0)
 
@@ -381,7 +388,8 @@ async def test_an_expired_deadline_raises_its_exception_saying_it_timed_out(name
         assert SHORT - EARLY <= elapsed <= SHORT * row.late_factor + SCHEDULING_MARGIN, seen
         # lowhaio's deadlines never cancel the caller's task
         assert task_cancelling() == 0
-        assert await wait_for_sockets(baseline) == baseline
+        # No socket left behind (fewer is fine: one an earlier test left closing has gone)
+        assert await wait_for_sockets(baseline) <= baseline
 
 
 async def test_a_tls_handshake_timeout_keeps_the_loops_own_error_behind_the_timeout() -> None:
