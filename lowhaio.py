@@ -24,6 +24,7 @@ import re
 import select
 import socket
 import ssl
+import sys
 import urllib.parse
 from collections import OrderedDict, deque
 from typing import (
@@ -914,6 +915,8 @@ _READ_HIGH_WATER = 262144
 _DRAIN_CHECKS_PER_TIMEOUT = 8
 # How often the wait for the last bytes of a request to leave looks at the buffers.
 _FLUSH_POLL_INTERVAL = 0.005
+# Request body chunks shorter than this are not left queued behind others (see send_request).
+_SMALL_CHUNK = 4096
 
 
 class _Connection(asyncio.Protocol):
@@ -2366,6 +2369,9 @@ def Pool(
     header_sender = send_header or send_header_tuples_of_bytes
     body_sender = send_body or send_body_async_gen_bytes
     get_sock_takes_family = _accepts_argument(get_sock)
+    # See send_request: only asyncio's own transports from 3.12 keep one buffer per write
+    one_small_chunk_at_a_time = sys.version_info >= (3, 12) and \
+        not type(loop).__module__.startswith('uvloop')
 
     hosts: Dict[Tuple[str, str, int], _HostConnections] = {}
     open_total = 0  # connections open or opening, across all hosts
@@ -2689,7 +2695,14 @@ def Pool(
                         conn.write(pending)
                         pending = b''
                 conn.write(chunk)
-                await conn.drain(socket_timeout)
+                if one_small_chunk_at_a_time and len(chunk) < _SMALL_CHUNK and \
+                        conn.buffered_size():
+                    # A small chunk queued behind others is sent before the next is taken:
+                    # asyncio 3.12+ keeps one buffer per write and sends at most 1,024 of them
+                    # at a time, and a stream of tiny chunks stalled there (1-byte chunks).
+                    await conn.flush(socket_timeout)
+                else:
+                    await conn.drain(socket_timeout)
         finally:
             aclose = getattr(chunks, 'aclose', None)
             if aclose is not None:
