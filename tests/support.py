@@ -29,6 +29,7 @@ import threading
 import time
 import urllib.parse
 from typing import (
+    Any,
     AsyncIterator,
     Awaitable,
     Callable,
@@ -45,6 +46,8 @@ import aiodnsresolver
 import dnslib
 import trustme
 from aiohttp import web
+
+import lowhaio
 
 __all__ = [
     'ca',
@@ -832,6 +835,16 @@ async def wait_for_fds(expected: int, timeout: float = 2.0) -> int:
         await asyncio.sleep(0.01)
         count = open_fds()
     return count
+
+
+@contextlib.asynccontextmanager
+async def open_pool(**options: Any) -> AsyncIterator[Any]:
+    """`request` of a `lowhaio.Pool(**options)`, closed on leaving the block."""
+    request, close = lowhaio.Pool(**options)
+    try:
+        yield request
+    finally:
+        await close()
 
 
 def open_sockets() -> int:

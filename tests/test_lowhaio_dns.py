@@ -61,7 +61,7 @@ from aiodnsresolver import (
 from aiohttp import web
 
 import support
-from lowhaio import HttpConnectionError, HttpDnsError, HttpError, Pool, buffered
+from lowhaio import HttpConnectionError, HttpDnsError, HttpError, buffered
 
 Request = Callable[..., Awaitable[Tuple[bytes, Any, AsyncIterator[bytes]]]]
 
@@ -309,13 +309,7 @@ class LoopLag:
         self._handle = loop.call_at(now + 0.005, self._tick, now + 0.005)
 
 
-@contextlib.asynccontextmanager
-async def open_pool(**options: Any) -> AsyncIterator[Request]:
-    request, close = Pool(**options)
-    try:
-        yield request
-    finally:
-        await close()
+open_pool = support.open_pool  # a Pool, closed on leaving the block
 
 
 @contextlib.asynccontextmanager

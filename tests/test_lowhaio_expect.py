@@ -32,7 +32,6 @@ from lowhaio import (
     HttpConnectionError,
     HttpError,
     HttpTimeoutError,
-    Pool,
     buffered,
 )
 from lowhaio_chunked import chunked
@@ -43,13 +42,7 @@ Request = Callable[..., Awaitable[Tuple[bytes, Headers, AsyncIterator[bytes]]]]
 EXPECT = (b'expect', b'100-continue')
 
 
-@contextlib.asynccontextmanager
-async def open_pool(**kwargs: object) -> AsyncIterator[Request]:
-    request, close = Pool(**kwargs)  # type: ignore[arg-type]
-    try:
-        yield request
-    finally:
-        await close()
+open_pool = support.open_pool  # a Pool, closed on leaving the block
 
 
 class Body:

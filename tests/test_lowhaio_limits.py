@@ -55,13 +55,7 @@ Request = Callable[..., Awaitable[Tuple[bytes, Headers, AsyncIterator[bytes]]]]
 # Helpers
 # ---------------------------------------------------------------------------------------------
 
-@contextlib.asynccontextmanager
-async def open_pool(**kwargs: object) -> AsyncIterator[Request]:
-    request, close = Pool(**kwargs)  # type: ignore[arg-type]
-    try:
-        yield request
-    finally:
-        await close()
+open_pool = support.open_pool  # a Pool, closed on leaving the block
 
 
 async def get(request: Request, url: str) -> Tuple[bytes, bytes]:

@@ -46,7 +46,6 @@ from lowhaio import (
     HttpPoolTimeoutError,
     HttpTimeoutError,
     HttpTlsError,
-    Pool,
     buffered,
 )
 
@@ -189,13 +188,7 @@ async def silent_after(conn: support.Connection, sent: bytes = b'',
         await conn.read_until_eof()
 
 
-@contextlib.asynccontextmanager
-async def open_pool(**options: object) -> AsyncIterator[Request]:
-    request, close = Pool(**options)  # type: ignore[arg-type]
-    try:
-        yield request
-    finally:
-        await close()
+open_pool = support.open_pool  # a Pool, closed on leaving the block
 
 
 def task_cancelling() -> int:
