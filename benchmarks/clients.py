@@ -20,6 +20,7 @@ import asyncio
 import collections
 import gc
 import json
+import os
 import ssl
 import sys
 import time
@@ -145,6 +146,47 @@ class LowhaioRecv16kClient(LowhaioClient):
     what the cap costs next to the default, where pieces come as the transport delivers them."""
 
     pool_options = {'recv_bufsize': 16384}
+
+
+# lowhaio 0.0.89, the last release before this rewrite, from PyPI: prepare.sh unpacks its wheel
+# beside the benchmark's virtualenv, never installing it, so it cannot shadow the lowhaio under test
+LOWHAIO_0_0_89 = os.path.join(os.path.dirname(os.path.abspath(__file__)), '.venv',
+                              'lowhaio-0.0.89', 'lowhaio.py')
+
+
+class Lowhaio0089Client:
+    """lowhaio 0.0.89: plain sockets and `sock.send` straight from the caller's chunk, no
+    transports. Loaded under a name of its own from the unpacked wheel."""
+
+    def __init__(self, ctx: ssl.SSLContext, ca_file: str) -> None:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location('lowhaio_0_0_89', LOWHAIO_0_0_89)
+        if spec is None or spec.loader is None:
+            raise SystemExit(f'lowhaio 0.0.89 not found at {LOWHAIO_0_0_89}: run prepare.sh')
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        self.request, self.close_pool = module.Pool(get_ssl_context=lambda: ctx)
+
+    async def get(self, url: str) -> int:
+        code, _, body = await self.request(b'GET', url)
+        n = 0
+        async for chunk in body:
+            n += len(chunk)
+        check_status(int(code), url)
+        return n
+
+    get_stream = get
+
+    async def post(self, url: str, size: int, gen_fn: Callable[[], AsyncIterator[bytes]]) -> bytes:
+        headers = ((b'content-length', b'%d' % size),)
+        code, _, body = await self.request(b'POST', url, headers=headers, body=gen_fn)
+        data = b''.join([chunk async for chunk in body])
+        check_status(int(code), url)
+        return data
+
+    async def close(self) -> None:
+        await self.close_pool()
 
 
 class AiohttpClient:
@@ -736,6 +778,7 @@ class FloorClient:
 CLIENTS: Dict[str, Callable[[ssl.SSLContext, str], object]] = {
     'lowhaio': LowhaioClient,
     'lowhaio-recv16k': LowhaioRecv16kClient,
+    'lowhaio-0.0.89': Lowhaio0089Client,
     'aiohttp': AiohttpClient,
     'httpx': HttpxClient,
     'httpx-lowhaio': HttpxLowhaioClient,

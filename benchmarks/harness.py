@@ -44,6 +44,7 @@ DEFAULT_CLIENTS = [
     'floor-uvloop',
     'lowhaio',
     'lowhaio-uvloop',
+    'lowhaio-0.0.89',
     'aiohttp',
     'httpx',
     'httpx-lowhaio',
@@ -53,7 +54,8 @@ DEFAULT_CLIENTS = [
     'curl_cffi',
     'niquests',
 ]
-PEERS = ['aiohttp', 'httpx', 'aiosonic', 'pyreqwest', 'rnet', 'curl_cffi', 'niquests']
+PEERS = ['lowhaio-0.0.89', 'aiohttp', 'httpx', 'aiosonic', 'pyreqwest', 'rnet', 'curl_cffi',
+         'niquests']
 # Workloads through a proxy, run only by clients whose adapter has PROXIES = True
 PROXY_WORKLOADS = ('proxy-small-seq',)
 
@@ -865,8 +867,9 @@ def variant_ratios(
     for client in clients:
         on_uvloop = client.endswith('-uvloop')
         base = 'lowhaio-uvloop' if on_uvloop else 'lowhaio'
+        # lowhaio-0.0.89 is another release, a peer, not an option of this one
         if client.startswith('lowhaio-') and client != base and client != 'lowhaio-uvloop' \
-                and base in clients:
+                and not client.startswith('lowhaio-0.0.89') and base in clients:
             pairs.append((client, base))
     if not pairs:
         return []
@@ -1015,7 +1018,10 @@ def main(argv: List[str]) -> int:
                 for client in order:
                     if workload.clients and client.split('-')[0] not in workload.clients:
                         continue
-                    proxies = getattr(client_factory(client)[0], 'PROXIES', False)
+                    adapter = client_factory(client)[0]
+                    if workload.kind == 'gzip' and not hasattr(adapter, 'get_decoded'):
+                        continue  # lowhaio 0.0.89 decodes nothing
+                    proxies = getattr(adapter, 'PROXIES', False)
                     if name in PROXY_WORKLOADS and not proxies:
                         continue  # the floor has no proxy support; aiosonic's is not compared
                     spec = spec_for(client, workload, servers, args.max_seconds)

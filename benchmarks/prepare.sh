@@ -46,8 +46,22 @@ ensure_tinyproxy() {
     if [ -n "$made_policy" ]; then rm -f "$policy"; fi
 }
 
+ensure_lowhaio_0_0_89() {
+    # lowhaio 0.0.89, a benchmark peer: its wheel is unpacked beside the virtualenv, and never
+    # installed, where it would shadow the repository's lowhaio
+    local dir="$VENV/lowhaio-0.0.89"
+    if [ -e "$dir/lowhaio.py" ]; then return; fi
+    echo "benchmarks/run: fetching lowhaio 0.0.89" >&2
+    rm -rf "$dir"
+    "$VENV/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
+        --only-binary :all: --dest "$dir/wheel" 'lowhaio==0.0.89'
+    "$VENV/bin/python" -m zipfile -e "$dir"/wheel/lowhaio-0.0.89-*.whl "$dir/unpacked"
+    mv "$dir/unpacked/lowhaio.py" "$dir/lowhaio.py"
+}
+
 prepare() {
     ensure_venv
+    ensure_lowhaio_0_0_89
     ensure_nginx
     ensure_tinyproxy
     command -v taskset >/dev/null || { echo "benchmarks/run: taskset (util-linux) is required" >&2; exit 2; }

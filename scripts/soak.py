@@ -5,8 +5,9 @@ the client alone): aiohttp.web over http and https on 127.0.0.1 and 127.0.0.2 (t
 both, so that DNS answers can move between them), a raw server whose bodies end at close, and
 the tests' dnslib DNS server answering four names with a 1 s TTL and answers that change every
 1.5 s. The child restarts its aiohttp server every --restart-every seconds. nginx runs as a
-second child (tests/support.py's Nginx) for content-length, chunked and https downloads and
-PUT uploads.
+second child (tests/support.py's Nginx) for content-length, chunked and https downloads, and is
+stopped (SIGTERM, its fast shutdown: open connections dropped) and started again on the same
+ports every --nginx-restart-every seconds.
 
 Each request is checked: downloads byte for byte against the data the servers were given,
 uploads by the SHA-256 the server computed. A request may also fail, but only with an HttpError
@@ -364,6 +365,7 @@ async def drive(arguments: argparse.Namespace, loop_name: str) -> Dict[str, Any]
 async def drive_against(arguments: argparse.Namespace, loop_name: str, servers: Servers,
                         server: Any) -> Dict[str, Any]:
     tally = Tally()
+    restarts = {'aiohttp': 0, 'nginx': 0}
     rng = random.Random(arguments.seed)
     request, close = lowhaio.Pool(
         get_dns_resolver=servers.get_dns_resolver, get_ssl_context=support.client_ssl_context,
@@ -385,18 +387,39 @@ async def drive_against(arguments: argparse.Namespace, loop_name: str, servers: 
                     loop_name, tally.done, time.monotonic() - started, len(tally.failures),
                     points[-1]['fds'], points[-1]['rss_mib']), flush=True)
 
+    async def count_aiohttp_restarts() -> None:
+        while True:
+            line = await server.stdout.readline()
+            if not line:
+                return
+            restarts['aiohttp'] = json.loads(line)['restarts']
+
+    async def restart_nginx() -> None:
+        loop = asyncio.get_running_loop()
+        while arguments.nginx_restart_every:
+            await asyncio.sleep(arguments.nginx_restart_every)
+            # The restart waits for nginx to accept again: off the loop, so requests go on
+            await loop.run_in_executor(None, servers.nginx.restart)
+            restarts['nginx'] += 1
+
     if arguments.tracemalloc:
         tracemalloc.start(1)
+    watchers = [asyncio.ensure_future(count_aiohttp_restarts()),
+                asyncio.ensure_future(restart_nginx())]
     try:
         await asyncio.gather(*(worker() for _ in range(arguments.concurrency)))
         allocations = top_allocations() if arguments.tracemalloc else []
     finally:
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
         await close()
         tracemalloc.stop()
     gc.collect()
     elapsed = time.monotonic() - started
     return {'loop': loop_name, 'requests': tally.done, 'seconds': elapsed,
             'counts': dict(sorted(tally.counts.items())), 'failures': tally.failures[:20],
+            'restarts': restarts,
             'failure_count': len(tally.failures), 'samples': points,
             'verdicts': verdicts(points), 'top_allocations': allocations}
 
@@ -447,6 +470,8 @@ def main() -> int:
                         help='requests between samples (default: about 200 samples a run)')
     parser.add_argument('--restart-every', type=float, default=20.0,
                         help='seconds between restarts of the aiohttp server (0: never)')
+    parser.add_argument('--nginx-restart-every', type=float, default=45.0,
+                        help='seconds between restarts of nginx (0: never)')
     parser.add_argument('--no-tracemalloc', dest='tracemalloc', action='store_false')
     parser.add_argument('--seed', type=int, default=14)
     parser.add_argument('--output', type=pathlib.Path, help='JSON results (and a .png plot)')
@@ -470,6 +495,8 @@ def main() -> int:
         print('\n%s: %d requests in %.0f s (%.0f/s), %d failures' % (
             result['loop'], result['requests'], result['seconds'],
             result['requests'] / result['seconds'], result['failure_count']))
+        print('  servers restarted: aiohttp %(aiohttp)d times, nginx %(nginx)d times'
+              % result['restarts'])
         for failure in result['failures']:
             print('  FAILURE', failure)
         for what, count in result['counts'].items():

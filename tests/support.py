@@ -1064,6 +1064,18 @@ class Nginx:
         _stop_process(self._process, 5)
         self._process = None
 
+    def restart(self, attempts: int = 50) -> None:
+        """Stop nginx and start it again on the same ports, as a server restarted under its
+        clients is. SIGTERM is nginx's fast shutdown: open connections are dropped at once."""
+        self._stop()
+        # Until nginx binds again, a client's outgoing connection can hold the port as its own
+        # local port; nginx then exits at once, and is tried again
+        for _ in range(attempts):
+            if self._start():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f'nginx failed to restart:\n{self.error_log}')
+
 
 def _started(process: subprocess.Popen, seconds: float, ready: Callable[[], bool]) -> bool:
     """Whether a server process became `ready` within `seconds`. False at once if it exited:
