@@ -644,7 +644,8 @@ def snapshot_lowhaio(tmp: str) -> str:
     return digest.hexdigest()[:12]
 
 
-def run_one(spec: dict, tmp: str, timeout: float, profile: bool = False) -> dict:
+def run_one(spec: dict, tmp: str, timeout: float, profile: bool = False,
+            wrapper: Tuple[str, ...] = ()) -> dict:
     out_path = os.path.join(tmp, 'result.json')
     if os.path.exists(out_path):
         os.remove(out_path)
@@ -655,6 +656,7 @@ def run_one(spec: dict, tmp: str, timeout: float, profile: bool = False) -> dict
         'taskset',
         '-c',
         CLIENT_CPU,
+        *wrapper,
         sys.executable,
         os.path.join(HERE, 'clients.py'),
         json.dumps(spec),
@@ -691,6 +693,8 @@ def run_one(spec: dict, tmp: str, timeout: float, profile: bool = False) -> dict
         result['stderr'] = stderr[-4000:]
     if profile:
         result['stdout'] = proc.stdout.decode(errors='replace')
+    if wrapper:
+        result['wrapper_stderr'] = stderr
     if result.get('ok'):
         requests = result['requests']
         if result['bytes'] != expected_bytes(spec, requests):
@@ -936,6 +940,67 @@ def nginx_version() -> str:
 # -------------------------------------------------------------------------------------------------
 
 
+# Instruction counts: callgrind counts the instructions a process runs, the same whatever else the
+# machine is doing. Each client runs a workload twice, with N and 3N measured requests after the
+# same warm-up; the difference divided by 2N is its cost per request, with start-up, imports and
+# warm-up cancelled out.
+INSTRUCTION_REQUESTS = 200
+CALLGRIND = ('valgrind', '--tool=callgrind', '--callgrind-out-file=/dev/null')
+
+
+def collected_instructions(result: dict) -> int:
+    for line in result.get('wrapper_stderr', '').splitlines():
+        if 'Collected :' in line:
+            return int(line.rpartition(':')[2])
+    raise RuntimeError(f"no callgrind total in: {result.get('wrapper_stderr', '')[-2000:]}")
+
+
+def count_instructions(
+    clients: List[str], names: List[str], wls: Dict[str, Workload], servers: Servers, tmp: str,
+    timeout: float,
+) -> Tuple[Dict[str, Dict[str, float]], List[dict]]:
+    """{workload: {client: instructions per request}}, and every run (for their errors)."""
+    counts: Dict[str, Dict[str, float]] = {}
+    runs = []
+    for name in names:
+        workload = wls[name]
+        if workload.kind != 'small':
+            continue
+        for client in clients:
+            totals = []
+            for n in (INSTRUCTION_REQUESTS, 3 * INSTRUCTION_REQUESTS):
+                spec = spec_for(client, workload, servers, max_seconds=1e9)
+                spec['n'] = n
+                result = run_one(spec, tmp, timeout, wrapper=CALLGRIND)
+                result.update(client=client, workload=name, rep=1)
+                runs.append(result)
+                if not result.get('ok') or result['requests'] != n:
+                    break
+                totals.append(collected_instructions(result))
+            if len(totals) == 2:
+                per_request = (totals[1] - totals[0]) / (2 * INSTRUCTION_REQUESTS)
+                counts.setdefault(name, {})[client] = per_request
+                print(f'{name} {client}: {per_request:,.0f} instructions per request',
+                      file=sys.stderr)
+    return counts, runs
+
+
+def instructions_markdown(counts: Dict[str, Dict[str, float]], clients: List[str],
+                          meta: dict) -> str:
+    lines = [
+        '### Instructions per request (callgrind; lower is better)',
+        '',
+        '| client | ' + ' | '.join(counts) + ' |',
+        '|---|' + '---:|' * len(counts),
+    ]
+    for client in clients:
+        row = [counts[name].get(client) for name in counts]
+        lines.append(f'| {client} | ' + ' | '.join(
+            '–' if value is None else f'{value / 1000:,.1f}k' for value in row) + ' |')
+    lines += ['', f"Python {meta['python']}, {meta['versions_line']}; {meta['date']}.", '']
+    return '\n'.join(lines)
+
+
 def parse_args(argv: List[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog='benchmarks/run', description=__doc__)
     parser.add_argument(
@@ -956,6 +1021,12 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         '--profile',
         metavar='CLIENT',
         help='run CLIENT once per workload under cProfile, print the top 40 by tottime',
+    )
+    parser.add_argument(
+        '--instructions',
+        action='store_true',
+        help='count instructions per request under callgrind (request workloads only) instead '
+        'of timing: the same however busy the machine is',
     )
     parser.add_argument(
         '--max-seconds',
@@ -1010,6 +1081,11 @@ def main(argv: List[str]) -> int:
             file=sys.stderr,
         )
         runs: List[dict] = []
+        instruction_counts: Dict[str, Dict[str, float]] = {}
+        if args.instructions:
+            instruction_counts, runs = count_instructions(
+                clients, names, all_workloads, servers, tmp, args.timeout)
+            reps = 0
         for rep in range(reps):
             for name in names:
                 workload = all_workloads[name]
@@ -1041,7 +1117,7 @@ def main(argv: List[str]) -> int:
             stop_process(process)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    summary = summarise(runs, clients, names)
+    summary = {} if args.instructions else summarise(runs, clients, names)
     vers = versions(lowhaio_sha)
     meta = {
         'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
@@ -1056,7 +1132,11 @@ def main(argv: List[str]) -> int:
         'chunked_body': {'bytes': servers.chunked_len, 'chunks': servers.chunk_count},
         'sizes_line': sizes_line(all_workloads, names, servers),
     }
-    table = markdown(summary, all_workloads, clients, meta)
+    if args.instructions:
+        table = instructions_markdown(instruction_counts, clients, meta)
+        args.output = args.output.replace('latest', 'instructions')
+    else:
+        table = markdown(summary, all_workloads, clients, meta)
     if not args.profile:
         os.makedirs(os.path.dirname(args.output) or '.', exist_ok=True)
         with open(args.output + '.json', 'w') as file:
