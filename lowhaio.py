@@ -1127,10 +1127,13 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter = self.loop.create_future()
         return waiter
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> bool:
+        """Whether the writer must now drain() before writing more: most body chunks leave
+        at once, and then no coroutine is made to find that out."""
         if self._lost:
             raise ConnectionResetError('Connection lost')
         self.transport.write(data)
+        return self._write_paused or self._lost
 
     async def drain(self, socket_timeout: float) -> None:
         if self._lost:
@@ -2694,14 +2697,14 @@ def Pool(
                     else:
                         conn.write(pending)
                         pending = b''
-                conn.write(chunk)
+                must_drain = conn.write(chunk)
                 if one_small_chunk_at_a_time and len(chunk) < _SMALL_CHUNK and \
                         conn.buffered_size():
                     # A small chunk queued behind others is sent before the next is taken:
                     # asyncio 3.12+ keeps one buffer per write and sends at most 1,024 of them
                     # at a time, and a stream of tiny chunks stalled there (1-byte chunks).
                     await conn.flush(socket_timeout)
-                else:
+                elif must_drain:
                     await conn.drain(socket_timeout)
         finally:
             aclose = getattr(chunks, 'aclose', None)
