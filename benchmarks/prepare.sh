@@ -57,6 +57,7 @@ ensure_lowhaio_0_0_89() {
         --only-binary :all: --dest "$dir/wheel" 'lowhaio==0.0.89'
     "$VENV/bin/python" -m zipfile -e "$dir"/wheel/lowhaio-0.0.89-*.whl "$dir/unpacked"
     mv "$dir/unpacked/lowhaio.py" "$dir/lowhaio.py"
+    "$VENV/bin/python" -m compileall -q "$dir/lowhaio.py"   # as installed, like the snapshot
 }
 
 prepare() {
