@@ -1218,8 +1218,11 @@ class _Connection(asyncio.Protocol):
         self.reused = True
         self.received_any = False
         self.on_idle_close = on_idle_close
-        self.idle_since = self.loop.time()
-        self._fire_by(self.idle_since + self._keep_alive_timeout)
+        now = self.idle_since = self.loop.time()
+        # _fire_by, inlined (this runs after every response): the timer, armed for the
+        # response's own deadline, is usually due before the expiry already
+        if self._timer is None or self._timer_when > now + self._keep_alive_timeout:
+            self._fire_by(now + self._keep_alive_timeout)
 
     def close(self) -> None:
         """Close at once (no TLS close_notify wait), so that the file descriptor is freed."""
@@ -2010,6 +2013,14 @@ class _ResponseBody:
 # The pool.
 # ---------------------------------------------------------------------------------------------
 
+async def _ready(data: bytes) -> bytes:
+    return data
+
+
+# A request's target, encoded headers, head, content-length and "connection: close" (see Pool)
+_Prepared = Tuple[Target, RequestHeaders, bytes, Optional[int], bool]
+
+
 class _BufferedBody:
     """A response body that arrived whole with its head: its connection is already back in
     the pool, so iterating it only hands over the bytes."""
@@ -2022,11 +2033,13 @@ class _BufferedBody:
     def __aiter__(self) -> '_BufferedBody':
         return self
 
-    async def __anext__(self) -> bytes:
+    def __anext__(self) -> Awaitable[bytes]:
+        # Not a coroutine function: the end is raised at once, which `async for` takes as it
+        # takes it from an awaitable, without making a coroutine only to raise it from there.
         data = self._data
         if data:
             self._data = b''
-            return data
+            return _ready(data)
         raise StopAsyncIteration
 
     async def aclose(self) -> None:
@@ -2521,10 +2534,26 @@ def Pool(
         if connections is None or not connections.idle:
             return None
         if target.ip_literal:
-            return take_idle(connections, None)
-        answer = dns_answers.get(target.host)
-        if answer is None or loop.time() >= answer.expires_at:
-            return None
+            answer = None
+        else:
+            answer = dns_answers.get(target.host)
+            if answer is None or loop.time() >= answer.expires_at:
+                return None
+        idle = connections.idle
+        conn = idle[-1]
+        # take_idle's first turn, inlined for the usual case (the newest idle connection is
+        # fine): the same stale-connection poll and DNS check, then the same bookkeeping
+        if idle_by_age is None and conn._poll is not None and \
+                not (conn._eof or conn._queue) and \
+                (answer is None or conn.peer_ip in answer.address_set):
+            try:
+                stale = conn._poll.poll(0)
+            except (OSError, ValueError):
+                stale = True
+            if not stale:
+                idle.pop()
+                conn.idle = False
+                return conn
         return take_idle(connections, answer)
 
     def take_idle(connections: _HostConnections, answer: Optional[_DnsAnswer]) \
@@ -2819,6 +2848,10 @@ def Pool(
     # were checked before. Not for HEAD or CONNECT, whose framing differs for the same bytes;
     # nor for heads over 4 KiB, so that the memory a server can make it hold stays small.
     parsed_heads: Dict[bytes, Tuple[bytes, Headers, Framing]] = {}
+    # The last of them found there (b'': none yet), which the next response most often repeats
+    last_head = b''
+    last_parsed: Tuple[bytes, Headers, Framing] = (
+        b'', (), _tuple_new(Framing, (NO_BODY, 0, False)))
 
     def parse_final_head(method: bytes, head: ResponseHead, head_bytes: bytes) \
             -> Tuple[bytes, Headers, Framing]:
@@ -2881,13 +2914,18 @@ def Pool(
                 % (received_total,)) from conn.lost_exception
         return received
 
-    async def request(method: bytes, url: str, params: Sequence[Tuple[str, str]] = (),
-                      headers: Headers = (), body: BodyFunction = empty_async_iterator,
-                      body_args: Sequence[Any] = (), body_kwargs: Any = (),
-                      get_logger_adapter: Callable[[Dict[str, Any]], Any] = get_logger_adapter,
-                      get_resolver_logger_adapter: Callable[..., Any] =
-                      get_resolver_logger_adapter,
-                      ) -> Response:
+    # The target, encoded headers and request head of a request without params nor proxy (a
+    # proxy function is asked on every request), by (method, url, headers): most callers
+    # repeat the same few, and the head is then built once. The key holds the caller's headers
+    # as the encoded_headers cache does, and as that one it is not used for unhashable headers,
+    # nor for heads over 4 KiB (so that unique ones cannot fill memory), and is cleared at 1024
+    # entries.
+    # (Its fields that every request reads are in the tuple too: a tuple is unpacked at once,
+    # where each field of a NamedTuple is an attribute lookup.)
+    prepared: Dict[Tuple[bytes, str, Any], _Prepared] = {}
+
+    def prepare(method: bytes, url: str, params: Sequence[Tuple[str, str]], headers: Any) \
+            -> _Prepared:
         target = targets.get(url) or cached_target(url)
         try:
             encoded = encoded_headers[method, headers]
@@ -2901,10 +2939,36 @@ def Pool(
             head = b'%s %s %s\r\n%s%s\r\n' % (
                 method, target.path_and_query, http_version,
                 b'' if encoded.has_host else target.host_line, encoded.block)
+        if not params and not proxied and len(head) <= 4096:
+            try:
+                if len(prepared) >= 1024:
+                    prepared.clear()
+                prepared[method, url, headers] = (
+                    target, encoded, head, encoded.content_length, encoded.closes)
+            except TypeError:  # unhashable headers
+                pass
+        return target, encoded, head, encoded.content_length, encoded.closes
+
+    async def request(method: bytes, url: str, params: Sequence[Tuple[str, str]] = (),
+                      headers: Headers = (), body: BodyFunction = empty_async_iterator,
+                      body_args: Sequence[Any] = (), body_kwargs: Any = (),
+                      get_logger_adapter: Callable[[Dict[str, Any]], Any] = get_logger_adapter,
+                      get_resolver_logger_adapter: Callable[..., Any] =
+                      get_resolver_logger_adapter,
+                      ) -> Response:
+        nonlocal last_head, last_parsed
+        if params:
+            target, encoded, head, content_length, closes = prepare(method, url, params, headers)
+        else:
+            try:
+                target, encoded, head, content_length, closes = prepared[method, url, headers]
+            except (KeyError, TypeError):
+                target, encoded, head, content_length, closes = prepare(method, url, params,
+                                                                        headers)
         bodiless = body is empty_async_iterator
-        if bodiless and encoded.content_length:
+        if bodiless and content_length:
             raise HttpInvalidRequestError(
-                'content-length is %d but there is no body' % (encoded.content_length,))
+                'content-length is %d but there is no body' % (content_length,))
         conn = take_idle_fast(target) or await acquire(target)
 
         request_logger = logger
@@ -2937,14 +3001,21 @@ def Pool(
             if not conn._queue and not conn._eof:
                 await conn.readable(started + first_head_wait)
             data = conn.take() or b''
-            end = data.find(b'\r\n\r\n', 0, max_header_length)
-            parsed = parsed_heads.get(data[:end + 4]) \
-                if end != -1 and method != b'HEAD' and method != b'CONNECT' else None
-            if parsed is None:
-                parsed, rest = await receive_head(conn, method, data,
-                                                  started + response_head_timeout)
+            if last_head and data.startswith(last_head) and method != b'HEAD' and \
+                    method != b'CONNECT':
+                # The head just before, again (a head ends at its first blank line, and
+                # last_head is one whole head): a comparison instead of a search and a hash
+                parsed, rest = last_parsed, data[len(last_head):]
             else:
-                rest = data[end + 4:]
+                end = data.find(b'\r\n\r\n', 0, max_header_length)
+                parsed = parsed_heads.get(data[:end + 4]) \
+                    if end != -1 and method != b'HEAD' and method != b'CONNECT' else None
+                if parsed is None:
+                    parsed, rest = await receive_head(conn, method, data,
+                                                      started + response_head_timeout)
+                else:
+                    last_head, last_parsed = data[:end + 4], parsed
+                    rest = data[end + 4:]
             code, response_headers, framing = parsed
         except BaseException as exception:
             release(conn, False)
@@ -2963,17 +3034,17 @@ def Pool(
                     % (exception,)) from exception
             raise HttpDataError('Request failed: %r' % (exception,)) from exception
 
-        keep = framing.keep_alive and not encoded.closes
-        if framing.kind == NO_BODY or (framing.kind == CONTENT_LENGTH and
-                                       len(rest) >= framing.length):
+        kind, length, keeps_alive = framing
+        keep = keeps_alive and not closes
+        if kind == NO_BODY or (kind == CONTENT_LENGTH and len(rest) >= length):
             # The whole body is already here: the connection goes back to the pool before the
             # caller even starts reading, and the body iterator holds only bytes.
-            body_bytes = rest[:framing.length] if framing.kind == CONTENT_LENGTH else b''
+            body_bytes = rest[:length] if kind == CONTENT_LENGTH else b''
             release(conn, keep and len(rest) == len(body_bytes))
             response_body: ResponseBody = _BufferedBody(body_bytes)
         else:
             response_body = _ResponseBody(
-                conn, release, _tuple_new(Framing, (framing.kind, framing.length, keep)), rest,
+                conn, release, _tuple_new(Framing, (kind, length, keep)), rest,
                 socket_timeout, loop)
         if recv_bufsize is not None:
             response_body = _CappedBody(response_body, recv_bufsize)

@@ -1,0 +1,247 @@
+"""What the shortcuts on the path of a repeated request must never change.
+
+A Pool remembers the head it built for a request (by method, URL and headers) and the response
+head it parsed last, and hands a body that arrived whole with its head over without a coroutine
+per piece. Each shortcut must give exactly what the long way gives: the request bytes on the
+wire, the response's framing for the method asked, and the async-iterator protocol of the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, List, Sequence, Tuple
+
+import pytest
+
+from lowhaio import HttpInvalidRequestError, Pool, buffered, streamed
+from support import Connection, scripted_server
+
+OK_HEAD = b'HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n'
+
+
+def request_line_and_headers(raw: bytes) -> Tuple[bytes, List[bytes]]:
+    head = raw.split(b'\r\n\r\n', 1)[0]
+    line, *fields = head.split(b'\r\n')
+    return line, fields
+
+
+# Requests to one server in turn, each (method, path, params, headers), as a caller mixes
+# them: the same again, the same URL with params, other headers, unhashable headers, another
+# method. Every one must reach the server as asked, whatever was memoised before it.
+REQUEST_SEQUENCES = {
+    'same request repeated': [
+        (b'GET', '/a', (), ()),
+        (b'GET', '/a', (), ()),
+        (b'GET', '/a', (), ()),
+    ],
+    'params after the same URL without': [
+        (b'GET', '/a', (), ()),
+        (b'GET', '/a', (('k', 'v'),), ()),
+        (b'GET', '/a', (), ()),
+        (b'GET', '/a', (('k', 'w'),), ()),
+    ],
+    'headers differ, then the first again': [
+        (b'GET', '/a', (), ((b'x-one', b'1'),)),
+        (b'GET', '/a', (), ((b'x-one', b'2'),)),
+        (b'GET', '/a', (), ()),
+        (b'GET', '/a', (), ((b'x-one', b'1'),)),
+    ],
+    'unhashable headers between hashable ones': [
+        (b'GET', '/a', (), ((b'x-one', b'1'),)),
+        (b'GET', '/a', (), [(b'x-one', b'2')]),
+        (b'GET', '/a', (), [(b'x-one', b'2')]),
+        (b'GET', '/a', (), ((b'x-one', b'1'),)),
+    ],
+    'methods differ on one URL': [
+        (b'GET', '/a', (), ()),
+        (b'DELETE', '/a', (), ()),
+        (b'OPTIONS', '/a', (), ()),
+        (b'GET', '/a', (), ()),
+    ],
+    'URLs differ': [
+        (b'GET', '/a', (), ()),
+        (b'GET', '/b', (), ()),
+        (b'GET', '/a?q=1', (), ()),
+        (b'GET', '/a', (), ()),
+    ],
+}
+
+
+def expected_line_and_fields(method: bytes, path: str, params: Sequence[Tuple[str, str]],
+                             headers: Sequence[Tuple[bytes, bytes]], authority: bytes) \
+        -> Tuple[bytes, List[bytes]]:
+    query = '&'.join('%s=%s' % pair for pair in params)
+    target = path + (('&' if '?' in path else '?') + query if query else '')
+    return (b'%s %s HTTP/1.1' % (method, target.encode()),
+            [b'host: ' + authority] + [b'%s: %s' % pair for pair in headers])
+
+
+async def answer_every_request(conn: Connection) -> None:
+    while await conn.read_request():
+        conn.write(OK_HEAD + b'hello')
+        await conn.drain()
+
+
+@pytest.mark.parametrize('sequence', REQUEST_SEQUENCES.values(), ids=list(REQUEST_SEQUENCES))
+async def test_each_request_is_sent_as_asked_whatever_came_before(
+        sequence: List[Tuple[bytes, str, Any, Any]]) -> None:
+    async with scripted_server(answer_every_request) as server:
+        request, close = Pool()
+        try:
+            for method, path, params, headers in sequence:
+                code, _, body = await request(method, server.url(path), params=params,
+                                              headers=headers)
+                assert (code, await buffered(body)) == (b'200', b'hello')
+        finally:
+            await close()
+        authority = b'%s:%d' % (server.host.encode(), server.port)
+        assert [request_line_and_headers(raw) for raw in server.requests] == [
+            expected_line_and_fields(method, path, params, headers, authority)
+            for method, path, params, headers in sequence]
+        assert server.connections == 1
+        assert not server.errors
+
+
+async def test_requests_are_right_after_the_memo_of_heads_is_cleared() -> None:
+    """Over a thousand distinct URLs empty the memo at least once; each is still sent as
+    asked, and so is the first one again."""
+    async with scripted_server(answer_every_request) as server:
+        request, close = Pool()
+        paths = ['/p%d' % (number,) for number in range(1100)] + ['/p0', '/p1099']
+        try:
+            for path in paths:
+                code, _, body = await request(b'GET', server.url(path))
+                assert (code, await buffered(body)) == (b'200', b'hello')
+        finally:
+            await close()
+        assert [request_line_and_headers(raw)[0] for raw in server.requests] == [
+            b'GET %s HTTP/1.1' % (path.encode(),) for path in paths]
+        assert not server.errors
+
+
+async def test_a_bodiless_request_with_a_memoised_content_length_is_still_refused() -> None:
+    async with scripted_server(answer_every_request) as server:
+        request, close = Pool()
+        headers = ((b'content-length', b'5'),)
+        try:
+            for _ in range(3):
+                code, _, body = await request(b'POST', server.url('/'), headers=headers,
+                                              body=streamed(b'hello'))
+                assert (code, await buffered(body)) == (b'200', b'hello')
+                with pytest.raises(HttpInvalidRequestError, match='no body'):
+                    await request(b'POST', server.url('/'), headers=headers)
+        finally:
+            await close()
+        assert len(server.requests) == 3
+
+
+# The response head repeated byte for byte, answered to these methods in this order. A HEAD
+# response's content-length frames no body, so the same bytes must not be taken as they were
+# for a GET (nor the reverse); "connection: close" in the request stops reuse however the
+# response head was recognised.
+HEAD_REPEATS = {
+    'GET, GET, GET': [b'GET', b'GET', b'GET'],
+    'GET, GET, HEAD, GET': [b'GET', b'GET', b'HEAD', b'GET'],
+    'HEAD, HEAD, GET, GET': [b'HEAD', b'HEAD', b'GET', b'GET'],
+    'GET, HEAD, GET, HEAD, GET': [b'GET', b'HEAD', b'GET', b'HEAD', b'GET'],
+}
+
+
+@pytest.mark.parametrize('methods', HEAD_REPEATS.values(), ids=list(HEAD_REPEATS))
+async def test_a_repeated_response_head_is_framed_for_the_method_asked(
+        methods: List[bytes]) -> None:
+    async def answer(conn: Connection) -> None:
+        while True:
+            raw = await conn.read_request()
+            if not raw:
+                return
+            conn.write(OK_HEAD + (b'' if raw.startswith(b'HEAD ') else b'hello'))
+            await conn.drain()
+
+    async with scripted_server(answer) as server:
+        request, close = Pool(socket_timeout=2)
+        try:
+            for method in methods:
+                code, headers, body = await asyncio.wait_for(request(method, server.url()), 5)
+                assert code == b'200'
+                assert headers == ((b'content-length', b'5'),)
+                assert await asyncio.wait_for(buffered(body), 5) == (
+                    b'' if method == b'HEAD' else b'hello')
+        finally:
+            await close()
+        assert server.connections == 1
+        assert not server.errors
+
+
+@pytest.mark.parametrize('extra', [b'x', b'HTTP/1.1 200 OK\r\n'],
+                         ids=['a stray byte', 'the start of another response'])
+async def test_bytes_after_a_repeated_head_and_body_stop_reuse(extra: bytes) -> None:
+    """The third response repeats the head the Pool recognises, then sends more than its
+    content-length: that connection is closed, and the next request opens another."""
+    sent = 0
+
+    async def answer(conn: Connection) -> None:
+        nonlocal sent
+        while await conn.read_request():
+            sent += 1
+            conn.write(OK_HEAD + b'hello' + (extra if sent == 3 else b''))
+            await conn.drain()
+
+    async with scripted_server(answer) as server:
+        request, close = Pool()
+        try:
+            for _ in range(4):
+                code, _, body = await request(b'GET', server.url())
+                assert (code, await buffered(body)) == (b'200', b'hello')
+        finally:
+            await close()
+        assert server.connections == 2
+        assert not server.errors
+
+
+@pytest.mark.parametrize('closes', [False, True], ids=['keep-alive', 'connection: close'])
+async def test_connection_close_in_the_request_is_honoured_on_a_repeated_head(
+        closes: bool) -> None:
+    async with scripted_server(answer_every_request) as server:
+        request, close = Pool()
+        headers = ((b'connection', b'close'),) if closes else ()
+        try:
+            for _ in range(4):
+                code, _, body = await request(b'GET', server.url(), headers=headers)
+                assert (code, await buffered(body)) == (b'200', b'hello')
+        finally:
+            await close()
+        assert server.connections == (4 if closes else 1)
+
+
+async def test_a_body_that_arrived_whole_keeps_the_async_iterator_protocol() -> None:
+    async with scripted_server(answer_every_request) as server:
+        request, close = Pool()
+        try:
+            _, _, body = await request(b'GET', server.url())
+            assert body.__aiter__() is body
+            assert await body.__anext__() == b'hello'
+            with pytest.raises(StopAsyncIteration):
+                await body.__anext__()
+            with pytest.raises(StopAsyncIteration):
+                await body.__anext__()
+
+            _, _, body = await request(b'GET', server.url())
+            assert [chunk async for chunk in body] == [b'hello']
+            assert [chunk async for chunk in body] == []
+
+            _, _, body = await request(b'GET', server.url())
+            await body.aclose()
+            assert [chunk async for chunk in body] == []
+
+            _, _, body = await request(b'GET', server.url())
+            pieces = []
+            while True:
+                try:
+                    pieces.append(await asyncio.wait_for(body.__anext__(), 5))
+                except StopAsyncIteration:
+                    break
+            assert pieces == [b'hello']
+        finally:
+            await close()
+        assert server.connections == 1
