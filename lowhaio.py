@@ -2013,10 +2013,6 @@ class _ResponseBody:
 # The pool.
 # ---------------------------------------------------------------------------------------------
 
-async def _ready(data: bytes) -> bytes:
-    return data
-
-
 # A request's target, encoded headers, head, content-length and "connection: close" (see Pool)
 _Prepared = Tuple[Target, RequestHeaders, bytes, Optional[int], bool]
 
@@ -2033,13 +2029,13 @@ class _BufferedBody:
     def __aiter__(self) -> '_BufferedBody':
         return self
 
-    def __anext__(self) -> Awaitable[bytes]:
-        # Not a coroutine function: the end is raised at once, which `async for` takes as it
-        # takes it from an awaitable, without making a coroutine only to raise it from there.
+    # A coroutine function, even for the end: `anext(body, default)` needs the end raised
+    # from the awaitable, not from __anext__ itself (which crashes CPython 3.11's anext)
+    async def __anext__(self) -> bytes:
         data = self._data
         if data:
             self._data = b''
-            return _ready(data)
+            return data
         raise StopAsyncIteration
 
     async def aclose(self) -> None:
