@@ -168,20 +168,26 @@ async def per_request_microseconds(get: Callable[[str], Awaitable[bytes]], url: 
     return best * 1e6
 
 
-def give_up_after(patience: float, result: Dict[str, Any], in_flight: List[asyncio.Future[bytes]],
-                  answering_from: float) -> threading.Timer:
+def give_up_after(seconds: float, result: Dict[str, Any], in_flight: List[asyncio.Future[bytes]],
+                  baseline: float) -> threading.Timer:
     """Report what was measured and end the process if not all answers are read in time. A
     thread, since a client whose every answer costs it time in proportion to its pool can hold
-    the event loop for longer than the patience in one turn (httpx); and no cancelling of the
-    rest, which would cost as much as reading them."""
+    the event loop for longer than the patience in one turn (httpx), even before it reads the
+    server's report; and no cancelling of the rest, which would cost as much as reading them."""
     def give_up() -> None:
         answered = sum(task.done() for task in list(in_flight))
-        print(json.dumps(dict(result, seconds_answering=time.monotonic() - answering_from,
-                              answered=answered,
-                              unfinished_after_patience=len(in_flight) - answered)),
-              flush=True)
+        report = dict(result, answered=answered,
+                      unfinished_after_patience=len(in_flight) - answered)
+        if 'answering_from' in result:
+            report['seconds_answering'] = time.monotonic() - result['answering_from']
+        else:  # the client never got to the server's report: its memory now, all in flight
+            report['kib_per_request_in_flight'] = \
+                (rss_mib() - baseline) * 1024 / len(in_flight)
+            report['python_kib_per_request_in_flight'] = \
+                tracemalloc.get_traced_memory()[0] / 1024 / len(in_flight)
+        print(json.dumps(report), flush=True)
         os._exit(0)
-    watchdog = threading.Timer(patience, give_up)
+    watchdog = threading.Timer(seconds, give_up)
     watchdog.daemon = True
     watchdog.start()
     return watchdog
@@ -202,16 +208,18 @@ async def measure(client: str, connections: int, hosts: int, sequential: int,
         get, close = await CLIENTS[client](connections)
         result['us_per_request_empty_pool'] = await per_request_microseconds(
             get, urls[0] + '/', sequential)
-        baseline = rss_mib()
+        baseline = result['rss_mib_baseline'] = rss_mib()
         tracemalloc.start()
 
         started = time.monotonic()
         in_flight = [asyncio.ensure_future(get(urls[index % hosts] + '/hold'))
                      for index in range(connections)]
+        # patience for the connections to open, and again for the answers to be read
+        watchdog = give_up_after(2 * patience, result, in_flight, baseline)
         server.stdin.write(b'wait\n')
         await server.stdin.drain()
         report = json.loads(await server.stdout.readline())
-        answering_from = time.monotonic()  # the server answers all as it reports
+        result['answering_from'] = time.monotonic()  # the server answers all as it reports
         # None: not all had arrived when the server's patience ran out
         result['seconds_to_open_all'] = report['all_held_at'] and \
             report['all_held_at'] - started
@@ -219,14 +227,12 @@ async def measure(client: str, connections: int, hosts: int, sequential: int,
         result['kib_per_request_in_flight'] = (rss_mib() - baseline) * 1024 / connections
         result['python_kib_per_request_in_flight'] = \
             tracemalloc.get_traced_memory()[0] / 1024 / connections
-        result['rss_mib_baseline'] = baseline
-        watchdog = give_up_after(patience, result, in_flight, answering_from)
         await asyncio.gather(*in_flight)
         watchdog.cancel()
         assert all(task.result() == b'ok' for task in in_flight)
         # From the server's answers to the last response read: the client's work as the n
         # requests end and their connections go idle, which should grow as n
-        result['seconds_answering'] = time.monotonic() - answering_from
+        result['seconds_answering'] = time.monotonic() - result['answering_from']
         result['answered'], result['unfinished_after_patience'] = connections, 0
         del in_flight
         result['seconds_until_all_answered'] = time.monotonic() - started
@@ -263,12 +269,15 @@ TABLE = '%-8s %-8s %10s %16s %10s %10s %10s %10s %10s %10s'
 def table_row(result: Dict[str, Any], patience: float) -> str:
     def figure(key: str, form: str) -> str:
         return form % result[key] if result.get(key) is not None else '-'
-    opened = figure('seconds_to_open_all', '%.2f') \
-        if result['seconds_to_open_all'] is not None else \
-        '>%.0f (%d)' % (patience, result['held_when_measured'])
-    answered = figure('seconds_answering', '%.2f') \
-        if not result['unfinished_after_patience'] else \
-        '>%.0f (%d done)' % (patience, result['answered'])
+    if 'held_when_measured' not in result:  # it never got to read the server's report
+        opened, answered = '?', '>%.0f (%d done)' % (2 * patience, result['answered'])
+    else:
+        opened = figure('seconds_to_open_all', '%.2f') \
+            if result['seconds_to_open_all'] is not None else \
+            '>%.0f (%d)' % (patience, result['held_when_measured'])
+        answered = figure('seconds_answering', '%.2f') \
+            if not result['unfinished_after_patience'] else \
+            '>%.0f (%d done)' % (result['seconds_answering'], result['answered'])
     return TABLE % (
         result['client'], result['loop'].split('.')[0], opened, answered,
         figure('kib_per_request_in_flight', '%.1f'), figure('kib_per_idle_connection', '%.1f'),
