@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import pathlib
 import resource
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 from typing import Any, Awaitable, Callable, Dict, List, Tuple
@@ -103,7 +105,8 @@ async def serve(hosts: int, hold: int, patience: float) -> None:
 
 Client = Tuple[Callable[[str], Awaitable[bytes]], Callable[[], Awaitable[None]]]
 
-async def lowhaio_client() -> Client:
+
+async def lowhaio_client(connections: int) -> Client:
     import lowhaio
     request, close = lowhaio.Pool(socket_timeout=120, response_head_timeout=120,
                                   keep_alive_timeout=600)
@@ -114,7 +117,7 @@ async def lowhaio_client() -> Client:
     return get, close
 
 
-async def aiohttp_client() -> Client:
+async def aiohttp_client(connections: int) -> Client:
     import aiohttp
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=600),
@@ -126,12 +129,14 @@ async def aiohttp_client() -> Client:
     return get, session.close
 
 
-async def httpx_client() -> Client:
+async def httpx_client(connections: int) -> Client:
     import httpx
+    # As a user wanting N connections would set it: no cap on connections, N kept alive, no
+    # timeouts (the pool timeout included: no request should wait for a connection)
     client = httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=None,
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=connections,
                             keepalive_expiry=600),
-        timeout=httpx.Timeout(120))
+        timeout=httpx.Timeout(None))
 
     async def get(url: str) -> bytes:
         response = await client.get(url)
@@ -163,6 +168,31 @@ async def per_request_microseconds(get: Callable[[str], Awaitable[bytes]], url: 
     return best * 1e6
 
 
+def give_up_after(seconds: float, result: Dict[str, Any], in_flight: List[asyncio.Future[bytes]],
+                  baseline: float) -> threading.Timer:
+    """Report what was measured and end the process if not all answers are read in time. A
+    thread, since a client whose every answer costs it time in proportion to its pool can hold
+    the event loop for longer than the patience in one turn (httpx), even before it reads the
+    server's report; and no cancelling of the rest, which would cost as much as reading them."""
+    def give_up() -> None:
+        answered = sum(task.done() for task in list(in_flight))
+        report = dict(result, answered=answered,
+                      unfinished_after_patience=len(in_flight) - answered)
+        if 'answering_from' in result:
+            report['seconds_answering'] = time.monotonic() - result['answering_from']
+        else:  # the client never got to the server's report: its memory now, all in flight
+            report['kib_per_request_in_flight'] = \
+                (rss_mib() - baseline) * 1024 / len(in_flight)
+            report['python_kib_per_request_in_flight'] = \
+                tracemalloc.get_traced_memory()[0] / 1024 / len(in_flight)
+        print(json.dumps(report), flush=True)
+        os._exit(0)
+    watchdog = threading.Timer(seconds, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    return watchdog
+
+
 async def measure(client: str, connections: int, hosts: int, sequential: int,
                   patience: float) -> Dict[str, Any]:
     server = await asyncio.create_subprocess_exec(
@@ -175,43 +205,44 @@ async def measure(client: str, connections: int, hosts: int, sequential: int,
         urls = ['http://%s:%d' % (host, port) for host in addresses(hosts)]
         result: Dict[str, Any] = {'client': client, 'connections': connections, 'hosts': hosts,
                                   'loop': type(asyncio.get_running_loop()).__module__}
-        get, close = await CLIENTS[client]()
+        get, close = await CLIENTS[client](connections)
         result['us_per_request_empty_pool'] = await per_request_microseconds(
             get, urls[0] + '/', sequential)
-        baseline = rss_mib()
+        baseline = result['rss_mib_baseline'] = rss_mib()
         tracemalloc.start()
 
         started = time.monotonic()
         in_flight = [asyncio.ensure_future(get(urls[index % hosts] + '/hold'))
                      for index in range(connections)]
+        # patience for the connections to open, and again for the answers to be read
+        watchdog = give_up_after(2 * patience, result, in_flight, baseline)
         server.stdin.write(b'wait\n')
         await server.stdin.drain()
         report = json.loads(await server.stdout.readline())
+        result['answering_from'] = time.monotonic()  # the server answers all as it reports
         # None: not all had arrived when the server's patience ran out
         result['seconds_to_open_all'] = report['all_held_at'] and \
             report['all_held_at'] - started
         result['held_when_measured'] = report['held']
-        rss_in_flight = rss_mib()
-        python_in_flight = tracemalloc.get_traced_memory()[0]
-        finished, unfinished = await asyncio.wait(in_flight, timeout=patience)
-        for task in unfinished:
-            task.cancel()
-        await asyncio.gather(*unfinished, return_exceptions=True)
-        assert all(task.result() == b'ok' for task in finished)
-        result['unfinished_after_patience'] = len(unfinished)
-        del in_flight, finished, unfinished
+        result['kib_per_request_in_flight'] = (rss_mib() - baseline) * 1024 / connections
+        result['python_kib_per_request_in_flight'] = \
+            tracemalloc.get_traced_memory()[0] / 1024 / connections
+        await asyncio.gather(*in_flight)
+        watchdog.cancel()
+        assert all(task.result() == b'ok' for task in in_flight)
+        # From the server's answers to the last response read: the client's work as the n
+        # requests end and their connections go idle, which should grow as n
+        result['seconds_answering'] = time.monotonic() - result['answering_from']
+        result['answered'], result['unfinished_after_patience'] = connections, 0
+        del in_flight
         result['seconds_until_all_answered'] = time.monotonic() - started
         await asyncio.sleep(0.5)
-        rss_idle = rss_mib()
-        python_idle = tracemalloc.get_traced_memory()[0]
-        tracemalloc.stop()
         # RSS counts everything (the event loop's and OpenSSL's C memory too) but rarely
         # shrinks; the Python heap (tracemalloc) shows what the idle connections still hold
-        result['kib_per_request_in_flight'] = (rss_in_flight - baseline) * 1024 / connections
-        result['kib_per_idle_connection'] = (rss_idle - baseline) * 1024 / connections
-        result['python_kib_per_request_in_flight'] = python_in_flight / 1024 / connections
-        result['python_kib_per_idle_connection'] = python_idle / 1024 / connections
-        result['rss_mib_baseline'] = baseline
+        result['kib_per_idle_connection'] = (rss_mib() - baseline) * 1024 / connections
+        result['python_kib_per_idle_connection'] = \
+            tracemalloc.get_traced_memory()[0] / 1024 / connections
+        tracemalloc.stop()
         result['us_per_request_with_idle_pool'] = await per_request_microseconds(
             get, urls[-1] + '/', sequential)
         await close()
@@ -232,6 +263,30 @@ def run_client(client: str, loop_name: str, arguments: argparse.Namespace) -> Di
     return json.loads(output.splitlines()[-1])
 
 
+TABLE = '%-8s %-8s %10s %16s %10s %10s %10s %10s %10s %10s'
+
+
+def table_row(result: Dict[str, Any], patience: float) -> str:
+    def figure(key: str, form: str) -> str:
+        return form % result[key] if result.get(key) is not None else '-'
+    if 'held_when_measured' not in result:  # it never got to read the server's report
+        opened, answered = '?', '>%.0f (%d done)' % (2 * patience, result['answered'])
+    else:
+        opened = figure('seconds_to_open_all', '%.2f') \
+            if result['seconds_to_open_all'] is not None else \
+            '>%.0f (%d)' % (patience, result['held_when_measured'])
+        answered = figure('seconds_answering', '%.2f') \
+            if not result['unfinished_after_patience'] else \
+            '>%.0f (%d done)' % (result['seconds_answering'], result['answered'])
+    return TABLE % (
+        result['client'], result['loop'].split('.')[0], opened, answered,
+        figure('kib_per_request_in_flight', '%.1f'), figure('kib_per_idle_connection', '%.1f'),
+        figure('python_kib_per_request_in_flight', '%.1f'),
+        figure('python_kib_per_idle_connection', '%.1f'),
+        figure('us_per_request_empty_pool', '%.0f'),
+        figure('us_per_request_with_idle_pool', '%.0f'))
+
+
 def new_loop(loop_name: str) -> asyncio.AbstractEventLoop:
     if loop_name == 'uvloop':
         import uvloop
@@ -248,7 +303,8 @@ def main() -> int:
                         help='sequential requests timed for the per-request cost')
     parser.add_argument('--client', action='append', choices=sorted(CLIENTS))
     parser.add_argument('--patience', type=float, default=120,
-                        help='seconds to wait for all connections to open before measuring')
+                        help='seconds to wait for all connections to open, and then for all the '
+                        'answers to be read, before measuring')
     parser.add_argument('--loop', action='append', choices=('asyncio', 'uvloop'))
     parser.add_argument('--ci', action='store_true',
                         help='small: 300 connections over 10 hosts, lowhaio only')
@@ -263,12 +319,10 @@ def main() -> int:
         return 0
     if arguments.measure:
         loop = new_loop(arguments.loop[0])
-        try:
-            result = loop.run_until_complete(measure(
-                arguments.measure, arguments.connections, arguments.hosts, arguments.sequential,
-                arguments.patience))
-        finally:
-            loop.close()
+        result = loop.run_until_complete(measure(
+            arguments.measure, arguments.connections, arguments.hosts, arguments.sequential,
+            arguments.patience))
+        loop.close()
         print(json.dumps(result))
         return 0
     if arguments.ci:
@@ -278,24 +332,15 @@ def main() -> int:
         parser.error('%d connections need more file descriptors than the limit, %d'
                      % (arguments.connections, limit))
     results = []
-    print('%-8s %-8s %10s %10s %10s %10s %10s %10s %10s' % (
-        'client', 'loop', 'open all s', 'RSS KiB', '', 'Py KiB', '', 'us/req', ''))
-    print('%-8s %-8s %10s %10s %10s %10s %10s %10s %10s' % (
-        '', '', '', 'in flight', 'idle', 'in flight', 'idle', 'empty', 'N pooled'))
+    print(TABLE % ('client', 'loop', 'open all', 'answer all', 'RSS KiB', '', 'Py KiB', '',
+                   'us/req', ''))
+    print(TABLE % ('', '', 's', 's', 'in flight', 'idle', 'in flight', 'idle', 'empty',
+                   'N pooled'))
     for loop_name in arguments.loop or ['asyncio', 'uvloop']:
         for client in arguments.client or ['lowhaio', 'aiohttp', 'httpx']:
             result = run_client(client, loop_name, arguments)
             results.append(result)
-            opened = '%.2f' % result['seconds_to_open_all'] \
-                if result['seconds_to_open_all'] is not None else \
-                '>%.0f (%d)' % (arguments.patience, result['held_when_measured'])
-            print('%-8s %-8s %10s %10.1f %10.1f %10.1f %10.1f %10.0f %10.0f' % (
-                client, loop_name, opened,
-                result['kib_per_request_in_flight'], result['kib_per_idle_connection'],
-                result['python_kib_per_request_in_flight'],
-                result['python_kib_per_idle_connection'],
-                result['us_per_request_empty_pool'], result['us_per_request_with_idle_pool']),
-                flush=True)
+            print(table_row(result, arguments.patience), flush=True)
     if arguments.output:
         with open(arguments.output, 'w') as output:
             json.dump(results, output)
