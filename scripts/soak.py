@@ -442,8 +442,9 @@ def plot(results: List[Dict[str, Any]], path: pathlib.Path) -> None:
         axis.set_xlabel('requests')
         axis.set_ylim(bottom=0)
         axis.legend()
-    figure.suptitle('lowhaio soak: one Pool, %s requests per loop' % ', '.join(
-        '{:,}'.format(r['requests']) for r in results))
+    counts = sorted({'{:,}'.format(r['requests']) for r in results})
+    figure.suptitle('lowhaio soak: one Pool, %s requests per loop (%s)' % (
+        ' / '.join(counts), ', '.join(r['loop'] for r in results)))
     figure.tight_layout()
     figure.savefig(path, dpi=80)
 
