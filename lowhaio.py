@@ -331,32 +331,53 @@ def parse_field_block(block: bytes, max_header_count: int = 100) -> Headers:
         raise HttpProtocolError(_describe_bad_field_block(block))
     if len(lines) > max_header_count:
         raise HttpHeaderTooLong('More than %d header lines' % max_header_count)
-    fields = tuple(map(_parsed_field_lines.get, lines))
-    if None in fields:
-        fields = _parse_and_memoise(block, lines, fields)
-    return fields
-
-
-def _parse_and_memoise(block: bytes, lines: List[bytes],
-                       memoised: Tuple[Optional[Tuple[bytes, bytes]], ...]) -> Headers:
-    # Only the lines not found are parsed; they are then looked up with the others, so that
-    # the fields come out in order without a Python-level loop over the lines.
-    missed = [line for line, field in zip(lines, memoised) if field is None]
-    size = sum(map(len, missed))
     memo = _parsed_field_lines
-    if len(memo) + len(missed) > _MAX_MEMOISED_LINES or \
-            _memoised_bytes[0] + size > _MAX_MEMOISED_BYTES:
+    fields = []
+    new_lines = 0
+    for line in lines:
+        field = memo.get(line)
+        if field is None:
+            new_lines += 1
+            if new_lines > _MAX_NEW_LINES_ONE_BY_ONE:
+                return tuple(fields) + _parse_block_rest(lines[len(fields):], block)
+            field = _parse_field_line(line, block)
+            if len(memo) < _MAX_MEMOISED_LINES and _memoised_bytes[0] < _MAX_MEMOISED_BYTES:
+                memo[line] = field
+                _memoised_bytes[0] += len(line)
+        fields.append(field)
+    if new_lines and (len(memo) >= _MAX_MEMOISED_LINES or
+                      _memoised_bytes[0] >= _MAX_MEMOISED_BYTES):
+        # Full, and lines that come back are missing from it: start again.
         memo.clear()
         _memoised_bytes[0] = 0
-        if len(lines) > _MAX_MEMOISED_LINES or len(block) > _MAX_MEMOISED_BYTES:
-            return _parse_field_lines(lines, block)
-        missed, size = lines, len(block)
-    memo.update(zip(missed, _parse_field_lines(missed, block)))
-    _memoised_bytes[0] += size
-    fields = tuple(map(memo.get, lines))
-    if None in fields:  # emptied meanwhile by another thread's parse
-        return _parse_field_lines(lines, block)
+    return tuple(fields)
+
+
+# A few new lines among known ones (a date, a request id) are parsed one by one; a block with
+# more (a first response, or a server whose values are unique) is parsed all at once, which
+# costs more for the block but less a line. Both are memoised while there is room; only the
+# first empties the memo when it is full, since unique values would otherwise churn it.
+_MAX_NEW_LINES_ONE_BY_ONE = 4
+
+
+def _parse_block_rest(lines: List[bytes], block: bytes) -> Headers:
+    fields = _parse_field_lines(lines, block)
+    size = sum(map(len, lines))
+    if len(_parsed_field_lines) < _MAX_MEMOISED_LINES and \
+            _memoised_bytes[0] + size <= _MAX_MEMOISED_BYTES:
+        _parsed_field_lines.update(zip(lines, fields))
+        _memoised_bytes[0] += size
     return fields
+
+
+def _parse_field_line(line: bytes, block: bytes) -> Tuple[bytes, bytes]:
+    # One line, without its CRLF. The pattern's character classes exclude CR and LF, so a bare
+    # CR or LF inside the line (which the split on CRLF leaves there) is rejected too. For one
+    # line, one regular expression costs about as much as the C loops of _parse_field_lines.
+    match = _FIELD_LINE_RE.fullmatch(line + b'\r\n')
+    if match is None:
+        raise HttpProtocolError(_describe_bad_field_block(block))
+    return match[1].lower(), match[2].rstrip(b' \t')
 
 
 def _parse_field_lines(lines: List[bytes], block: bytes) -> Headers:
