@@ -305,7 +305,8 @@ def _check_partial_status_line(data: bytes) -> None:
 # found here. Bounded in lines and in bytes, so that the memory a server can make it hold is
 # small; when full it is emptied, which costs one parse of each line that comes back.
 _parsed_field_lines: Dict[bytes, Tuple[bytes, bytes]] = {}
-_memoised_bytes = [0]
+_memoised_bytes = [0, 0]  # bytes of the lines memoised; blocks that found it full since
+_FULL_BLOCKS_BEFORE_EMPTYING = 64
 _MAX_MEMOISED_LINES = 4096
 _MAX_MEMOISED_BYTES = 1 << 20
 
@@ -349,7 +350,7 @@ def parse_field_block(block: bytes, max_header_count: int = 100) -> Headers:
                       _memoised_bytes[0] >= _MAX_MEMOISED_BYTES):
         # Full, and lines that come back are missing from it: start again.
         memo.clear()
-        _memoised_bytes[0] = 0
+        _memoised_bytes[:] = [0, 0]
     return tuple(fields)
 
 
@@ -363,10 +364,17 @@ _MAX_NEW_LINES_ONE_BY_ONE = 4
 def _parse_block_rest(lines: List[bytes], block: bytes) -> Headers:
     fields = _parse_field_lines(lines, block)
     size = sum(map(len, lines))
-    if len(_parsed_field_lines) < _MAX_MEMOISED_LINES and \
-            _memoised_bytes[0] + size <= _MAX_MEMOISED_BYTES:
-        _parsed_field_lines.update(zip(lines, fields))
-        _memoised_bytes[0] += size
+    if len(_parsed_field_lines) >= _MAX_MEMOISED_LINES or \
+            _memoised_bytes[0] + size > _MAX_MEMOISED_BYTES:
+        # Full: emptied only after a while, so that a server whose values are unique does not
+        # churn it, yet one that repeats its lines has them memoised again before long.
+        _memoised_bytes[1] += 1
+        if _memoised_bytes[1] < _FULL_BLOCKS_BEFORE_EMPTYING:
+            return fields
+        _parsed_field_lines.clear()
+        _memoised_bytes[:] = [0, 0]
+    _parsed_field_lines.update(zip(lines, fields))
+    _memoised_bytes[0] += size
     return fields
 
 
