@@ -27,6 +27,7 @@ import ssl
 import sys
 import urllib.parse
 from collections import OrderedDict, deque
+from itertools import repeat
 from typing import (
     Any,
     AsyncIterator,
@@ -214,6 +215,7 @@ _FIELD_CHAR = rb'[\t !-~\x80-\xff]'
 _FIELD_LINE = rb'(' + _TOKEN + rb'):[ \t]*((?:[!-~\x80-\xff]' + _FIELD_CHAR + rb'*)?)\r\n'
 
 _TOKEN_RE = re.compile(_TOKEN)
+_TCHAR_RE = re.compile(_TCHAR)
 _FIELD_LINE_RE = re.compile(_FIELD_LINE)
 # status-line = HTTP-version SP status-code SP [ reason-phrase ] (RFC 9112 §4);
 # HTTP-version = "HTTP/" DIGIT "." DIGIT; a 1.x minor above 1 is treated as 1.1 (RFC 9110 §2.5).
@@ -300,10 +302,27 @@ def _check_partial_status_line(data: bytes) -> None:
 
 # Header lines already parsed, by their exact bytes: a server sends the same lines again and
 # again (only a few, such as date or a request id, change), so most lines of a new head are
-# found here. Only short lines are kept, so that the memory a server can make it hold is small.
+# found here. Bounded in lines and in bytes, so that the memory a server can make it hold is
+# small; when full it is emptied, which costs one parse of each line that comes back.
 _parsed_field_lines: Dict[bytes, Tuple[bytes, bytes]] = {}
-_MAX_MEMOISED_LINE = 256
+_memoised_bytes = [0, 0]  # bytes of the lines memoised; blocks that found it full since
+_FULL_BLOCKS_BEFORE_EMPTYING = 64
 _MAX_MEMOISED_LINES = 4096
+_MAX_MEMOISED_BYTES = 1 << 20
+
+# Tables for bytes.translate, whose table-only form is a C loop of a few instructions a byte:
+# a cheaper way to check characters than a regular expression (tens of instructions a byte).
+# Field names: tchar kept, A-Z lowercased, any other byte made a colon, which no name holds.
+_NAME_TABLE = bytes(
+    (byte | 0x20 if 0x41 <= byte <= 0x5a else byte) if _TCHAR_RE.fullmatch(bytes((byte,)))
+    else 0x3a for byte in range(256))
+# Field lines (RFC 9110 §5.5): HTAB, SP, VCHAR and obs-text kept, any other byte made a LF.
+_LINE_TABLE = bytes(
+    byte if byte == 0x09 or 0x20 <= byte <= 0x7e or byte >= 0x80 else 0x0a
+    for byte in range(256))
+# Endless, so shareable: map() takes from them as many as there are lines.
+_COLONS = repeat(b':')
+_OWS = repeat(b' \t')
 
 
 def parse_field_block(block: bytes, max_header_count: int = 100) -> Headers:
@@ -313,27 +332,73 @@ def parse_field_block(block: bytes, max_header_count: int = 100) -> Headers:
         raise HttpProtocolError(_describe_bad_field_block(block))
     if len(lines) > max_header_count:
         raise HttpHeaderTooLong('More than %d header lines' % max_header_count)
-    memoised = _parsed_field_lines
+    memo = _parsed_field_lines
     fields = []
+    new_lines = 0
     for line in lines:
-        field = memoised.get(line)
+        field = memo.get(line)
         if field is None:
+            new_lines += 1
+            if new_lines > _MAX_NEW_LINES_ONE_BY_ONE:
+                return tuple(fields) + _parse_block_rest(lines[len(fields):], block)
             field = _parse_field_line(line, block)
-            if len(line) <= _MAX_MEMOISED_LINE:
-                if len(memoised) >= _MAX_MEMOISED_LINES:
-                    memoised.clear()
-                memoised[line] = field
+            if len(memo) < _MAX_MEMOISED_LINES and _memoised_bytes[0] < _MAX_MEMOISED_BYTES:
+                memo[line] = field
+                _memoised_bytes[0] += len(line)
         fields.append(field)
+    if new_lines and (len(memo) >= _MAX_MEMOISED_LINES or
+                      _memoised_bytes[0] >= _MAX_MEMOISED_BYTES):
+        # Full, and lines that come back are missing from it: start again.
+        memo.clear()
+        _memoised_bytes[:] = [0, 0]
     return tuple(fields)
+
+
+# A few new lines among known ones (a date, a request id) are parsed one by one; a block with
+# more (a first response, or a server whose values are unique) is parsed all at once, which
+# costs more for the block but less a line. Both are memoised while there is room; only the
+# first empties the memo when it is full, since unique values would otherwise churn it.
+_MAX_NEW_LINES_ONE_BY_ONE = 4
+
+
+def _parse_block_rest(lines: List[bytes], block: bytes) -> Headers:
+    fields = _parse_field_lines(lines, block)
+    size = sum(map(len, lines))
+    if len(_parsed_field_lines) >= _MAX_MEMOISED_LINES or \
+            _memoised_bytes[0] + size > _MAX_MEMOISED_BYTES:
+        # Full: emptied only after a while, so that a server whose values are unique does not
+        # churn it, yet one that repeats its lines has them memoised again before long.
+        _memoised_bytes[1] += 1
+        if _memoised_bytes[1] < _FULL_BLOCKS_BEFORE_EMPTYING:
+            return fields
+        _parsed_field_lines.clear()
+        _memoised_bytes[:] = [0, 0]
+    _parsed_field_lines.update(zip(lines, fields))
+    _memoised_bytes[0] += size
+    return fields
 
 
 def _parse_field_line(line: bytes, block: bytes) -> Tuple[bytes, bytes]:
     # One line, without its CRLF. The pattern's character classes exclude CR and LF, so a bare
-    # CR or LF inside the line (which the split on CRLF leaves there) is rejected too.
+    # CR or LF inside the line (which the split on CRLF leaves there) is rejected too. For one
+    # line, one regular expression costs about as much as the C loops of _parse_field_lines.
     match = _FIELD_LINE_RE.fullmatch(line + b'\r\n')
     if match is None:
         raise HttpProtocolError(_describe_bad_field_block(block))
     return match[1].lower(), match[2].rstrip(b' \t')
+
+
+def _parse_field_lines(lines: List[bytes], block: bytes) -> Headers:
+    # At least one line, each without its CRLF, checked and split with C loops over all of
+    # them at once: field-name ":" OWS field-value OWS (RFC 9112 §5), no whitespace between the
+    # name and the colon (§5.1), so a line starting with whitespace (obs-fold) is rejected too.
+    # Any CR or LF left in a line is a bare one, made a LF by the table like any control byte.
+    names, colons, values = zip(*map(bytes.partition, lines, _COLONS))
+    lowered = b':'.join(names).translate(_NAME_TABLE).split(b':')
+    if b'\n'.join(lines).translate(_LINE_TABLE).count(b'\n') != len(lines) - 1 or \
+            len(lowered) != len(lines) or b'' in lowered or b'' in colons:
+        raise HttpProtocolError(_describe_bad_field_block(block))
+    return tuple(zip(lowered, map(bytes.strip, values, _OWS)))
 
 
 def _describe_bad_field_block(block: bytes) -> str:

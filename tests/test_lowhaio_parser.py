@@ -407,6 +407,120 @@ class TestHeaderFields:
         assert parse_response_head(endless[:499], max_header_length=500) is None
 
 
+class TestHeaderBlocks:
+    """A block is parsed line by line where its lines were seen before and all at once where
+    most are new: every check holds in both, for a bad line in any place of a block of any
+    size, and the parse is the same as one line at a time."""
+
+    INVALID_LINES = [
+        pytest.param(b'x-a : v', 'header name', id='space-before-colon'),
+        pytest.param(b'x-a\t: v', 'header name', id='htab-before-colon'),
+        pytest.param(b': v', 'header name', id='empty-name'),
+        pytest.param(b'x@a: v', 'header name', id='non-token-name'),
+        pytest.param(b'caf\xc3\xa9: v', 'header name', id='non-ascii-name'),
+        pytest.param(b'x\x00a: v', 'header name', id='nul-in-name'),
+        pytest.param(b'x\ra: v', 'header name', id='bare-cr-in-name'),
+        pytest.param(b'x-a v', 'colon', id='no-colon'),
+        pytest.param(b'', 'colon', id='empty-line'),
+        pytest.param(b' folded', 'obs-fold', id='obs-fold-sp'),
+        pytest.param(b'\tfolded: v', 'obs-fold', id='obs-fold-htab'),
+        pytest.param(b'x-a: a\x00b', 'value', id='nul-in-value'),
+        pytest.param(b'x-a: a\rb', 'value', id='bare-cr-in-value'),
+        pytest.param(b'x-a: a\nb: c', 'value', id='bare-lf-in-value'),
+        pytest.param(b'x-a: a\x1fb', 'value', id='us-in-value'),
+        pytest.param(b'x-a: a\x7fb', 'value', id='del-in-value'),
+        pytest.param(b'x-a: v\r', 'value', id='cr-before-crlf'),
+        pytest.param(b'x-a:' + b' ' * 3000 + b'\x00', 'value', id='spaces-then-nul'),
+    ]
+    SIZES = [1, 4, 5, 6, 12, 100]
+    PLACES = ['first', 'middle', 'last']
+
+    counter = 0
+
+    @classmethod
+    def unique(cls) -> bytes:
+        # Lines no earlier test has parsed, so that they are new to the memo.
+        cls.counter += 1
+        return b'%d-%s' % (cls.counter, ''.join(random.choices(string.hexdigits, k=16)).encode())
+
+    @classmethod
+    def lines(cls, size: int, known: bool) -> List[bytes]:
+        tag = b'known' if known else cls.unique()
+        return [b'X-Field-%d: value %d %s' % (i, i, tag) for i in range(size)]
+
+    @staticmethod
+    def one_at_a_time(lines: Sequence[bytes]) -> Headers:
+        """The parse of each line on its own, the way the grammar reads (an oracle)."""
+        fields = []
+        for line in lines:
+            name, _, value = line.partition(b':')
+            fields.append((name.lower(), value.strip(b' \t')))
+        return tuple(fields)
+
+    @staticmethod
+    def with_bad_line(lines: List[bytes], bad: bytes, place: str) -> List[bytes]:
+        index = {'first': 0, 'middle': len(lines) // 2, 'last': len(lines)}[place]
+        return lines[:index] + [bad] + lines[index:]
+
+    @pytest.mark.parametrize('known', [False, True], ids=['new-lines', 'known-lines'])
+    @pytest.mark.parametrize('place', PLACES)
+    @pytest.mark.parametrize('size', SIZES)
+    @pytest.mark.parametrize('bad, match', INVALID_LINES)
+    def test_a_bad_line_anywhere_in_any_block_is_rejected(
+            self, bad: bytes, match: str, size: int, place: str, known: bool) -> None:
+        lines = self.lines(size, known)
+        if known:
+            lowhaio.parse_field_block(b''.join(line + b'\r\n' for line in lines))
+        block = b''.join(line + b'\r\n' for line in self.with_bad_line(lines, bad, place))
+        for attempt in range(2):  # and again, once the good lines are memoised
+            with pytest.raises(HttpError) as info:
+                lowhaio.parse_field_block(block, max_header_count=1000)
+            assert type(info.value) is HttpProtocolError, (attempt, info.value)
+            assert re.search(match, str(info.value), re.IGNORECASE), (attempt, str(info.value))
+
+    @pytest.mark.parametrize('known_share', [0, 0.5, 0.9, 1], ids=lambda share: 'known-%s' % share)
+    @pytest.mark.parametrize('size', SIZES)
+    def test_valid_blocks_parse_as_one_line_at_a_time(self, size: int,
+                                                      known_share: float) -> None:
+        known = self.lines(size, True)
+        lowhaio.parse_field_block(b''.join(line + b'\r\n' for line in known), 1000)
+        new = [b'%s:%s%s\t ' % (b'X-New-%d' % i, b' \t' * (i % 3), self.unique())
+               for i in range(size)]
+        lines = [known[i] if random.random() < known_share else new[i] for i in range(size)]
+        block = b''.join(line + b'\r\n' for line in lines)
+        expected = self.one_at_a_time(lines)
+        assert lowhaio.parse_field_block(block, 1000) == expected
+        assert lowhaio.parse_field_block(block, 1000) == expected  # memoised by now
+
+    @pytest.mark.parametrize('size', SIZES)
+    def test_values_keep_their_own_case_and_inner_whitespace(self, size: int) -> None:
+        lines = [b'X-%d-%s:  Mixed Case \t %d: \x80\xff  ' % (i, self.unique(), i)
+                 for i in range(size)]
+        fields = lowhaio.parse_field_block(b''.join(line + b'\r\n' for line in lines), 1000)
+        assert [value for _, value in fields] == \
+            [b'Mixed Case \t %d: \x80\xff' % i for i in range(size)]
+        assert all(name == name.lower() and name.startswith(b'x-') for name, _ in fields)
+
+    @pytest.mark.parametrize('size', [50, 100])
+    def test_memo_stays_bounded_when_every_value_is_unique(self, size: int) -> None:
+        # A server whose every header value is unique must not make the memo grow without
+        # bound (nor keep it from being emptied for servers that repeat their lines).
+        for _ in range(200):
+            lines = self.lines(size, known=False)
+            assert lowhaio.parse_field_block(b''.join(line + b'\r\n' for line in lines),
+                                             1000) == self.one_at_a_time(lines)
+            assert len(lowhaio._parsed_field_lines) <= lowhaio._MAX_MEMOISED_LINES + size
+            assert sum(map(len, lowhaio._parsed_field_lines)) <= lowhaio._MAX_MEMOISED_BYTES
+        # A server that repeats its lines, met afterwards, has them memoised before long.
+        base = self.lines(8, known=False)
+        for _ in range(lowhaio._FULL_BLOCKS_BEFORE_EMPTYING + 1):
+            block_lines = base + [b'x-request-id: ' + self.unique()]
+            assert lowhaio.parse_field_block(
+                b''.join(line + b'\r\n' for line in block_lines)) == \
+                self.one_at_a_time(block_lines)
+        assert all(line in lowhaio._parsed_field_lines for line in base)
+
+
 # =============================================================================================
 # 3. Framing, RFC 9112 §6.3 rule by rule, and persistence, RFC 9112 §9.3
 # =============================================================================================
