@@ -240,9 +240,17 @@ class HttpxClient:
         self.client = httpx.AsyncClient(
             verify=ctx, limits=limits, timeout=httpx.Timeout(60.0), proxy=proxy
         )
+        self.proxied = proxy is not None
 
     async def get(self, url: str) -> int:
-        resp = await self.client.get(url)
+        try:
+            resp = await self.client.get(url)
+        except Exception as error:
+            # tinyproxy's unannounced closes (see LowhaioClient): retried once, as aiohttp and
+            # lowhaio do. httpx raises RemoteProtocolError for them, as for nothing else here.
+            if not self.proxied or type(error).__name__ != 'RemoteProtocolError':
+                raise
+            resp = await self.client.get(url)
         check_status(resp.status_code, url)
         return len(resp.content)
 
@@ -283,6 +291,7 @@ class HttpxLowhaioClient(HttpxClient):
         options = {} if proxy is None else {'proxy': proxy}
         transport = LowhaioTransport(get_ssl_context=lambda: ctx, **options)
         self.client = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(60.0))
+        self.proxied = proxy is not None
 
 
 class AiosonicClient:
