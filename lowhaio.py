@@ -984,6 +984,11 @@ _FLUSH_POLL_INTERVAL = 0.005
 _SMALL_CHUNK = 4096
 
 
+# The most asyncio's socket transport reads at once: under glibc malloc's default mmap
+# threshold, 128 KiB, with room for the bytes object's header (see connection_made)
+_READ_SIZE = 128 * 1024 - 256
+
+
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection: a queue of received bytes, flow control both ways, and a
     single re-armed timer that serves every deadline, so that no timer is made per operation."""
@@ -1036,6 +1041,15 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        if getattr(transport, 'max_size', 0) > _READ_SIZE:
+            # asyncio's own socket transport reads into a new bytes object of max_size
+            # (256 KiB) each time. glibc's malloc maps a block that large afresh from the
+            # kernel each time and unmaps it once the read shrinks it: two page faults for
+            # every response even of 100 bytes, and one a page for large reads. Below the
+            # threshold (128 KiB) the memory comes from the heap, already mapped. Measured:
+            # system CPU per request at 64 concurrent small requests a third, and the same
+            # user CPU. (uvloop and TLS transports read into a buffer they keep: not changed.)
+            transport.max_size = _READ_SIZE
         sock = transport.get_extra_info('socket')
         self.fd = sock.fileno() if sock is not None else -1
         if self.fd != -1 and hasattr(select, 'poll'):

@@ -14,6 +14,7 @@ from typing import Any, List, Sequence, Tuple
 
 import pytest
 
+import lowhaio
 from lowhaio import HttpInvalidRequestError, Pool, buffered, streamed
 from support import Connection, scripted_server
 
@@ -253,3 +254,24 @@ async def test_a_body_that_arrived_whole_keeps_the_async_iterator_protocol() -> 
         finally:
             await close()
         assert server.connections == 1
+
+
+async def test_reads_stay_under_mallocs_mmap_threshold() -> None:
+    # asyncio's socket transport reads into a new bytes object of its max_size each time; at
+    # its default, 256 KiB, glibc maps that afresh from the kernel and unmaps it when the read
+    # shrinks it: two page faults for every small response (a third of the CPU at 64
+    # concurrent requests). Below 128 KiB it comes from the heap. uvloop and TLS transports
+    # read into buffers they keep, and have no max_size.
+    async with scripted_server(answer_every_request) as server:
+        loop = asyncio.get_running_loop()
+        transport, connection = await loop.create_connection(
+            lambda: lowhaio._Connection(loop, ('http', '127.0.0.1', server.port),
+                                        '127.0.0.1', 15),
+            '127.0.0.1', server.port)
+        try:
+            if isinstance(loop, asyncio.BaseEventLoop):
+                assert transport.max_size + 64 < 128 * 1024
+            else:
+                assert not hasattr(transport, 'max_size')
+        finally:
+            connection.close()
