@@ -25,6 +25,7 @@ import ssl
 import sys
 import time
 from typing import (
+    Any,
     AsyncIterator,
     Awaitable,
     Callable,
@@ -88,7 +89,35 @@ def upload_chunks(size: int, chunk_size: int) -> Callable[[], AsyncIterator[byte
 # -------------------------------------------------------------------------------------------------
 
 
-class LowhaioClient:
+class _LowhaioApi:
+    """The calls of lowhaio's API, shared by this lowhaio and 0.0.89: `request` and
+    `close_pool` come from a Pool."""
+
+    request: Callable[..., Any]
+    close_pool: Callable[[], Any]
+
+    async def get(self, url: str) -> int:
+        code, _, body = await self.request(b'GET', url)
+        n = 0
+        async for chunk in body:
+            n += len(chunk)
+        check_status(int(code), url)
+        return n
+
+    get_stream = get  # lowhaio always streams: reading it all and streaming are the same loop
+
+    async def post(self, url: str, size: int, gen_fn: Callable[[], AsyncIterator[bytes]]) -> bytes:
+        headers = ((b'content-length', b'%d' % size),)
+        code, _, body = await self.request(b'POST', url, headers=headers, body=gen_fn)
+        data = b''.join([chunk async for chunk in body])
+        check_status(int(code), url)
+        return data
+
+    async def close(self) -> None:
+        await self.close_pool()
+
+
+class LowhaioClient(_LowhaioApi):
     PROXIES = True
     pool_options: Dict[str, object] = {}
 
@@ -112,16 +141,6 @@ class LowhaioClient:
                 self.request, ((lowhaio.HttpConnectionClosedBeforeResponseError, (0,)),)
             )
 
-    async def get(self, url: str) -> int:
-        code, _, body = await self.request(b'GET', url)
-        n = 0
-        async for chunk in body:
-            n += len(chunk)
-        check_status(int(code), url)
-        return n
-
-    get_stream = get  # lowhaio always streams: reading it all and streaming are the same loop
-
     async def get_decoded(self, url: str) -> int:
         code, _, body = await self.decompressed_request(b'GET', url)
         n = 0
@@ -129,16 +148,6 @@ class LowhaioClient:
             n += len(chunk)
         check_status(int(code), url)
         return n
-
-    async def post(self, url: str, size: int, gen_fn: Callable[[], AsyncIterator[bytes]]) -> bytes:
-        headers = ((b'content-length', b'%d' % size),)
-        code, _, body = await self.request(b'POST', url, headers=headers, body=gen_fn)
-        data = b''.join([chunk async for chunk in body])
-        check_status(int(code), url)
-        return data
-
-    async def close(self) -> None:
-        await self.close_pool()
 
 
 class LowhaioRecv16kClient(LowhaioClient):
@@ -154,7 +163,7 @@ LOWHAIO_0_0_89 = os.path.join(os.path.dirname(os.path.abspath(__file__)), '.venv
                               'lowhaio-0.0.89', 'lowhaio.py')
 
 
-class Lowhaio0089Client:
+class Lowhaio0089Client(_LowhaioApi):
     """lowhaio 0.0.89: plain sockets and `sock.send` straight from the caller's chunk, no
     transports. Loaded under a name of its own from the unpacked wheel."""
 
@@ -167,26 +176,6 @@ class Lowhaio0089Client:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         self.request, self.close_pool = module.Pool(get_ssl_context=lambda: ctx)
-
-    async def get(self, url: str) -> int:
-        code, _, body = await self.request(b'GET', url)
-        n = 0
-        async for chunk in body:
-            n += len(chunk)
-        check_status(int(code), url)
-        return n
-
-    get_stream = get
-
-    async def post(self, url: str, size: int, gen_fn: Callable[[], AsyncIterator[bytes]]) -> bytes:
-        headers = ((b'content-length', b'%d' % size),)
-        code, _, body = await self.request(b'POST', url, headers=headers, body=gen_fn)
-        data = b''.join([chunk async for chunk in body])
-        check_status(int(code), url)
-        return data
-
-    async def close(self) -> None:
-        await self.close_pool()
 
 
 class AiohttpClient:
