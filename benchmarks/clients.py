@@ -533,6 +533,11 @@ class FloorConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if getattr(transport, 'max_size', 0) > 128 * 1024 - 256:
+            # As lowhaio does: asyncio's socket transport reads into a fresh bytes object of
+            # max_size, and at its 256 KiB glibc maps each one from the kernel (two page faults
+            # a response). A floor is the least any client can do, and any client can do this.
+            transport.max_size = 128 * 1024 - 256  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self.lost = exc or ConnectionError('connection closed')
