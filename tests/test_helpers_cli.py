@@ -1088,13 +1088,20 @@ def test_silent_hides_errors_and_show_error_shows_them() -> None:
     assert shown.returncode == 7 and shown.stderr.startswith(b'lowhaio: (7) ')
 
 
+def restore_default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_interrupt_is_exit_130(servers: Servers) -> None:
     """Ctrl-C during a transfer (the server stalls the head), three times over."""
     for _ in range(3):
         before = servers.counters.hits.get('slow-head', 0)
         process = subprocess.Popen(
             [sys.executable, '-m', 'lowhaio', servers.url('/slow-head?seconds=30')],
-            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            # A shell starts background jobs with SIGINT ignored, and children inherit that:
+            # Ctrl-C is then ignored by Python itself, whatever the CLI does
+            preexec_fn=restore_default_sigint)
         deadline = time.monotonic() + 20
         while servers.counters.hits.get('slow-head', 0) == before and \
                 time.monotonic() < deadline:
