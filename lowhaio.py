@@ -333,7 +333,7 @@ def parse_field_block(block: bytes, max_header_count: int = 100) -> Headers:
     if len(lines) > max_header_count:
         raise HttpHeaderTooLong('More than %d header lines' % max_header_count)
     memo = _parsed_field_lines
-    fields = []
+    fields: List[Tuple[bytes, bytes]] = []
     new_lines = 0
     for line in lines:
         field = memo.get(line)
@@ -3083,13 +3083,14 @@ def Pool(
                 parsed, rest = last_parsed, data[len(last_head):]
             else:
                 end = data.find(b'\r\n\r\n', 0, max_header_length)
-                parsed = parsed_heads.get(data[:end + 4]) \
+                memoised = parsed_heads.get(data[:end + 4]) \
                     if end != -1 and method != b'HEAD' and method != b'CONNECT' else None
-                if parsed is None:
+                if memoised is None:
                     parsed, rest = await receive_head(conn, method, data,
                                                       started + response_head_timeout)
                 else:
-                    last_head, last_parsed = data[:end + 4], parsed
+                    parsed = last_parsed = memoised
+                    last_head = data[:end + 4]
                     rest = data[end + 4:]
             code, response_headers, framing = parsed
         except BaseException as exception:
