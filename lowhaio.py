@@ -18,6 +18,7 @@ import asyncio
 import base64
 import contextlib
 import errno
+import functools
 import ipaddress
 import logging
 import re
@@ -2460,6 +2461,12 @@ def Pool(
     header_sender = send_header or send_header_tuples_of_bytes
     body_sender = send_body or send_body_async_gen_bytes
     get_sock_takes_family = _accepts_argument(get_sock)
+    # asyncio's own loops make their futures in a Python method: the same future, made
+    # without that call (a loop with a create_future of its own, uvloop's say, keeps it)
+    new_future: Callable[[], 'asyncio.Future[None]'] = \
+        functools.partial(asyncio.Future, loop=loop) \
+        if getattr(type(loop), 'create_future', None) is asyncio.BaseEventLoop.create_future \
+        else loop.create_future
     # See send_request: only asyncio's own transports from 3.12 keep one buffer per write
     one_small_chunk_at_a_time = sys.version_info >= (3, 12) and \
         not type(loop).__module__.startswith('uvloop')
@@ -2598,7 +2605,14 @@ def Pool(
             conn.close()
             free_slot(connections)
             return
-        conn.make_idle(on_idle_close)
+        # conn.make_idle(on_idle_close), inlined: this runs after every response
+        conn.idle = conn.reused = True
+        conn.received_any = False
+        conn.on_idle_close = on_idle_close
+        now = conn.idle_since = loop.time()
+        expiry = now + conn._keep_alive_timeout
+        if conn._timer is None or conn._timer_when > expiry:
+            conn._fire_by(expiry)
         connections.idle.append(conn)
         if idle_by_age is not None:
             idle_by_age[conn] = None
@@ -3073,9 +3087,21 @@ def Pool(
             # and is one seen before (see parsed_heads).
             sending = False
             started = loop.time()
-            if not conn._queue and not conn._eof:
-                await conn.readable(started + first_head_wait)
-            data = conn.take() or b''
+            queue = conn._queue
+            if not queue and not conn._eof:
+                # conn.readable(), inlined (this wait is in every request): the same deadline
+                # on the connection's one timer, and the same bare future
+                head_wait = conn._deadline = started + first_head_wait
+                if conn._timer is None or conn._timer_when > head_wait:
+                    conn._fire_by(head_wait)
+                waiter = conn._waiter = new_future()
+                await waiter
+            if len(queue) == 1 and not conn._reading_paused:
+                # conn.take(), inlined for the usual single read
+                data = queue.popleft()
+                conn._queued = 0
+            else:
+                data = conn.take() or b''
             if last_head and data.startswith(last_head) and method != b'HEAD' and \
                     method != b'CONNECT':
                 # The head just before, again (a head ends at its first blank line, and
