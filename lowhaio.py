@@ -2447,6 +2447,13 @@ def Pool(
     logger = get_logger_adapter({})
     # The adapter's isEnabledFor only forwards to its logger's: call that one directly.
     debug_enabled = getattr(getattr(logger, 'logger', None), 'isEnabledFor', logger.isEnabledFor)
+    # logging.Logger.isEnabledFor answers from a dict of the levels it has looked up, which
+    # logging clears whenever a level changes: a False there is its answer, so a request with
+    # debug logging off looks there without calling it. (Not for other loggers: an empty dict.)
+    debug_answers: Dict[int, bool] = {}
+    if getattr(debug_enabled, '__func__', None) is logging.Logger.isEnabledFor and \
+            isinstance(getattr(debug_enabled.__self__, '_cache', None), dict):
+        debug_answers = debug_enabled.__self__._cache
     dns_resolve, dns_clear_cache = get_dns_resolver(
         get_logger_adapter=get_resolver_logger_adapter({}),
     )
@@ -3061,7 +3068,7 @@ def Pool(
         conn = take_idle_fast(target) or await acquire(target)
 
         request_logger = logger
-        if debug_enabled(logging.DEBUG):
+        if debug_answers.get(logging.DEBUG) is not False and debug_enabled(logging.DEBUG):
             request_logger = get_logger_adapter({'lowhaio_method': method.decode(),
                                                  'lowhaio_url': url})
             request_logger.debug('%s connection to %s', 'Reusing' if conn.reused else 'New',

@@ -9,7 +9,10 @@ wire, the response's framing for the method asked, and the async-iterator protoc
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import sys
+import threading
 from typing import Any, List, Sequence, Tuple
 
 import pytest
@@ -275,3 +278,119 @@ async def test_reads_stay_under_mallocs_mmap_threshold() -> None:
                 assert not hasattr(transport, 'max_size')
         finally:
             connection.close()
+
+
+# Debug logging switched on and off between requests on one pool, as an application does: each
+# request logs exactly when the "lowhaio" logger would log a debug record at that moment (the
+# pool looks up logging's own record of the level first, which logging clears on each change).
+LOGGING_CHANGES = {
+    'level set, then lowered': [logging.WARNING, logging.DEBUG, logging.INFO, logging.DEBUG],
+    'parent level decides': ['root-debug', logging.WARNING, 'root-debug'],
+    'logger disabled after logging': [logging.DEBUG, 'disabled', logging.DEBUG],
+    'logging.disable() between': [logging.DEBUG, 'disable-all', logging.DEBUG],
+}
+
+
+class _RecordCounter(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: List[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.mark.parametrize('changes', LOGGING_CHANGES.values(), ids=list(LOGGING_CHANGES))
+async def test_debug_logging_follows_every_level_change(changes: List[Any]) -> None:
+    logger = logging.getLogger('lowhaio')
+    root = logging.getLogger()
+    saved = (logger.level, logger.disabled, root.level, logger.manager.disable)
+    counter = _RecordCounter()
+    logger.addHandler(counter)
+    try:
+        async with scripted_server(answer_every_request) as server:
+            request, close = Pool()
+            try:
+                for change in changes:
+                    logger.disabled = False
+                    logging.disable(logging.NOTSET)
+                    if change == 'root-debug':
+                        logger.setLevel(logging.NOTSET)
+                        root.setLevel(logging.DEBUG)
+                    elif change == 'disabled':
+                        logger.disabled = True
+                    elif change == 'disable-all':
+                        logging.disable(logging.CRITICAL)
+                    else:
+                        logger.setLevel(change)
+                    expected = logger.isEnabledFor(logging.DEBUG)
+                    before = len(counter.records)
+                    _, _, body = await request(b'GET', server.url())
+                    assert [chunk async for chunk in body] == [b'hello']
+                    logged = any('connection to' in record.getMessage()
+                                 for record in counter.records[before:])
+                    assert logged == expected, change
+            finally:
+                await close()
+    finally:
+        logger.removeHandler(counter)
+        logger.setLevel(saved[0])
+        logger.disabled = saved[1]
+        root.setLevel(saved[2])
+        logging.disable(saved[3])
+
+
+class _FutureCountingLoop(asyncio.SelectorEventLoop):
+    """A loop with a create_future of its own, as uvloop and others have."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.futures_made = 0
+
+    def create_future(self) -> 'asyncio.Future[Any]':
+        self.futures_made += 1
+        return super().create_future()
+
+
+def _answer_in_a_thread(listener: socket.socket) -> None:
+    # A blocking server on a thread of its own, so that every future on the loop is the client's
+    conn, _ = listener.accept()
+    with conn:
+        received = b''
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            received += data
+            while b'\r\n\r\n' in received:
+                _, received = received.split(b'\r\n\r\n', 1)
+                conn.sendall(OK_HEAD + b'hello')
+
+
+def test_a_loop_with_its_own_create_future_makes_the_futures() -> None:
+    # asyncio's own loops have their futures made without the call to create_future; any other
+    # loop's own method is used, for every wait on a response head
+    loop = _FutureCountingLoop()
+    listener = socket.create_server(('127.0.0.1', 0))
+    thread = threading.Thread(target=_answer_in_a_thread, args=(listener,), daemon=True)
+    thread.start()
+    url = 'http://127.0.0.1:%d/' % (listener.getsockname()[1],)
+
+    async def futures_made_by_reused_requests() -> int:
+        request, close = Pool()
+        try:
+            _, _, body = await request(b'GET', url)
+            assert [chunk async for chunk in body] == [b'hello']
+            made = loop.futures_made
+            for _ in range(3):
+                _, _, body = await request(b'GET', url)
+                assert [chunk async for chunk in body] == [b'hello']
+            return loop.futures_made - made
+        finally:
+            await close()
+    try:
+        assert loop.run_until_complete(futures_made_by_reused_requests()) >= 3
+    finally:
+        loop.close()
+        listener.close()
+        thread.join(5)
