@@ -26,6 +26,7 @@ import select
 import socket
 import ssl
 import sys
+import time
 import urllib.parse
 from collections import OrderedDict, deque
 from itertools import repeat
@@ -2474,6 +2475,9 @@ def Pool(
         functools.partial(asyncio.Future, loop=loop) \
         if getattr(type(loop), 'create_future', None) is asyncio.BaseEventLoop.create_future \
         else loop.create_future
+    # Likewise their clock, read in a Python method: the same clock without the call
+    clock: Callable[[], float] = time.monotonic \
+        if getattr(loop.time, '__func__', None) is asyncio.BaseEventLoop.time else loop.time
     # See send_request: only asyncio's own transports from 3.12 keep one buffer per write
     one_small_chunk_at_a_time = sys.version_info >= (3, 12) and \
         not type(loop).__module__.startswith('uvloop')
@@ -2616,7 +2620,7 @@ def Pool(
         conn.idle = conn.reused = True
         conn.received_any = False
         conn.on_idle_close = on_idle_close
-        now = conn.idle_since = loop.time()
+        now = conn.idle_since = clock()
         expiry = now + conn._keep_alive_timeout
         if conn._timer is None or conn._timer_when > expiry:
             conn._fire_by(expiry)
@@ -3093,7 +3097,7 @@ def Pool(
             # The usual case without a further coroutine: the whole head arrives in one read,
             # and is one seen before (see parsed_heads).
             sending = False
-            started = loop.time()
+            started = clock()
             queue = conn._queue
             if not queue and not conn._eof:
                 # conn.readable(), inlined (this wait is in every request): the same deadline

@@ -394,3 +394,40 @@ def test_a_loop_with_its_own_create_future_makes_the_futures() -> None:
         loop.close()
         listener.close()
         thread.join(5)
+
+
+class _ShiftedClockLoop(asyncio.SelectorEventLoop):
+    """A loop whose clock is not time.monotonic(): deadlines must be read on it."""
+
+    def time(self) -> float:
+        return super().time() + 1000
+
+
+def test_a_loop_with_its_own_clock_times_everything_by_it() -> None:
+    # asyncio's own loops have their clock read without the call to loop.time(); any other
+    # loop's own clock is used: a deadline on another clock would be long past, or far off
+    loop = _ShiftedClockLoop()
+    listener = socket.create_server(('127.0.0.1', 0))
+    thread = threading.Thread(target=_answer_in_a_thread, args=(listener,), daemon=True)
+    thread.start()
+    url = 'http://127.0.0.1:%d/' % (listener.getsockname()[1],)
+
+    async def requests() -> List[bool]:
+        request, close = Pool(socket_timeout=5, keep_alive_timeout=5)
+        try:
+            reused = []
+            for _ in range(4):
+                _, _, body = await request(b'GET', url)
+                assert [chunk async for chunk in body] == [b'hello']
+                # the idle connection's expiry is on the loop's clock too: it is still there
+                await asyncio.sleep(0.05)
+                reused.append(request.status().totals['idle'] == 1)
+            return reused
+        finally:
+            await close()
+    try:
+        assert loop.run_until_complete(asyncio.wait_for(requests(), 30)) == [True] * 4
+    finally:
+        loop.close()
+        listener.close()
+        thread.join(5)
