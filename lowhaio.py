@@ -2098,6 +2098,10 @@ class _ResponseBody:
 _Prepared = Tuple[Target, RequestHeaders, bytes, Optional[int], bool]
 
 
+# A class's C __new__, for an instance made on the hot path without its Python __init__
+_object_new = object.__new__
+
+
 class _BufferedBody:
     """A response body that arrived whole with its head: its connection is already back in
     the pool, so iterating it only hands over the bytes."""
@@ -3154,7 +3158,10 @@ def Pool(
             # caller even starts reading, and the body iterator holds only bytes.
             body_bytes = rest[:length] if kind == CONTENT_LENGTH else b''
             release(conn, keep and len(rest) == len(body_bytes))
-            response_body: ResponseBody = _BufferedBody(body_bytes)
+            # _BufferedBody(body_bytes) without a call to its __init__ (a Python frame)
+            buffered_body = _object_new(_BufferedBody)
+            buffered_body._data = body_bytes
+            response_body: ResponseBody = buffered_body
         else:
             response_body = _ResponseBody(
                 conn, release, _tuple_new(Framing, (kind, length, keep)), rest,
