@@ -2169,12 +2169,13 @@ class _HostConnections:
     `waiters` is the host's own FIFO queue when only `max_connections_per_host` limits it; with
     a global `max_connections`, every host shares one queue, so that requests to all hosts are
     served in the order they arrived."""
-    __slots__ = ('idle', 'total', 'waiters')
+    __slots__ = ('idle', 'total', 'waiters', 'closed')
 
     def __init__(self, waiters: Optional[Deque[_Waiter]] = None) -> None:
         self.idle: List[_Connection] = []
         self.total = 0  # idle + in use + connecting
         self.waiters: Deque[_Waiter] = deque() if waiters is None else waiters
+        self.closed = False  # the pool was closed: its connections are not taken back
 
 
 class PoolStatus(Dict[Tuple[str, str, int], Dict[str, int]]):
@@ -2597,7 +2598,7 @@ def Pool(
         """Take back a connection whose response is finished."""
         connections: _HostConnections = conn.owner
         if not reusable or not keep_alive or conn._lost or conn._queue or \
-                hosts.get(conn.key) is not connections:  # the last: the pool was closed meanwhile
+                connections.closed:  # the last: the pool was closed meanwhile
             conn.close()
             free_slot(connections)
             return
@@ -2641,7 +2642,7 @@ def Pool(
             answer = None
         else:
             answer = dns_answers.get(target.host)
-            if answer is None or loop.time() >= answer.expires_at:
+            if answer is None or clock() >= answer.expires_at:
                 return None
         idle = connections.idle
         conn = idle[-1]
@@ -3179,6 +3180,7 @@ def Pool(
         await dns_clear_cache(get_logger_adapter=get_resolver_logger_adapter({}))
         end_dns_lookups()
         for connections in list(hosts.values()):
+            connections.closed = True
             for conn in list(connections.idle):
                 conn.on_idle_close = _no_op
                 conn.close()

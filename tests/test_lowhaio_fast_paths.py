@@ -431,3 +431,58 @@ def test_a_loop_with_its_own_clock_times_everything_by_it() -> None:
         loop.close()
         listener.close()
         thread.join(5)
+
+
+# A response still in flight when close() is called: its connection is closed once the response
+# is finished, never pooled (the pool marks its host records closed, and release looks there),
+# whether the body came whole with the head or streamed after it, and whether or not the pool is
+# used again for the same host meanwhile.
+@pytest.mark.parametrize('used_again', [False, True], ids=['not used again', 'used again'])
+@pytest.mark.parametrize('path', ['/whole', '/streamed'])
+async def test_a_response_in_flight_at_close_is_never_pooled(path: str, used_again: bool) -> None:
+    asked = asyncio.Event()
+    go = asyncio.Event()
+    opened: List[int] = []  # the connections in the order they came, numbered from 0
+    ended: List[int] = []  # the numbers of those the client closed
+
+    async def answer(conn: Connection) -> None:
+        number = len(opened)
+        opened.append(number)
+        while True:
+            raw = await conn.read_request()
+            if not raw:
+                ended.append(number)
+                return
+            if b'/whole' in raw or b'/streamed' in raw:
+                asked.set()
+                await go.wait()
+            if b'/streamed' in raw:
+                conn.write(b'HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello')
+                await conn.drain()
+                await asyncio.sleep(0.05)
+                conn.write(b'world')
+            else:
+                conn.write(OK_HEAD + b'hello')
+            await conn.drain()
+
+    async with scripted_server(answer) as server:
+        request, close = Pool()
+        try:
+            in_flight = asyncio.ensure_future(request(b'GET', server.url(path)))
+            await asyncio.wait_for(asked.wait(), 5)
+            await close()
+            if used_again:
+                _, _, body = await request(b'GET', server.url('/again'))
+                assert [chunk async for chunk in body] == [b'hello']
+            go.set()
+            _, _, body = await asyncio.wait_for(in_flight, 5)
+            assert b''.join([chunk async for chunk in body]) == \
+                (b'helloworld' if path == '/streamed' else b'hello')
+            for _ in range(100):
+                if 0 in ended:
+                    break
+                await asyncio.sleep(0.02)
+            assert 0 in ended  # the in-flight one's connection, closed by the client
+            assert request.status().totals['idle'] == (1 if used_again else 0)
+        finally:
+            await close()
