@@ -18,6 +18,7 @@ import asyncio
 import base64
 import contextlib
 import errno
+import functools
 import ipaddress
 import logging
 import re
@@ -25,6 +26,7 @@ import select
 import socket
 import ssl
 import sys
+import time
 import urllib.parse
 from collections import OrderedDict, deque
 from itertools import repeat
@@ -2096,6 +2098,10 @@ class _ResponseBody:
 _Prepared = Tuple[Target, RequestHeaders, bytes, Optional[int], bool]
 
 
+# A class's C __new__, for an instance made on the hot path without its Python __init__
+_object_new = object.__new__
+
+
 class _BufferedBody:
     """A response body that arrived whole with its head: its connection is already back in
     the pool, so iterating it only hands over the bytes."""
@@ -2163,12 +2169,13 @@ class _HostConnections:
     `waiters` is the host's own FIFO queue when only `max_connections_per_host` limits it; with
     a global `max_connections`, every host shares one queue, so that requests to all hosts are
     served in the order they arrived."""
-    __slots__ = ('idle', 'total', 'waiters')
+    __slots__ = ('idle', 'total', 'waiters', 'closed')
 
     def __init__(self, waiters: Optional[Deque[_Waiter]] = None) -> None:
         self.idle: List[_Connection] = []
         self.total = 0  # idle + in use + connecting
         self.waiters: Deque[_Waiter] = deque() if waiters is None else waiters
+        self.closed = False  # the pool was closed: its connections are not taken back
 
 
 class PoolStatus(Dict[Tuple[str, str, int], Dict[str, int]]):
@@ -2446,6 +2453,13 @@ def Pool(
     logger = get_logger_adapter({})
     # The adapter's isEnabledFor only forwards to its logger's: call that one directly.
     debug_enabled = getattr(getattr(logger, 'logger', None), 'isEnabledFor', logger.isEnabledFor)
+    # logging.Logger.isEnabledFor answers from a dict of the levels it has looked up, which
+    # logging clears whenever a level changes: a False there is its answer, so a request with
+    # debug logging off looks there without calling it. (Not for other loggers: an empty dict.)
+    debug_answers: Dict[int, bool] = {}
+    if getattr(debug_enabled, '__func__', None) is logging.Logger.isEnabledFor and \
+            isinstance(getattr(debug_enabled.__self__, '_cache', None), dict):
+        debug_answers = debug_enabled.__self__._cache
     dns_resolve, dns_clear_cache = get_dns_resolver(
         get_logger_adapter=get_resolver_logger_adapter({}),
     )
@@ -2460,6 +2474,15 @@ def Pool(
     header_sender = send_header or send_header_tuples_of_bytes
     body_sender = send_body or send_body_async_gen_bytes
     get_sock_takes_family = _accepts_argument(get_sock)
+    # asyncio's own loops make their futures in a Python method: the same future, made
+    # without that call (a loop with a create_future of its own, uvloop's say, keeps it)
+    new_future: Callable[[], 'asyncio.Future[None]'] = \
+        functools.partial(asyncio.Future, loop=loop) \
+        if getattr(type(loop), 'create_future', None) is asyncio.BaseEventLoop.create_future \
+        else loop.create_future
+    # Likewise their clock, read in a Python method: the same clock without the call
+    clock: Callable[[], float] = time.monotonic \
+        if getattr(loop.time, '__func__', None) is asyncio.BaseEventLoop.time else loop.time
     # See send_request: only asyncio's own transports from 3.12 keep one buffer per write
     one_small_chunk_at_a_time = sys.version_info >= (3, 12) and \
         not type(loop).__module__.startswith('uvloop')
@@ -2575,7 +2598,7 @@ def Pool(
         """Take back a connection whose response is finished."""
         connections: _HostConnections = conn.owner
         if not reusable or not keep_alive or conn._lost or conn._queue or \
-                hosts.get(conn.key) is not connections:  # the last: the pool was closed meanwhile
+                connections.closed:  # the last: the pool was closed meanwhile
             conn.close()
             free_slot(connections)
             return
@@ -2598,7 +2621,14 @@ def Pool(
             conn.close()
             free_slot(connections)
             return
-        conn.make_idle(on_idle_close)
+        # conn.make_idle(on_idle_close), inlined: this runs after every response
+        conn.idle = conn.reused = True
+        conn.received_any = False
+        conn.on_idle_close = on_idle_close
+        now = conn.idle_since = clock()
+        expiry = now + conn._keep_alive_timeout
+        if conn._timer is None or conn._timer_when > expiry:
+            conn._fire_by(expiry)
         connections.idle.append(conn)
         if idle_by_age is not None:
             idle_by_age[conn] = None
@@ -2612,7 +2642,7 @@ def Pool(
             answer = None
         else:
             answer = dns_answers.get(target.host)
-            if answer is None or loop.time() >= answer.expires_at:
+            if answer is None or clock() >= answer.expires_at:
                 return None
         idle = connections.idle
         conn = idle[-1]
@@ -3044,10 +3074,27 @@ def Pool(
         if bodiless and content_length:
             raise HttpInvalidRequestError(
                 'content-length is %d but there is no body' % (content_length,))
-        conn = take_idle_fast(target) or await acquire(target)
+        # take_idle_fast(target), inlined for its usual case: an IP literal's newest idle
+        # connection, after the same stale-connection poll (any other case takes the call)
+        conn = None
+        connections = hosts.get(target.key)
+        if connections is not None and connections.idle and target.ip_literal and \
+                idle_by_age is None:
+            newest = connections.idle[-1]
+            if newest._poll is not None and not (newest._eof or newest._queue):
+                try:
+                    stale = newest._poll.poll(0)
+                except (OSError, ValueError):
+                    stale = True
+                if not stale:
+                    connections.idle.pop()
+                    newest.idle = False
+                    conn = newest
+        if conn is None:
+            conn = take_idle_fast(target) or await acquire(target)
 
         request_logger = logger
-        if debug_enabled(logging.DEBUG):
+        if debug_answers.get(logging.DEBUG) is not False and debug_enabled(logging.DEBUG):
             request_logger = get_logger_adapter({'lowhaio_method': method.decode(),
                                                  'lowhaio_url': url})
             request_logger.debug('%s connection to %s', 'Reusing' if conn.reused else 'New',
@@ -3072,10 +3119,22 @@ def Pool(
             # The usual case without a further coroutine: the whole head arrives in one read,
             # and is one seen before (see parsed_heads).
             sending = False
-            started = loop.time()
-            if not conn._queue and not conn._eof:
-                await conn.readable(started + first_head_wait)
-            data = conn.take() or b''
+            started = clock()
+            queue = conn._queue
+            if not queue and not conn._eof:
+                # conn.readable(), inlined (this wait is in every request): the same deadline
+                # on the connection's one timer, and the same bare future
+                head_wait = conn._deadline = started + first_head_wait
+                if conn._timer is None or conn._timer_when > head_wait:
+                    conn._fire_by(head_wait)
+                waiter = conn._waiter = new_future()
+                await waiter
+            if len(queue) == 1 and not conn._reading_paused:
+                # conn.take(), inlined for the usual single read
+                data = queue.popleft()
+                conn._queued = 0
+            else:
+                data = conn.take() or b''
             if last_head and data.startswith(last_head) and method != b'HEAD' and \
                     method != b'CONNECT':
                 # The head just before, again (a head ends at its first blank line, and
@@ -3116,8 +3175,26 @@ def Pool(
             # The whole body is already here: the connection goes back to the pool before the
             # caller even starts reading, and the body iterator holds only bytes.
             body_bytes = rest[:length] if kind == CONTENT_LENGTH else b''
-            release(conn, keep and len(rest) == len(body_bytes))
-            response_body: ResponseBody = _BufferedBody(body_bytes)
+            owner: _HostConnections = conn.owner
+            if keep and len(rest) == len(body_bytes) and keep_alive and not conn._lost and \
+                    not conn._queue and not owner.closed and not owner.waiters and \
+                    max_idle_per_host is None and idle_by_age is None:
+                # release(conn, True), inlined for its usual case: no limit to look at, no
+                # request waiting, so the connection just becomes idle (as make_idle does)
+                conn.idle = conn.reused = True
+                conn.received_any = False
+                conn.on_idle_close = on_idle_close
+                now = conn.idle_since = clock()
+                expiry = now + conn._keep_alive_timeout
+                if conn._timer is None or conn._timer_when > expiry:
+                    conn._fire_by(expiry)
+                owner.idle.append(conn)
+            else:
+                release(conn, keep and len(rest) == len(body_bytes))
+            # _BufferedBody(body_bytes) without a call to its __init__ (a Python frame)
+            buffered_body = _object_new(_BufferedBody)
+            buffered_body._data = body_bytes
+            response_body: ResponseBody = buffered_body
         else:
             response_body = _ResponseBody(
                 conn, release, _tuple_new(Framing, (kind, length, keep)), rest,
@@ -3135,6 +3212,7 @@ def Pool(
         await dns_clear_cache(get_logger_adapter=get_resolver_logger_adapter({}))
         end_dns_lookups()
         for connections in list(hosts.values()):
+            connections.closed = True
             for conn in list(connections.idle):
                 conn.on_idle_close = _no_op
                 conn.close()

@@ -9,7 +9,10 @@ wire, the response's framing for the method asked, and the async-iterator protoc
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import sys
+import threading
 from typing import Any, List, Sequence, Tuple
 
 import pytest
@@ -275,3 +278,211 @@ async def test_reads_stay_under_mallocs_mmap_threshold() -> None:
                 assert not hasattr(transport, 'max_size')
         finally:
             connection.close()
+
+
+# Debug logging switched on and off between requests on one pool, as an application does: each
+# request logs exactly when the "lowhaio" logger would log a debug record at that moment (the
+# pool looks up logging's own record of the level first, which logging clears on each change).
+LOGGING_CHANGES = {
+    'level set, then lowered': [logging.WARNING, logging.DEBUG, logging.INFO, logging.DEBUG],
+    'parent level decides': ['root-debug', logging.WARNING, 'root-debug'],
+    'logger disabled after logging': [logging.DEBUG, 'disabled', logging.DEBUG],
+    'logging.disable() between': [logging.DEBUG, 'disable-all', logging.DEBUG],
+}
+
+
+class _RecordCounter(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: List[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.mark.parametrize('changes', LOGGING_CHANGES.values(), ids=list(LOGGING_CHANGES))
+async def test_debug_logging_follows_every_level_change(changes: List[Any]) -> None:
+    logger = logging.getLogger('lowhaio')
+    root = logging.getLogger()
+    saved = (logger.level, logger.disabled, root.level, logger.manager.disable)
+    counter = _RecordCounter()
+    logger.addHandler(counter)
+    try:
+        async with scripted_server(answer_every_request) as server:
+            request, close = Pool()
+            try:
+                for change in changes:
+                    logger.disabled = False
+                    logging.disable(logging.NOTSET)
+                    if change == 'root-debug':
+                        logger.setLevel(logging.NOTSET)
+                        root.setLevel(logging.DEBUG)
+                    elif change == 'disabled':
+                        logger.disabled = True
+                    elif change == 'disable-all':
+                        logging.disable(logging.CRITICAL)
+                    else:
+                        logger.setLevel(change)
+                    expected = logger.isEnabledFor(logging.DEBUG)
+                    before = len(counter.records)
+                    _, _, body = await request(b'GET', server.url())
+                    assert [chunk async for chunk in body] == [b'hello']
+                    logged = any('connection to' in record.getMessage()
+                                 for record in counter.records[before:])
+                    assert logged == expected, change
+            finally:
+                await close()
+    finally:
+        logger.removeHandler(counter)
+        logger.setLevel(saved[0])
+        logger.disabled = saved[1]
+        root.setLevel(saved[2])
+        logging.disable(saved[3])
+
+
+class _FutureCountingLoop(asyncio.SelectorEventLoop):
+    """A loop with a create_future of its own, as uvloop and others have."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.futures_made = 0
+
+    def create_future(self) -> 'asyncio.Future[Any]':
+        self.futures_made += 1
+        return super().create_future()
+
+
+def _answer_in_a_thread(listener: socket.socket) -> None:
+    # A blocking server on a thread of its own, so that every future on the loop is the client's
+    conn, _ = listener.accept()
+    with conn:
+        received = b''
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            received += data
+            while b'\r\n\r\n' in received:
+                _, received = received.split(b'\r\n\r\n', 1)
+                conn.sendall(OK_HEAD + b'hello')
+
+
+def test_a_loop_with_its_own_create_future_makes_the_futures() -> None:
+    # asyncio's own loops have their futures made without the call to create_future; any other
+    # loop's own method is used, for every wait on a response head
+    loop = _FutureCountingLoop()
+    listener = socket.create_server(('127.0.0.1', 0))
+    thread = threading.Thread(target=_answer_in_a_thread, args=(listener,), daemon=True)
+    thread.start()
+    url = 'http://127.0.0.1:%d/' % (listener.getsockname()[1],)
+
+    async def futures_made_by_reused_requests() -> int:
+        request, close = Pool()
+        try:
+            _, _, body = await request(b'GET', url)
+            assert [chunk async for chunk in body] == [b'hello']
+            made = loop.futures_made
+            for _ in range(3):
+                _, _, body = await request(b'GET', url)
+                assert [chunk async for chunk in body] == [b'hello']
+            return loop.futures_made - made
+        finally:
+            await close()
+    try:
+        assert loop.run_until_complete(futures_made_by_reused_requests()) >= 3
+    finally:
+        loop.close()
+        listener.close()
+        thread.join(5)
+
+
+class _ShiftedClockLoop(asyncio.SelectorEventLoop):
+    """A loop whose clock is not time.monotonic(): deadlines must be read on it."""
+
+    def time(self) -> float:
+        return super().time() + 1000
+
+
+def test_a_loop_with_its_own_clock_times_everything_by_it() -> None:
+    # asyncio's own loops have their clock read without the call to loop.time(); any other
+    # loop's own clock is used: a deadline on another clock would be long past, or far off
+    loop = _ShiftedClockLoop()
+    listener = socket.create_server(('127.0.0.1', 0))
+    thread = threading.Thread(target=_answer_in_a_thread, args=(listener,), daemon=True)
+    thread.start()
+    url = 'http://127.0.0.1:%d/' % (listener.getsockname()[1],)
+
+    async def requests() -> List[bool]:
+        request, close = Pool(socket_timeout=5, keep_alive_timeout=5)
+        try:
+            reused = []
+            for _ in range(4):
+                _, _, body = await request(b'GET', url)
+                assert [chunk async for chunk in body] == [b'hello']
+                # the idle connection's expiry is on the loop's clock too: it is still there
+                await asyncio.sleep(0.05)
+                reused.append(request.status().totals['idle'] == 1)
+            return reused
+        finally:
+            await close()
+    try:
+        assert loop.run_until_complete(asyncio.wait_for(requests(), 30)) == [True] * 4
+    finally:
+        loop.close()
+        listener.close()
+        thread.join(5)
+
+
+# A response still in flight when close() is called: its connection is closed once the response
+# is finished, never pooled (the pool marks its host records closed, and release looks there),
+# whether the body came whole with the head or streamed after it, and whether or not the pool is
+# used again for the same host meanwhile.
+@pytest.mark.parametrize('used_again', [False, True], ids=['not used again', 'used again'])
+@pytest.mark.parametrize('path', ['/whole', '/streamed'])
+async def test_a_response_in_flight_at_close_is_never_pooled(path: str, used_again: bool) -> None:
+    asked = asyncio.Event()
+    go = asyncio.Event()
+    opened: List[int] = []  # the connections in the order they came, numbered from 0
+    ended: List[int] = []  # the numbers of those the client closed
+
+    async def answer(conn: Connection) -> None:
+        number = len(opened)
+        opened.append(number)
+        while True:
+            raw = await conn.read_request()
+            if not raw:
+                ended.append(number)
+                return
+            if b'/whole' in raw or b'/streamed' in raw:
+                asked.set()
+                await go.wait()
+            if b'/streamed' in raw:
+                conn.write(b'HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello')
+                await conn.drain()
+                await asyncio.sleep(0.05)
+                conn.write(b'world')
+            else:
+                conn.write(OK_HEAD + b'hello')
+            await conn.drain()
+
+    async with scripted_server(answer) as server:
+        request, close = Pool()
+        try:
+            in_flight = asyncio.ensure_future(request(b'GET', server.url(path)))
+            await asyncio.wait_for(asked.wait(), 5)
+            await close()
+            if used_again:
+                _, _, body = await request(b'GET', server.url('/again'))
+                assert [chunk async for chunk in body] == [b'hello']
+            go.set()
+            _, _, body = await asyncio.wait_for(in_flight, 5)
+            assert b''.join([chunk async for chunk in body]) == \
+                (b'helloworld' if path == '/streamed' else b'hello')
+            for _ in range(100):
+                if 0 in ended:
+                    break
+                await asyncio.sleep(0.02)
+            assert 0 in ended  # the in-flight one's connection, closed by the client
+            assert request.status().totals['idle'] == (1 if used_again else 0)
+        finally:
+            await close()
