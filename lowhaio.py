@@ -3175,22 +3175,7 @@ def Pool(
             # The whole body is already here: the connection goes back to the pool before the
             # caller even starts reading, and the body iterator holds only bytes.
             body_bytes = rest[:length] if kind == CONTENT_LENGTH else b''
-            owner: _HostConnections = conn.owner
-            if keep and len(rest) == len(body_bytes) and keep_alive and not conn._lost and \
-                    not conn._queue and not owner.closed and not owner.waiters and \
-                    max_idle_per_host is None and idle_by_age is None:
-                # release(conn, True), inlined for its usual case: no limit to look at, no
-                # request waiting, so the connection just becomes idle (as make_idle does)
-                conn.idle = conn.reused = True
-                conn.received_any = False
-                conn.on_idle_close = on_idle_close
-                now = conn.idle_since = clock()
-                expiry = now + conn._keep_alive_timeout
-                if conn._timer is None or conn._timer_when > expiry:
-                    conn._fire_by(expiry)
-                owner.idle.append(conn)
-            else:
-                release(conn, keep and len(rest) == len(body_bytes))
+            release(conn, keep and len(rest) == len(body_bytes))
             # _BufferedBody(body_bytes) without a call to its __init__ (a Python frame)
             buffered_body = _object_new(_BufferedBody)
             buffered_body._data = body_bytes
