@@ -3074,24 +3074,7 @@ def Pool(
         if bodiless and content_length:
             raise HttpInvalidRequestError(
                 'content-length is %d but there is no body' % (content_length,))
-        # take_idle_fast(target), inlined for its usual case: an IP literal's newest idle
-        # connection, after the same stale-connection poll (any other case takes the call)
-        conn = None
-        connections = hosts.get(target.key)
-        if connections is not None and connections.idle and target.ip_literal and \
-                idle_by_age is None:
-            newest = connections.idle[-1]
-            if newest._poll is not None and not (newest._eof or newest._queue):
-                try:
-                    stale = newest._poll.poll(0)
-                except (OSError, ValueError):
-                    stale = True
-                if not stale:
-                    connections.idle.pop()
-                    newest.idle = False
-                    conn = newest
-        if conn is None:
-            conn = take_idle_fast(target) or await acquire(target)
+        conn = take_idle_fast(target) or await acquire(target)
 
         request_logger = logger
         if debug_answers.get(logging.DEBUG) is not False and debug_enabled(logging.DEBUG):
