@@ -1294,17 +1294,6 @@ class _Connection(asyncio.Protocol):
             return False
         return not readable
 
-    def make_idle(self, on_idle_close: Callable[['_Connection'], None]) -> None:
-        self.idle = True
-        self.reused = True
-        self.received_any = False
-        self.on_idle_close = on_idle_close
-        now = self.idle_since = self.loop.time()
-        # _fire_by, inlined (this runs after every response): the timer, armed for the
-        # response's own deadline, is usually due before the expiry already
-        if self._timer is None or self._timer_when > now + self._keep_alive_timeout:
-            self._fire_by(now + self._keep_alive_timeout)
-
     def close(self) -> None:
         """Close at once (no TLS close_notify wait), so that the file descriptor is freed."""
         was_idle = self.idle
@@ -2621,7 +2610,9 @@ def Pool(
             conn.close()
             free_slot(connections)
             return
-        # conn.make_idle(on_idle_close), inlined: this runs after every response
+        # The connection becomes idle until its keep-alive timeout; the timer, armed for the
+        # response's own deadline, is usually due before that expiry already (this runs after
+        # every response, hence the check before re-arming it)
         conn.idle = conn.reused = True
         conn.received_any = False
         conn.on_idle_close = on_idle_close
