@@ -225,6 +225,8 @@ _CONTENT_LENGTH_RE = re.compile(rb'[0-9]{1,18}')
 # chunk-size = 1*HEXDIG; chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
 # (RFC 9112 §7.1). Extensions are ignored, so only their characters are checked.
 _CHUNK_SIZE_LINE_RE = re.compile(rb'([0-9A-Fa-f]{1,16})(?:[ \t]*;' + _FIELD_CHAR + rb'*)?\r\n')
+# The CRLF that ends a chunk's data and the next chunk-size line, matched at once
+_CRLF_CHUNK_SIZE_LINE_RE = re.compile(rb'\r\n' + _CHUNK_SIZE_LINE_RE.pattern)
 # reg-name = *( unreserved / pct-encoded / sub-delims ) (RFC 3986 §3.2.2), as sent
 _REG_NAME_RE = re.compile(rb"[A-Za-z0-9\-._~%!$&'()*+,;=]+")
 # Characters a request header value may not hold: they would end the line early or
@@ -232,6 +234,8 @@ _REG_NAME_RE = re.compile(rb"[A-Za-z0-9\-._~%!$&'()*+,;=]+")
 _FORBIDDEN_IN_VALUE_RE = re.compile(rb'[\x00\r\n]')
 
 _MAX_CHUNK_SIZE_LINE = 4096
+# What a ChunkedDecoder expects next: module globals, which are cheaper to read than attributes
+_CHUNKED_SIZE, _CHUNKED_DATA, _CHUNKED_DATA_END, _CHUNKED_TRAILER = range(4)
 # NamedTuple's generated __new__ runs Python code; on the hot path the C one is used instead.
 _tuple_new = tuple.__new__
 _MAX_INFORMATIONAL_RESPONSES = 16
@@ -536,18 +540,28 @@ class ChunkedDecoder:
     __slots__ = ('done', 'excess', '_remaining', '_line', '_state', '_trailer_length',
                  '_max_trailer_length')
 
-    _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+    _SIZE, _DATA, _DATA_END, _TRAILER = _CHUNKED_SIZE, _CHUNKED_DATA, _CHUNKED_DATA_END, \
+        _CHUNKED_TRAILER
 
     def __init__(self, max_trailer_length: int = 16384) -> None:
         self.done = False
         self.excess = 0
         self._remaining = 0
         self._line = b''
-        self._state = self._SIZE
+        self._state = _CHUNKED_SIZE
         self._trailer_length = 0
         self._max_trailer_length = max_trailer_length
 
     def feed(self, data: bytes) -> List[bytes]:
+        # The fast path takes what a server usually sends, whole within `data`: the data of a
+        # chunk, the CRLF after it and the next chunk-size line at once, by one match each. A
+        # line that is split across reads, too long, or malformed goes the line-by-line way
+        # (`_feed_line`), which gathers, bounds and judges it: so the fast path accepts only
+        # what that way accepts, and every error comes from there.
+        state = self._state
+        if state == _CHUNKED_DATA and 0 < len(data) < self._remaining:
+            self._remaining -= len(data)
+            return [data]
         chunks: List[bytes] = []
         pos = 0
         length = len(data)
@@ -555,16 +569,44 @@ class ChunkedDecoder:
             if self.done:
                 self.excess += length - pos
                 break
-            state = self._state
-            if state == self._DATA:
-                end = min(length, pos + self._remaining)
-                chunks.append(data[pos:end] if pos or end != length else data)
-                self._remaining -= end - pos
+            if state == _CHUNKED_DATA:
+                end = pos + self._remaining
+                if end >= length:
+                    chunks.append(data[pos:] if pos else data)
+                    self._remaining = end - length
+                    if end == length:
+                        self._state = _CHUNKED_DATA_END
+                    break
+                chunks.append(data[pos:end])
                 pos = end
-                if not self._remaining:
-                    self._state = self._DATA_END
+                match = _CRLF_CHUNK_SIZE_LINE_RE.match(data, pos)
+                if match is None or match.end() - pos > _MAX_CHUNK_SIZE_LINE + 2:
+                    self._remaining = 0
+                    self._state = state = _CHUNKED_DATA_END
+                    continue
+                pos = match.end()
+                self._remaining = remaining = int(match[1], 16)
+                if not remaining:
+                    self._state = state = _CHUNKED_TRAILER
+            elif state == _CHUNKED_SIZE and not self._line:
+                match = _CHUNK_SIZE_LINE_RE.match(data, pos)
+                if match is None or match.end() - pos > _MAX_CHUNK_SIZE_LINE:
+                    pos = self._feed_line(data, pos)
+                    state = self._state
+                    continue
+                pos = match.end()
+                self._remaining = remaining = int(match[1], 16)
+                self._state = state = _CHUNKED_DATA if remaining else _CHUNKED_TRAILER
+            elif state == _CHUNKED_TRAILER and not self._line and \
+                    data.startswith(b'\r\n', pos) and \
+                    self._trailer_length + 2 <= self._max_trailer_length:
+                # the empty line that ends a trailer section (usually an empty one)
+                self._trailer_length += 2
+                self.done = True
+                pos += 2
             else:
                 pos = self._feed_line(data, pos)
+                state = self._state
         return chunks
 
     def _feed_line(self, data: bytes, pos: int) -> int:
@@ -596,7 +638,7 @@ class ChunkedDecoder:
             if match is None:
                 raise HttpProtocolError('Malformed chunk-size line: %r' % (line,))
             self._remaining = int(match[1], 16)
-            self._state = self._DATA if self._remaining else self._TRAILER
+            self._state = _CHUNKED_DATA if self._remaining else _CHUNKED_TRAILER
         else:
             self._trailer_length += len(line)
             if self._trailer_length > self._max_trailer_length:
