@@ -559,43 +559,55 @@ class ChunkedDecoder:
         # (`_feed_line`), which gathers, bounds and judges it: so the fast path accepts only
         # what that way accepts, and every error comes from there.
         state = self._state
-        if state == _CHUNKED_DATA and 0 < len(data) < self._remaining:
-            self._remaining -= len(data)
+        length = len(data)
+        if state == _CHUNKED_DATA and 0 < length < self._remaining:
+            self._remaining -= length
             return [data]
         chunks: List[bytes] = []
         pos = 0
-        length = len(data)
         while pos < length:
             if self.done:
                 self.excess += length - pos
                 break
             if state == _CHUNKED_DATA:
+                # chunk after chunk, for as long as each is followed by a whole size line
                 end = pos + self._remaining
-                if end >= length:
-                    chunks.append(data[pos:] if pos else data)
+                while end < length:
+                    chunks.append(data[pos:end])
+                    pos = end
+                    match = _CRLF_CHUNK_SIZE_LINE_RE.match(data, pos)
+                    if match is None:
+                        state = _CHUNKED_DATA_END
+                        break
+                    end = match.end()
+                    if end - pos > _MAX_CHUNK_SIZE_LINE + 2:
+                        state = _CHUNKED_DATA_END
+                        break
+                    pos = end
+                    remaining = int(match[1], 16)
+                    if not remaining:
+                        state = _CHUNKED_TRAILER
+                        break
+                    end = pos + remaining
+                else:
+                    # the data runs to the end of `data` or beyond it
+                    if pos < length:
+                        chunks.append(data[pos:] if pos else data)
                     self._remaining = end - length
                     if end == length:
                         self._state = _CHUNKED_DATA_END
-                    break
-                chunks.append(data[pos:end])
-                pos = end
-                match = _CRLF_CHUNK_SIZE_LINE_RE.match(data, pos)
-                if match is None or match.end() - pos > _MAX_CHUNK_SIZE_LINE + 2:
-                    self._remaining = 0
-                    self._state = state = _CHUNKED_DATA_END
-                    continue
-                pos = match.end()
-                self._remaining = remaining = int(match[1], 16)
-                if not remaining:
-                    self._state = state = _CHUNKED_TRAILER
+                    return chunks
+                self._remaining = 0
+                self._state = state
             elif state == _CHUNKED_SIZE and not self._line:
                 match = _CHUNK_SIZE_LINE_RE.match(data, pos)
-                if match is None or match.end() - pos > _MAX_CHUNK_SIZE_LINE:
+                end = -1 if match is None else match.end()
+                if end == -1 or end - pos > _MAX_CHUNK_SIZE_LINE:
                     pos = self._feed_line(data, pos)
                     state = self._state
                     continue
-                pos = match.end()
-                self._remaining = remaining = int(match[1], 16)
+                pos = end
+                self._remaining = remaining = int(match[1], 16)  # type: ignore[index]
                 self._state = state = _CHUNKED_DATA if remaining else _CHUNKED_TRAILER
             elif state == _CHUNKED_TRAILER and not self._line and \
                     data.startswith(b'\r\n', pos) and \
