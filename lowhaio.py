@@ -44,6 +44,7 @@ from typing import (
     TYPE_CHECKING,
     Sequence,
     Tuple,
+    TypeVar,
     Union,
     cast,
 )
@@ -236,6 +237,8 @@ _FORBIDDEN_IN_VALUE_RE = re.compile(rb'[\x00\r\n]')
 _MAX_CHUNK_SIZE_LINE = 4096
 # What a ChunkedDecoder expects next: module globals, which are cheaper to read than attributes
 _CHUNKED_SIZE, _CHUNKED_DATA, _CHUNKED_DATA_END, _CHUNKED_TRAILER = range(4)
+# What a ChunkedDecoder slices a chunk's data from: the bytes fed, or a view of them
+_BytesOrView = TypeVar('_BytesOrView', bytes, memoryview)
 # NamedTuple's generated __new__ runs Python code; on the hot path the C one is used instead.
 _tuple_new = tuple.__new__
 _MAX_INFORMATIONAL_RESPONSES = 16
@@ -553,6 +556,22 @@ class ChunkedDecoder:
         self._max_trailer_length = max_trailer_length
 
     def feed(self, data: bytes) -> List[bytes]:
+        """The body bytes in `data`, in pieces."""
+        return self._feed(data, data)
+
+    def feed_joined(self, data: bytes) -> bytes:
+        """The body bytes in `data`, as one bytes object: the data of several chunks is copied
+        once, into it, and data that is all body is not copied at all."""
+        if self._state == _CHUNKED_DATA and 0 < len(data) < self._remaining:
+            self._remaining -= len(data)
+            return data
+        pieces = self._feed(data, memoryview(data))
+        return bytes(pieces[0]) if len(pieces) == 1 else b''.join(pieces)
+
+    def _feed(self, data: bytes, source: _BytesOrView) -> List[Union[bytes, _BytesOrView]]:
+        # The pieces are sliced from `source`: `data` itself, or a view of it when they will
+        # be joined, so that they are not copied twice.
+        #
         # The fast path takes what a server usually sends, whole within `data`: the data of a
         # chunk, the CRLF after it and the next chunk-size line at once, by one match each. A
         # line that is split across reads, too long, or malformed goes the line-by-line way
@@ -563,7 +582,7 @@ class ChunkedDecoder:
         if state == _CHUNKED_DATA and 0 < length < self._remaining:
             self._remaining -= length
             return [data]
-        chunks: List[bytes] = []
+        chunks: List[Union[bytes, _BytesOrView]] = []
         pos = 0
         while pos < length:
             if self.done:
@@ -573,7 +592,7 @@ class ChunkedDecoder:
                 # chunk after chunk, for as long as each is followed by a whole size line
                 end = pos + self._remaining
                 while end < length:
-                    chunks.append(data[pos:end])
+                    chunks.append(source[pos:end])
                     pos = end
                     match = _CRLF_CHUNK_SIZE_LINE_RE.match(data, pos)
                     if match is None:
@@ -592,7 +611,7 @@ class ChunkedDecoder:
                 else:
                     # the data runs to the end of `data` or beyond it
                     if pos < length:
-                        chunks.append(data[pos:] if pos else data)
+                        chunks.append(source[pos:] if pos else data)
                     self._remaining = end - length
                     if end == length:
                         self._state = _CHUNKED_DATA_END
@@ -601,13 +620,12 @@ class ChunkedDecoder:
                 self._state = state
             elif state == _CHUNKED_SIZE and not self._line:
                 match = _CHUNK_SIZE_LINE_RE.match(data, pos)
-                end = -1 if match is None else match.end()
-                if end == -1 or end - pos > _MAX_CHUNK_SIZE_LINE:
+                if match is None or match.end() - pos > _MAX_CHUNK_SIZE_LINE:
                     pos = self._feed_line(data, pos)
                     state = self._state
                     continue
-                pos = end
-                self._remaining = remaining = int(match[1], 16)  # type: ignore[index]
+                pos = match.end()
+                self._remaining = remaining = int(match[1], 16)
                 self._state = state = _CHUNKED_DATA if remaining else _CHUNKED_TRAILER
             elif state == _CHUNKED_TRAILER and not self._line and \
                     data.startswith(b'\r\n', pos) and \
@@ -2112,13 +2130,13 @@ class _ResponseBody:
             decoder = self._decoder
             assert decoder is not None
             try:
-                chunks = decoder.feed(data)
+                body = decoder.feed_joined(data)
             except HttpError:
                 self._finish(reusable=False)
                 raise
             if decoder.done:
                 self._finish(reusable=not decoder.excess)
-            return chunks[0] if len(chunks) == 1 else b''.join(chunks)
+            return body
         return data  # UNTIL_CLOSE
 
     def _finish(self, reusable: bool) -> None:

@@ -5,7 +5,8 @@ chunk-size line, all within one read) by one regular-expression match, and anyth
 line by line. Whatever the bytes and however they are split across reads, it must deliver
 the same body bytes from the same `feed` call, end at the same byte, count the same excess,
 and reject the same input with the same exception, as the line-by-line decoder it replaced,
-kept here as the reference.
+kept here as the reference. `feed_joined` (what a response body uses) must give the same
+bytes in one piece, and always bytes.
 """
 
 from __future__ import annotations
@@ -110,6 +111,28 @@ def outcome(decoder: Union[ChunkedDecoder, ReferenceChunkedDecoder],
     return fed, decoder.done, decoder.excess
 
 
+def joined_outcome(pieces: List[bytes]) -> Outcome:
+    """The outcome of `feed_joined`, each result as a one-piece list (an empty one for b'')."""
+    decoder = ChunkedDecoder()
+    fed: List[Union[List[bytes], Tuple[type, str]]] = []
+    for piece in pieces:
+        try:
+            joined = decoder.feed_joined(piece)
+        except HttpError as error:
+            fed.append((type(error), str(error)))
+            break
+        assert type(joined) is bytes
+        fed.append([joined] if joined else [])
+    return fed, decoder.done, decoder.excess
+
+
+def joined(result: Outcome) -> Outcome:
+    """`result` with each feed's pieces joined into one (none for no bytes)."""
+    fed, done, excess = result
+    return [[piece for piece in [b''.join(chunks)] if piece] if isinstance(chunks, list)
+            else chunks for chunks in fed], done, excess
+
+
 def splits(data: bytes, seed: int) -> Iterator[List[bytes]]:
     """The ways the bytes may arrive: whole; in two reads at every position (for a long body,
     at every position near a CR, LF or the end of a chunk-size line); byte by byte; in three
@@ -147,6 +170,8 @@ def assert_same_as_reference(data: bytes, **options: int) -> Outcome:
         expected = outcome(ReferenceChunkedDecoder(**options), pieces)
         actual = outcome(ChunkedDecoder(**options), pieces)
         assert actual == expected, (number, pieces)
+        if not options:
+            assert joined_outcome(pieces) == joined(expected), (number, pieces)
         if whole is None:
             whole = actual
     assert whole is not None
@@ -318,6 +343,16 @@ class TestLongChunks:
         assert decoder.feed(pieces[-1] + b'\r\n0\r\n\r\n') == [pieces[-1]]
         assert decoder.done and decoder.excess == 0
 
+    def test_joined_pieces_inside_a_chunk_are_not_copied(self) -> None:
+        decoder = ChunkedDecoder()
+        assert decoder.feed_joined(b'30000\r\n') == b''
+        first, second, last = b'a' * 65536, b'b' * 65536, b'c' * 65536
+        assert decoder.feed_joined(first) is first
+        assert decoder.feed_joined(second) is second
+        assert decoder.feed_joined(last) is last  # the chunk ends with it
+        assert decoder.feed_joined(b'\r\n0\r\n\r\n') == b''
+        assert decoder.done and decoder.excess == 0
+
     @pytest.mark.parametrize('read_size', [1, 7, 4095, 4096, 4097, 65536])
     def test_chunks_of_every_size_across_reads(self, read_size: int) -> None:
         sizes = [1, 4095, 4096, 4097, 65536, 3]
@@ -326,6 +361,7 @@ class TestLongChunks:
         expected = outcome(ReferenceChunkedDecoder(), pieces)
         actual = outcome(ChunkedDecoder(), pieces)
         assert actual == expected
+        assert joined_outcome(pieces) == joined(expected)
         assert b''.join(itertools.chain(*actual[0])) == body  # type: ignore[arg-type]
 
     def test_empty_reads_give_nothing(self) -> None:
