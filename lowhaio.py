@@ -679,6 +679,18 @@ class ChunkedDecoder:
                 parse_field_block(line)
 
 
+def _chunked_body_if_whole(data: bytes) -> Optional[Tuple[bytes, int]]:
+    """The body of the chunked message at the start of `data` and the count of bytes after it,
+    if `data` holds the whole message and it is well-formed; otherwise None (the body is then
+    decoded as it arrives, which reports any error in it)."""
+    decoder = ChunkedDecoder()
+    try:
+        body = decoder.feed_joined(data)
+    except HttpError:
+        return None
+    return (body, decoder.excess) if decoder.done else None
+
+
 # ---------------------------------------------------------------------------------------------
 # Requests: validation and encoding of what the caller gives, before any connection is made.
 # ---------------------------------------------------------------------------------------------
@@ -3190,6 +3202,12 @@ def Pool(
             body_bytes = rest[:length] if kind == CONTENT_LENGTH else b''
             release(conn, keep and len(rest) == len(body_bytes))
             response_body: ResponseBody = _BufferedBody(body_bytes)
+        elif kind == CHUNKED and rest.endswith(b'\r\n\r\n') and \
+                (whole := _chunked_body_if_whole(rest)) is not None:
+            # As above, for a chunked body that arrived whole with its head. (A whole one ends
+            # so; one that has more to come seldom does, so it is seldom decoded twice.)
+            release(conn, keep and not whole[1])
+            response_body = _BufferedBody(whole[0])
         else:
             response_body = _ResponseBody(
                 conn, release, _tuple_new(Framing, (kind, length, keep)), rest,

@@ -14,11 +14,12 @@ from __future__ import annotations
 import itertools
 import random
 import re
-from typing import Iterator, List, Tuple, Union
+from typing import AsyncIterator, Iterator, List, Optional, Tuple, Union
 
 import pytest
 
 import lowhaio
+import support
 from lowhaio import ChunkedDecoder, HttpError, HttpProtocolError, parse_field_block
 
 
@@ -381,3 +382,79 @@ def test_reference_matches_the_grammar_lowhaio_uses() -> None:
         rb'([0-9A-Fa-f]{1,16})(?:[ \t]*;[\t !-~\x80-\xff]*)?\r\n'
     assert lowhaio._MAX_CHUNK_SIZE_LINE == 4096
 
+
+
+# =============================================================================================
+# A chunked body that arrived whole with its head is handed over as bytes, its connection
+# back in the pool at once: the same body, the same errors and the same reuse as when it is
+# decoded as it streams.
+# =============================================================================================
+
+CHUNKED_HEAD = b'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n'
+
+# name: (the body's encoding, sent with the head in one write; what the body gives, or the
+# exception class iterating it raises; whether the connection can be used again)
+WHOLE_BODIES = {
+    'several chunks': (b'3\r\nabc\r\n5;x=y\r\nhello\r\n0\r\n\r\n', b'abchello', True),
+    'no chunk': (b'0\r\n\r\n', b'', True),
+    'trailer fields': (b'2\r\nok\r\n0\r\nx-sum: 1\r\ny: 2\r\n\r\n', b'ok', True),
+    'data ending in blank lines': (b'4\r\n\r\n\r\n\r\n0\r\n\r\n', b'\r\n\r\n', True),
+    'bytes after the end': (b'2\r\nok\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n\r\n', b'ok', False),
+    'malformed size line': (b'zz\r\nhello\r\n0\r\n\r\n', HttpProtocolError, False),
+    'no CRLF after data': (b'2\r\nokX\r\n0\r\n\r\n', HttpProtocolError, False),
+    'malformed trailer': (b'0\r\nno colon\r\n\r\n', HttpProtocolError, False),
+    # ends as a whole body would, but the last chunk is yet to come; then the server closes
+    'cut short at a blank line': (b'4\r\n\r\n\r\n\r\n', lowhaio.HttpConnectionClosedError,
+                                  False),
+}
+
+
+def answering_with(encoded: bytes):  # type: ignore[no-untyped-def]
+    async def answer(conn: support.Connection) -> None:
+        while await conn.read_request():
+            conn.write(CHUNKED_HEAD + encoded)
+            await conn.drain()
+            if encoded.endswith(b'4\r\n\r\n\r\n\r\n'):
+                return  # cut short: the connection is closed
+    return answer
+
+
+async def read_body(body: AsyncIterator[bytes]) -> Union[bytes, type]:
+    try:
+        return b''.join([piece async for piece in body])
+    except HttpError as error:
+        return type(error)
+
+
+@pytest.mark.parametrize('recv_bufsize', [None, 1], ids=['whole pieces', 'recv_bufsize=1'])
+@pytest.mark.parametrize('encoded, expected, reusable', WHOLE_BODIES.values(),
+                         ids=list(WHOLE_BODIES))
+async def test_a_whole_chunked_body_reads_as_when_streamed(
+        encoded: bytes, expected: Union[bytes, type], reusable: bool,
+        recv_bufsize: Optional[int]) -> None:
+    async with support.scripted_server(answering_with(encoded)) as server:
+        request, close = lowhaio.Pool(recv_bufsize=recv_bufsize)
+        try:
+            for _ in range(3):
+                code, _, body = await request(b'GET', server.url())
+                assert code == b'200'
+                assert await read_body(body) == expected
+        finally:
+            await close()
+        assert server.connections == (1 if reusable else 3)
+        assert not server.errors
+
+
+async def test_a_whole_chunked_body_frees_its_connection_before_it_is_read() -> None:
+    async with support.scripted_server(answering_with(WHOLE_BODIES['several chunks'][0])) \
+            as server:
+        request, close = lowhaio.Pool()
+        try:
+            bodies = []
+            for _ in range(3):
+                _, _, body = await request(b'GET', server.url())
+                bodies.append(body)
+            assert server.connections == 1  # each request reused the one connection
+            assert [await read_body(body) for body in bodies] == [b'abchello'] * 3
+        finally:
+            await close()
