@@ -46,6 +46,7 @@ from typing import (
     TYPE_CHECKING,
     Sequence,
     Tuple,
+    TypeVar,
     Union,
     cast,
 )
@@ -227,6 +228,8 @@ _CONTENT_LENGTH_RE = re.compile(rb'[0-9]{1,18}')
 # chunk-size = 1*HEXDIG; chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
 # (RFC 9112 §7.1). Extensions are ignored, so only their characters are checked.
 _CHUNK_SIZE_LINE_RE = re.compile(rb'([0-9A-Fa-f]{1,16})(?:[ \t]*;' + _FIELD_CHAR + rb'*)?\r\n')
+# The CRLF that ends a chunk's data and the next chunk-size line, matched at once
+_CRLF_CHUNK_SIZE_LINE_RE = re.compile(rb'\r\n' + _CHUNK_SIZE_LINE_RE.pattern)
 # reg-name = *( unreserved / pct-encoded / sub-delims ) (RFC 3986 §3.2.2), as sent
 _REG_NAME_RE = re.compile(rb"[A-Za-z0-9\-._~%!$&'()*+,;=]+")
 # Characters a request header value may not hold: they would end the line early or
@@ -234,6 +237,10 @@ _REG_NAME_RE = re.compile(rb"[A-Za-z0-9\-._~%!$&'()*+,;=]+")
 _FORBIDDEN_IN_VALUE_RE = re.compile(rb'[\x00\r\n]')
 
 _MAX_CHUNK_SIZE_LINE = 4096
+# What a ChunkedDecoder expects next: module globals, which are cheaper to read than attributes
+_CHUNKED_SIZE, _CHUNKED_DATA, _CHUNKED_DATA_END, _CHUNKED_TRAILER = range(4)
+# What a ChunkedDecoder slices a chunk's data from: the bytes fed, or a view of them
+_BytesOrView = TypeVar('_BytesOrView', bytes, memoryview)
 # NamedTuple's generated __new__ runs Python code; on the hot path the C one is used instead.
 _tuple_new = tuple.__new__
 _MAX_INFORMATIONAL_RESPONSES = 16
@@ -538,35 +545,100 @@ class ChunkedDecoder:
     __slots__ = ('done', 'excess', '_remaining', '_line', '_state', '_trailer_length',
                  '_max_trailer_length')
 
-    _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+    _SIZE, _DATA, _DATA_END, _TRAILER = _CHUNKED_SIZE, _CHUNKED_DATA, _CHUNKED_DATA_END, \
+        _CHUNKED_TRAILER
 
     def __init__(self, max_trailer_length: int = 16384) -> None:
         self.done = False
         self.excess = 0
         self._remaining = 0
         self._line = b''
-        self._state = self._SIZE
+        self._state = _CHUNKED_SIZE
         self._trailer_length = 0
         self._max_trailer_length = max_trailer_length
 
     def feed(self, data: bytes) -> List[bytes]:
-        chunks: List[bytes] = []
-        pos = 0
+        """The body bytes in `data`, in pieces."""
+        return self._feed(data, data)
+
+    def feed_joined(self, data: bytes) -> bytes:
+        """The body bytes in `data`, as one bytes object: the data of several chunks is copied
+        once, into it, and data that is all body is not copied at all."""
+        if self._state == _CHUNKED_DATA and 0 < len(data) < self._remaining:
+            self._remaining -= len(data)
+            return data
+        pieces = self._feed(data, memoryview(data))
+        return bytes(pieces[0]) if len(pieces) == 1 else b''.join(pieces)
+
+    def _feed(self, data: bytes, source: _BytesOrView) -> List[Union[bytes, _BytesOrView]]:
+        # The pieces are sliced from `source`: `data` itself, or a view of it when they will
+        # be joined, so that they are not copied twice.
+        #
+        # The fast path takes what a server usually sends, whole within `data`: the data of a
+        # chunk, the CRLF after it and the next chunk-size line at once, by one match each. A
+        # line that is split across reads, too long, or malformed goes the line-by-line way
+        # (`_feed_line`), which gathers, bounds and judges it: so the fast path accepts only
+        # what that way accepts, and every error comes from there.
+        state = self._state
         length = len(data)
+        if state == _CHUNKED_DATA and 0 < length < self._remaining:
+            self._remaining -= length
+            return [data]
+        chunks: List[Union[bytes, _BytesOrView]] = []
+        pos = 0
         while pos < length:
             if self.done:
                 self.excess += length - pos
                 break
-            state = self._state
-            if state == self._DATA:
-                end = min(length, pos + self._remaining)
-                chunks.append(data[pos:end] if pos or end != length else data)
-                self._remaining -= end - pos
-                pos = end
-                if not self._remaining:
-                    self._state = self._DATA_END
+            if state == _CHUNKED_DATA:
+                # chunk after chunk, for as long as each is followed by a whole size line
+                end = pos + self._remaining
+                while end < length:
+                    chunks.append(source[pos:end])
+                    pos = end
+                    match = _CRLF_CHUNK_SIZE_LINE_RE.match(data, pos)
+                    if match is None:
+                        state = _CHUNKED_DATA_END
+                        break
+                    end = match.end()
+                    if end - pos > _MAX_CHUNK_SIZE_LINE + 2:
+                        state = _CHUNKED_DATA_END
+                        break
+                    pos = end
+                    remaining = int(match[1], 16)
+                    if not remaining:
+                        state = _CHUNKED_TRAILER
+                        break
+                    end = pos + remaining
+                else:
+                    # the data runs to the end of `data` or beyond it
+                    if pos < length:
+                        chunks.append(source[pos:] if pos else data)
+                    self._remaining = end - length
+                    if end == length:
+                        self._state = _CHUNKED_DATA_END
+                    return chunks
+                self._remaining = 0
+                self._state = state
+            elif state == _CHUNKED_SIZE and not self._line:
+                match = _CHUNK_SIZE_LINE_RE.match(data, pos)
+                if match is None or match.end() - pos > _MAX_CHUNK_SIZE_LINE:
+                    pos = self._feed_line(data, pos)
+                    state = self._state
+                    continue
+                pos = match.end()
+                self._remaining = remaining = int(match[1], 16)
+                self._state = state = _CHUNKED_DATA if remaining else _CHUNKED_TRAILER
+            elif state == _CHUNKED_TRAILER and not self._line and \
+                    data.startswith(b'\r\n', pos) and \
+                    self._trailer_length + 2 <= self._max_trailer_length:
+                # the empty line that ends a trailer section (usually an empty one)
+                self._trailer_length += 2
+                self.done = True
+                pos += 2
             else:
                 pos = self._feed_line(data, pos)
+                state = self._state
         return chunks
 
     def _feed_line(self, data: bytes, pos: int) -> int:
@@ -598,7 +670,7 @@ class ChunkedDecoder:
             if match is None:
                 raise HttpProtocolError('Malformed chunk-size line: %r' % (line,))
             self._remaining = int(match[1], 16)
-            self._state = self._DATA if self._remaining else self._TRAILER
+            self._state = _CHUNKED_DATA if self._remaining else _CHUNKED_TRAILER
         else:
             self._trailer_length += len(line)
             if self._trailer_length > self._max_trailer_length:
@@ -607,6 +679,18 @@ class ChunkedDecoder:
                 self.done = True
             else:
                 parse_field_block(line)
+
+
+def _chunked_body_if_whole(data: bytes, max_trailer_length: int) -> Optional[Tuple[bytes, int]]:
+    """The body of the chunked message at the start of `data` and the count of bytes after it,
+    if `data` holds the whole message and it is well-formed; otherwise None (the body is then
+    decoded as it arrives, which reports any error in it)."""
+    decoder = ChunkedDecoder(max_trailer_length)
+    try:
+        body = decoder.feed_joined(data)
+    except HttpError:
+        return None
+    return (body, decoder.excess) if decoder.done else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1975,13 +2059,13 @@ class _ResponseBody:
 
     def __init__(self, conn: Optional[_Connection], release: Callable[[_Connection, bool], None],
                  framing: Framing, first: bytes, socket_timeout: float,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, max_trailer_length: int = 16384) -> None:
         self._conn = conn
         self._release = release
         self._framing = framing
         self._first = first
         self._remaining = framing.length
-        self._decoder = ChunkedDecoder() if framing.kind == CHUNKED else None
+        self._decoder = ChunkedDecoder(max_trailer_length) if framing.kind == CHUNKED else None
         self._socket_timeout = socket_timeout
         self._loop = loop
         self._done = False
@@ -2049,13 +2133,13 @@ class _ResponseBody:
             decoder = self._decoder
             assert decoder is not None
             try:
-                chunks = decoder.feed(data)
+                body = decoder.feed_joined(data)
             except HttpError:
                 self._finish(reusable=False)
                 raise
             if decoder.done:
                 self._finish(reusable=not decoder.excess)
-            return chunks[0] if len(chunks) == 1 else b''.join(chunks)
+            return body
         return data  # UNTIL_CLOSE
 
     def _finish(self, reusable: bool) -> None:
@@ -2923,7 +3007,7 @@ def Pool(
                 rest[:framing.length] if framing.kind == CONTENT_LENGTH else b'')
         return code, response_headers, _ResponseBody(
             conn, release, _tuple_new(Framing, (framing.kind, framing.length, False)), rest,
-            socket_timeout, loop)
+            socket_timeout, loop, max_header_length)
 
     async def send_request_with_hooks(conn: _Connection, method: bytes, url: str, params: Any,
                                       headers: Headers, body: BodyFunction,
@@ -3154,10 +3238,16 @@ def Pool(
             buffered_body = _object_new(_BufferedBody)
             buffered_body._data = body_bytes
             response_body: ResponseBody = buffered_body
+        elif kind == CHUNKED and rest.endswith(b'\r\n\r\n') and \
+                (whole := _chunked_body_if_whole(rest, max_header_length)) is not None:
+            # As above, for a chunked body that arrived whole with its head. (A whole one ends
+            # so; one that has more to come seldom does, so it is seldom decoded twice.)
+            release(conn, keep and not whole[1])
+            response_body = _BufferedBody(whole[0])
         else:
             response_body = _ResponseBody(
                 conn, release, _tuple_new(Framing, (kind, length, keep)), rest,
-                socket_timeout, loop)
+                socket_timeout, loop, max_header_length)
         if recv_bufsize is not None:
             response_body = _CappedBody(response_body, recv_bufsize)
         return code, response_headers, response_body

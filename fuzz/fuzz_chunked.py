@@ -128,12 +128,20 @@ def mutated(fdp: atheris.FuzzedDataProvider, data: bytes) -> bytes:
     return data
 
 
-def decode(data: bytes, points: List[int]) -> Tuple[bytes, Optional[HttpError], bool, int]:
+def decode(data: bytes, points: List[int], joined: bool = False) \
+        -> Tuple[bytes, Optional[HttpError], bool, int]:
+    """What the decoder gives for `data` cut at `points`: by `feed`, or by `feed_joined` (what
+    a response body uses), which must give the same bytes, as one bytes object per piece."""
     decoder = lowhaio.ChunkedDecoder()
     output: List[bytes] = []
     try:
         for piece in pieces(data, points):
-            output.extend(decoder.feed(piece))
+            if joined:
+                result = decoder.feed_joined(piece)
+                assert type(result) is bytes, (data, points, result)
+                output.append(result)
+            else:
+                output.extend(decoder.feed(piece))
     except HttpError as error:
         return b''.join(output), error, decoder.done, decoder.excess
     return b''.join(output), None, decoder.done, decoder.excess
@@ -156,8 +164,8 @@ def test_one_input(raw: bytes) -> None:
     points = split_points(fdp, len(data))
 
     body, verdict, excess = reference_decode(data)
-    for cuts in ([], points):
-        output, error, done, decoder_excess = decode(data, cuts)
+    for cuts, joined in (([], False), (points, False), (points, True)):
+        output, error, done, decoder_excess = decode(data, cuts, joined)
         if true_body is not None:
             assert true_body.startswith(output), (data, cuts, output, true_body)
         if verdict == INVALID:
