@@ -982,6 +982,9 @@ _DRAIN_CHECKS_PER_TIMEOUT = 8
 _FLUSH_POLL_INTERVAL = 0.005
 # Request body chunks shorter than this are not left queued behind others (see send_request).
 _SMALL_CHUNK = 4096
+# Bytes a transport may hold before the writer waits: asyncio's TCP default, and for TLS too,
+# whose default is 512 KiB (see start_tls_on).
+_WRITE_HIGH_WATER = 64 * 1024
 
 
 # The most asyncio's socket transport reads at once: under glibc malloc's default mmap
@@ -1318,6 +1321,10 @@ class _Connection(asyncio.Protocol):
         self.lower_transports += (self.transport,)
         self.transport = tls_transport
         self._sock = None  # the TLS transport writes to the socket now
+        # With asyncio's default 512 KiB, ciphertext piles up while the socket is full and
+        # then leaves as one bytes object of up to 512 KiB: above glibc's mmap threshold, so
+        # mapped and unmapped each time (page faults), and 1 MiB more peak memory.
+        tls_transport.set_write_buffer_limits(_WRITE_HIGH_WATER)
 
     async def flush(self, socket_timeout: float) -> None:
         """Wait until every byte written has left for the kernel, with drain()'s rule: a
@@ -1337,7 +1344,7 @@ class _Connection(asyncio.Protocol):
         finally:
             self._flushing = False
             if not self._lost:
-                self.transport.set_write_buffer_limits()
+                self.transport.set_write_buffer_limits(_WRITE_HIGH_WATER)
 
     @property
     def ended_cleanly(self) -> bool:

@@ -13,7 +13,8 @@ real server reading on a thread at a set pace and hashing what it reads:
   no progress, whatever the chunk size (the full matrix is in test_lowhaio_upload_timeouts.py);
 - writes that do not wait for room (the 0.0.89 hooks' `send`): still in order;
 - the bytes the socket has not taken are not copied: an 8 MiB chunk to a slow reader leaves
-  the client's traced memory far below 8 MiB.
+  the client's traced memory far below 8 MiB;
+- a TLS connection lets 64 KiB of ciphertext wait before the writer waits, not asyncio's 512 KiB.
 """
 
 from __future__ import annotations
@@ -172,3 +173,31 @@ async def test_bytes_the_socket_has_not_taken_are_not_copied() -> None:
                 tracemalloc.stop()
             assert (code, await buffered(response)) == (b'200', answer_for(chunk))
     assert peak < 2 * MIB, peak
+
+
+
+async def test_tls_lets_64_kib_wait_before_the_writer_waits_not_512() -> None:
+    # asyncio's TLS transport lets 512 KiB of ciphertext pile up while the socket is full,
+    # which then leaves as one bytes object above glibc's mmap threshold (page faults each
+    # time, and peak memory): lowhaio sets TCP's 64 KiB.
+    seen = []
+
+    async def send_body(logger: Any, loop: Any, sock: Any, socket_timeout: float, body: Any,
+                        body_args: Any, body_kwargs: Any) -> None:
+        seen.append(sock.transport.get_write_buffer_limits())
+        async for chunk in body():
+            await lowhaio.send_all(loop, sock, socket_timeout, chunk)
+
+    body, data = make_body(64 * KIB, MIB, 'bytes')
+    step, interval = READERS['fast']
+    with PacedReader(tls=True, step=step, interval=interval) as server:
+        request, close = lowhaio.Pool(send_body=send_body, socket_timeout=SOCKET_TIMEOUT,
+                                      get_ssl_context=_client_ssl_context)
+        try:
+            code, _, response = await asyncio.wait_for(request(
+                b'POST', server.url(), headers=((b'content-length', b'%d' % len(data)),),
+                body=body), 60)
+            assert (code, await buffered(response)) == (b'200', answer_for(data))
+        finally:
+            await close()
+    assert seen == [(16 * KIB, 64 * KIB)]
