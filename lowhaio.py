@@ -1068,6 +1068,9 @@ _DRAIN_CHECKS_PER_TIMEOUT = 8
 _FLUSH_POLL_INTERVAL = 0.005
 # Request body chunks shorter than this are not left queued behind others (see send_request).
 _SMALL_CHUNK = 4096
+# Bytes a transport may hold before the writer waits: asyncio's TCP default, and for TLS too,
+# whose default is 512 KiB (see start_tls_on).
+_WRITE_HIGH_WATER = 64 * 1024
 
 
 # The most asyncio's socket transport reads at once: under glibc malloc's default mmap
@@ -1085,6 +1088,7 @@ class _Connection(asyncio.Protocol):
         '_eof_received', '_lost', '_lost_exception', '_waiter', '_drain_waiter',
         '_write_paused', '_deadline', '_timer', '_timer_when', '_keep_alive_timeout',
         'received_any', '_drain_timeout', '_drain_size', 'lower_transports', '_flushing',
+        '_sock', '_unsent',
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, key: Tuple[str, str, int],
@@ -1122,6 +1126,10 @@ class _Connection(asyncio.Protocol):
         # an origin through it): they hold bytes that the top one's buffer size does not count.
         self.lower_transports: Tuple[Any, ...] = ()
         self._flushing = False
+        # Set when this connection sends on its socket itself (see connection_made), and the
+        # part of a write the socket has not taken yet: the caller's own bytes, not a copy.
+        self._sock: Any = None
+        self._unsent: Optional[memoryview] = None
 
     # asyncio.Protocol callbacks
 
@@ -1138,6 +1146,14 @@ class _Connection(asyncio.Protocol):
             transport.max_size = _READ_SIZE
         sock = transport.get_extra_info('socket')
         self.fd = sock.fileno() if sock is not None else -1
+        if isinstance(getattr(transport, '_buffer', None), bytearray) and \
+                hasattr(self.loop, '_add_writer') and self.fd != -1:
+            # asyncio's socket transport before Python 3.12 copies whatever the socket does
+            # not take at once into a bytearray, and every write after it too until that is
+            # empty. Writes go to the socket directly instead, and what it leaves waits, as
+            # the caller's own bytes, for the selector to say there is room (as 0.0.89 did).
+            # From 3.12 the transport keeps references to the bytes, and uvloop too.
+            self._sock = getattr(transport, '_sock', None)
         if self.fd != -1 and hasattr(select, 'poll'):
             # Registered once, so the check before each reuse is a single system call.
             self._poll = select.poll()
@@ -1175,6 +1191,10 @@ class _Connection(asyncio.Protocol):
         self._eof = True
         self._lost_exception = exc
         self._cancel_timer()
+        if self._unsent is not None:
+            # Before asyncio closes the socket: the selector must not keep watching it
+            self._unsent = None
+            self.loop._remove_writer(self.fd)  # type: ignore[attr-defined]
         self._wake_reader()
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
@@ -1297,15 +1317,66 @@ class _Connection(asyncio.Protocol):
         at once, and then no coroutine is made to find that out."""
         if self._lost:
             raise ConnectionResetError('Connection lost')
+        sock = self._sock
+        if sock is None or self.transport.is_closing():
+            self.transport.write(data)
+            return self._write_paused or self._lost
+        if self._unsent is not None:
+            # Written before the last write left (a 0.0.89 hook's send() does not drain):
+            # behind it, in order. Rare, so a copy.
+            self._unsent = memoryview(b''.join((self._unsent, data)))
+            return True
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._give_up_sending_directly(data)
+            return self._write_paused or self._lost
+        if sent == len(data):
+            return False
+        self._unsent = memoryview(data)[sent:]
+        self.loop._add_writer(self.fd, self._send_unsent)  # type: ignore[attr-defined]
+        return True
+
+    def _send_unsent(self) -> None:
+        """The selector says the socket has room: more of what it did not take."""
+        unsent = self._unsent
+        if unsent is None:
+            return
+        if self.transport.is_closing():
+            self._unsent = None
+            self.loop._remove_writer(self.fd)  # type: ignore[attr-defined]
+            self._wake_drainer()
+            return
+        try:
+            sent = self._sock.send(unsent)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._unsent = None
+            self.loop._remove_writer(self.fd)  # type: ignore[attr-defined]
+            self._give_up_sending_directly(unsent)
+            self._wake_drainer()
+            return
+        if sent == len(unsent):
+            self._unsent = None
+            self.loop._remove_writer(self.fd)  # type: ignore[attr-defined]
+            self._wake_drainer()
+        else:
+            self._unsent = unsent[sent:]
+
+    def _give_up_sending_directly(self, data: Any) -> None:
+        # The socket failed: the transport gets the bytes, meets the same error, and reports
+        # it its own way (connection_lost with the error), as if it had sent them itself.
+        self._sock = None
         self.transport.write(data)
-        return self._write_paused or self._lost
 
     async def drain(self, socket_timeout: float) -> None:
         if self._lost:
             raise ConnectionResetError('Connection lost') from self._lost_exception
-        if not self._write_paused:
-            return
-        await self._wait_for_writes(socket_timeout)
+        while self._unsent is not None or self._write_paused:
+            await self._wait_for_writes(socket_timeout)
 
     async def _wait_for_writes(self, socket_timeout: float) -> None:
         now = self.loop.time()
@@ -1325,6 +1396,8 @@ class _Connection(asyncio.Protocol):
     def buffered_size(self) -> int:
         """Bytes written but not yet taken by the kernel."""
         size: int = self.transport.get_write_buffer_size()
+        if self._unsent is not None:
+            size += len(self._unsent)
         for transport in self.lower_transports:
             size += transport.get_write_buffer_size()
         return size
@@ -1333,6 +1406,11 @@ class _Connection(asyncio.Protocol):
         """`tls_transport`, started on this connection's transport, becomes the one used."""
         self.lower_transports += (self.transport,)
         self.transport = tls_transport
+        self._sock = None  # the TLS transport writes to the socket now
+        # With asyncio's default 512 KiB, ciphertext piles up while the socket is full and
+        # then leaves as one bytes object of up to 512 KiB: above glibc's mmap threshold, so
+        # mapped and unmapped each time (page faults), and 1 MiB more peak memory.
+        tls_transport.set_write_buffer_limits(_WRITE_HIGH_WATER)
 
     async def flush(self, socket_timeout: float) -> None:
         """Wait until every byte written has left for the kernel, with drain()'s rule: a
@@ -1352,7 +1430,7 @@ class _Connection(asyncio.Protocol):
         finally:
             self._flushing = False
             if not self._lost:
-                self.transport.set_write_buffer_limits()
+                self.transport.set_write_buffer_limits(_WRITE_HIGH_WATER)
 
     @property
     def ended_cleanly(self) -> bool:
