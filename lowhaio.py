@@ -304,8 +304,33 @@ def _check_partial_status_line(data: bytes) -> None:
 # again (only a few, such as date or a request id, change), so most lines of a new head are
 # found here. Bounded in lines and in bytes, so that the memory a server can make it hold is
 # small; when full it is emptied, which costs one parse of each line that comes back.
-_parsed_field_lines: Dict[bytes, Tuple[bytes, bytes]] = {}
-_memoised_bytes = [0, 0]  # bytes of the lines memoised; blocks that found it full since
+# A line not found is parsed by the memo's __missing__, so that the lines of a block are all
+# looked up by one C loop (map), and only the new ones cost Python code.
+class _FieldLineMemo(Dict[bytes, Tuple[bytes, bytes]]):
+    def __missing__(self, line: bytes) -> Tuple[bytes, bytes]:
+        _memoised_bytes[2] += 1
+        if _memoised_bytes[2] > _MAX_NEW_LINES_ONE_BY_ONE:
+            raise _NotOneByOne()
+        field = _parse_field_line(line)
+        if len(self) >= _MAX_MEMOISED_LINES or _memoised_bytes[0] >= _MAX_MEMOISED_BYTES:
+            # Full, and lines that come back are missing from it: start again.
+            self.clear()
+            _memoised_bytes[:] = [0, 0, _memoised_bytes[2]]
+        self[line] = field
+        _memoised_bytes[0] += len(line)
+        return field
+
+
+class _NotOneByOne(Exception):
+    # A block with a bad line, or with more new lines than are parsed one by one: it is parsed
+    # all at once instead, which raises the error for a bad line.
+    pass
+
+
+_parsed_field_lines = _FieldLineMemo()
+_memoised_field = _parsed_field_lines.__getitem__  # the memo is emptied, never replaced
+# bytes of the lines memoised; blocks that found it full since; new lines in this block
+_memoised_bytes = [0, 0, 0]
 _FULL_BLOCKS_BEFORE_EMPTYING = 64
 _MAX_MEMOISED_LINES = 4096
 _MAX_MEMOISED_BYTES = 1 << 20
@@ -332,26 +357,11 @@ def parse_field_block(block: bytes, max_header_count: int = 100) -> Headers:
         raise HttpProtocolError(_describe_bad_field_block(block))
     if len(lines) > max_header_count:
         raise HttpHeaderTooLong('More than %d header lines' % max_header_count)
-    memo = _parsed_field_lines
-    fields: List[Tuple[bytes, bytes]] = []
-    new_lines = 0
-    for line in lines:
-        field = memo.get(line)
-        if field is None:
-            new_lines += 1
-            if new_lines > _MAX_NEW_LINES_ONE_BY_ONE:
-                return tuple(fields) + _parse_block_rest(lines[len(fields):], block)
-            field = _parse_field_line(line, block)
-            if len(memo) < _MAX_MEMOISED_LINES and _memoised_bytes[0] < _MAX_MEMOISED_BYTES:
-                memo[line] = field
-                _memoised_bytes[0] += len(line)
-        fields.append(field)
-    if new_lines and (len(memo) >= _MAX_MEMOISED_LINES or
-                      _memoised_bytes[0] >= _MAX_MEMOISED_BYTES):
-        # Full, and lines that come back are missing from it: start again.
-        memo.clear()
-        _memoised_bytes[:] = [0, 0]
-    return tuple(fields)
+    _memoised_bytes[2] = 0
+    try:
+        return tuple(map(_memoised_field, lines))
+    except _NotOneByOne:
+        return _parse_block_rest(lines, block)
 
 
 # A few new lines among known ones (a date, a request id) are parsed one by one; a block with
@@ -362,6 +372,8 @@ _MAX_NEW_LINES_ONE_BY_ONE = 4
 
 
 def _parse_block_rest(lines: List[bytes], block: bytes) -> Headers:
+    # All the lines of the block, its known ones too: their bytes are counted again, so the
+    # count errs on the side of a full memo.
     fields = _parse_field_lines(lines, block)
     size = sum(map(len, lines))
     if len(_parsed_field_lines) >= _MAX_MEMOISED_LINES or \
@@ -372,20 +384,23 @@ def _parse_block_rest(lines: List[bytes], block: bytes) -> Headers:
         if _memoised_bytes[1] < _FULL_BLOCKS_BEFORE_EMPTYING:
             return fields
         _parsed_field_lines.clear()
-        _memoised_bytes[:] = [0, 0]
+        _memoised_bytes[:] = [0, 0, 0]
     _parsed_field_lines.update(zip(lines, fields))
     _memoised_bytes[0] += size
     return fields
 
 
-def _parse_field_line(line: bytes, block: bytes) -> Tuple[bytes, bytes]:
-    # One line, without its CRLF. The pattern's character classes exclude CR and LF, so a bare
-    # CR or LF inside the line (which the split on CRLF leaves there) is rejected too. For one
-    # line, one regular expression costs about as much as the C loops of _parse_field_lines.
-    match = _FIELD_LINE_RE.fullmatch(line + b'\r\n')
-    if match is None:
-        raise HttpProtocolError(_describe_bad_field_block(block))
-    return match[1].lower(), match[2].rstrip(b' \t')
+def _parse_field_line(line: bytes) -> Tuple[bytes, bytes]:
+    # One line, without its CRLF, checked as _parse_field_lines checks many (the same rules),
+    # with the same C loops on this line alone: cheaper than a regular expression.
+    name, colon, value = line.partition(b':')
+    lowered = name.translate(_NAME_TABLE)
+    # (find, not `in`: bytes.__contains__ first tries its argument as an int, and the
+    # TypeError it makes and clears costs more than the search.)
+    if not colon or not name or lowered.find(b':') != -1 or \
+            value.translate(_LINE_TABLE).find(b'\n') != -1:
+        raise _NotOneByOne()
+    return lowered, value.strip(b' \t')
 
 
 def _parse_field_lines(lines: List[bytes], block: bytes) -> Headers:
@@ -466,10 +481,27 @@ def response_framing(method: bytes, head: ResponseHead) -> Framing:
     fields = dict(headers)
     if len(fields) != len(headers):
         fields = _combine_repeated_fields(headers)
-    content_length = fields.get(b'content-length')
-    transfer_encoding = fields.get(b'transfer-encoding')
-    connection = fields.get(b'connection')
-    keep_alive = _is_persistent(head.http_minor, connection)
+    # The framing is a function of these alone, and servers answer with few combinations
+    key = (method, code, head.http_minor, fields.get(b'content-length'),
+           fields.get(b'transfer-encoding'), fields.get(b'connection'))
+    framing = _framings.get(key)
+    if framing is None:
+        framing = _framing_of(*key)
+        if len(_framings) >= _MAX_MEMOISED_FRAMINGS:
+            _framings.clear()
+        _framings[key] = framing
+    return framing
+
+
+# Framings by their inputs (see response_framing), bounded: content-length values vary
+_framings: Dict[Tuple[bytes, bytes, int, Optional[bytes], Optional[bytes], Optional[bytes]],
+                Framing] = {}
+_MAX_MEMOISED_FRAMINGS = 256
+
+
+def _framing_of(method: bytes, code: bytes, http_minor: int, content_length: Optional[bytes],
+                transfer_encoding: Optional[bytes], connection: Optional[bytes]) -> Framing:
+    keep_alive = _is_persistent(http_minor, connection)
 
     # Rule 1: a response to HEAD, and any 1xx, 204 or 304 response, ends at the empty line
     # after the header fields, whatever its headers say.
@@ -484,7 +516,7 @@ def response_framing(method: bytes, head: ResponseHead) -> Framing:
     if transfer_encoding is not None:
         codings = [coding.lower() for coding in list_elements([transfer_encoding])]
         # RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message means its framing is faulty.
-        if head.http_minor == 0:
+        if http_minor == 0:
             raise HttpProtocolError('Transfer-Encoding in an HTTP/1.0 response')
         # Rule 3: Transfer-Encoding overrides Content-Length. Such a message may be an attempt
         # at request smuggling or response splitting, so the connection is closed after it.
@@ -2934,7 +2966,10 @@ def Pool(
         headers.reason = head.reason
         headers.http_version = _HTTP_VERSIONS[head.http_minor]
         parsed = (head.code, headers, response_framing(method, head))
-        if method != b'HEAD' and method != b'CONNECT' and len(head_bytes) <= 4096:
+        # Not a head with a line new to the line memo (a request id, a new date): such a head
+        # is seldom sent again, and if it is, its lines are known by then and it is memoised.
+        if method != b'HEAD' and method != b'CONNECT' and len(head_bytes) <= 4096 and \
+                not _memoised_bytes[2]:
             if len(parsed_heads) >= 256:
                 parsed_heads.clear()
             parsed_heads[head_bytes] = parsed
