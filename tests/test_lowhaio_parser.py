@@ -521,6 +521,69 @@ class TestHeaderBlocks:
         assert all(line in lowhaio._parsed_field_lines for line in base)
 
 
+    @pytest.mark.parametrize('new_count', [1, 2, 4, 5])
+    @pytest.mark.parametrize('room', [0, 1, 3])
+    def test_a_memo_that_fills_within_a_block_parses_it_the_same(
+            self, monkeypatch: pytest.MonkeyPatch, room: int, new_count: int) -> None:
+        # The memo is emptied by the new line that finds it full, in the middle of a block
+        # whose earlier lines were found in it: the block's later lines are new again.
+        monkeypatch.setattr(lowhaio, '_MAX_MEMOISED_LINES', 8)
+        lowhaio._parsed_field_lines.clear()
+        known = self.lines(8 - room, known=False)
+        lowhaio.parse_field_block(b''.join(line + b'\r\n' for line in known), 1000)
+        for _ in range(3):
+            lines = known[:4] + [b'x-id-%d: %s' % (i, self.unique()) for i in range(new_count)] \
+                + known[4:]
+            block = b''.join(line + b'\r\n' for line in lines)
+            assert lowhaio.parse_field_block(block, 1000) == self.one_at_a_time(lines)
+            assert len(lowhaio._parsed_field_lines) <= 8 + len(lines)
+        lowhaio._parsed_field_lines.clear()
+        lowhaio._memoised_bytes[:] = [0, 0, 0]
+
+
+class TestFramingMemo:
+    """Framings are memoised by what decides them: a memoised framing is the one computed
+    afresh, for every method, status and framing header, in any order, errors included."""
+
+    METHODS = [b'GET', b'HEAD', b'CONNECT', b'POST']
+    STATUSES = [b'HTTP/1.1 200 OK', b'HTTP/1.0 200 OK', b'HTTP/1.1 101 Switching',
+                b'HTTP/1.1 103 Early', b'HTTP/1.1 204 No Content', b'HTTP/1.1 304 Not Modified',
+                b'HTTP/1.1 404 Not Found']
+    HEADER_SETS = [
+        [], [b'content-length: 5'], [b'content-length: 7'], [b'content-length: 5, 5'],
+        [b'content-length: 5', b'content-length: 6'], [b'content-length: x'],
+        [b'transfer-encoding: chunked'], [b'transfer-encoding: gzip'],
+        [b'transfer-encoding: chunked, chunked'],
+        [b'transfer-encoding: chunked', b'content-length: 5'],
+        [b'connection: close', b'content-length: 5'],
+        [b'connection: keep-alive', b'content-length: 5'],
+        [b'connection: Keep-Alive, Upgrade'], [b'connection: close', b'connection: x'],
+        [b'x-request-id: 1', b'content-length: 5'], [b'x-request-id: 2', b'content-length: 5'],
+    ]
+
+    @staticmethod
+    def outcome(method: bytes, head: bytes) -> object:
+        parsed = parse_response_head(head)
+        assert parsed is not None
+        try:
+            return response_framing(method, parsed)
+        except HttpError as error:
+            return type(error), str(error)
+
+    def test_memoised_framings_are_those_computed_afresh(self) -> None:
+        cases = [(method, response(status, headers)) for method in self.METHODS
+                 for status in self.STATUSES for headers in self.HEADER_SETS]
+        fresh = {}
+        for case in cases:
+            lowhaio._framings.clear()
+            fresh[case] = self.outcome(*case)
+        for order in range(3):
+            random.Random(order).shuffle(cases)
+            for case in cases:
+                assert self.outcome(*case) == fresh[case], case
+        assert len(lowhaio._framings) <= lowhaio._MAX_MEMOISED_FRAMINGS
+
+
 # =============================================================================================
 # 3. Framing, RFC 9112 §6.3 rule by rule, and persistence, RFC 9112 §9.3
 # =============================================================================================
