@@ -281,13 +281,28 @@ def parse_response_head(data: bytes, max_header_length: int = 16384,
         return None
 
     status_end = data.find(b'\r\n') + 2
-    status = _STATUS_LINE_RE.fullmatch(data, 0, status_end)
+    status_line = data[:status_end]
+    status = _parsed_status_lines.get(status_line)
     if status is None:
-        raise HttpProtocolError('Malformed status line: %r' % (bytes(data[:status_end - 2]),))
-
+        status = _parse_status_line(status_line)
     return _tuple_new(ResponseHead, (
-        0 if status[1] == b'0' else 1, status[2], status[3].rstrip(b' \t'),
-        parse_field_block(data[status_end:end + 2], max_header_count), end + 4))
+        *status, parse_field_block(data[status_end:end + 2], max_header_count), end + 4))
+
+
+# Status lines already parsed (http_minor, code, reason) by their bytes: a server sends few.
+_parsed_status_lines: Dict[bytes, Tuple[int, bytes, bytes]] = {}
+_MAX_MEMOISED_STATUS_LINES = 64
+
+
+def _parse_status_line(line: bytes) -> Tuple[int, bytes, bytes]:
+    status = _STATUS_LINE_RE.fullmatch(line)
+    if status is None:
+        raise HttpProtocolError('Malformed status line: %r' % (bytes(line[:-2]),))
+    parsed = (0 if status[1] == b'0' else 1, status[2], status[3].rstrip(b' \t'))
+    if len(_parsed_status_lines) >= _MAX_MEMOISED_STATUS_LINES:
+        _parsed_status_lines.clear()
+    _parsed_status_lines[line] = parsed
+    return parsed
 
 
 def _check_partial_status_line(data: bytes) -> None:
@@ -345,6 +360,10 @@ _NAME_TABLE = bytes(
 _LINE_TABLE = bytes(
     byte if byte == 0x09 or 0x20 <= byte <= 0x7e or byte >= 0x80 else 0x0a
     for byte in range(256))
+# Field values: the same bytes kept, any other byte changed (made a NUL, and NUL a SOH).
+_VALUE_TABLE = bytes(
+    byte if _LINE_TABLE[byte] == byte != 0x0a else 0x01 if byte == 0 else 0
+    for byte in range(256))
 # Endless, so shareable: map() takes from them as many as there are lines.
 _COLONS = repeat(b':')
 _OWS = repeat(b' \t')
@@ -395,10 +414,11 @@ def _parse_field_line(line: bytes) -> Tuple[bytes, bytes]:
     # with the same C loops on this line alone: cheaper than a regular expression.
     name, colon, value = line.partition(b':')
     lowered = name.translate(_NAME_TABLE)
-    # (find, not `in`: bytes.__contains__ first tries its argument as an int, and the
-    # TypeError it makes and clears costs more than the search.)
-    if not colon or not name or lowered.find(b':') != -1 or \
-            value.translate(_LINE_TABLE).find(b'\n') != -1:
+    # A byte the tables change other than as lower() does is one outside the grammar. (Not
+    # `in` nor find: bytes.__contains__ first tries its argument as an int, and the TypeError
+    # it makes and clears costs more than the search; find parses its arguments by format.)
+    if not colon or not name or lowered != name.lower() or \
+            value.translate(_VALUE_TABLE) != value:
         raise _NotOneByOne()
     return lowered, value.strip(b' \t')
 
@@ -477,12 +497,12 @@ class Framing(NamedTuple):
 
 def response_framing(method: bytes, head: ResponseHead) -> Framing:
     """Decide how the body of a response is delimited: RFC 9112 §6.3, rule by rule."""
-    code, headers = head.code, head.headers
+    http_minor, code, _, headers, _ = head  # unpacked at once: a tuple
     fields = dict(headers)
     if len(fields) != len(headers):
         fields = _combine_repeated_fields(headers)
     # The framing is a function of these alone, and servers answer with few combinations
-    key = (method, code, head.http_minor, fields.get(b'content-length'),
+    key = (method, code, http_minor, fields.get(b'content-length'),
            fields.get(b'transfer-encoding'), fields.get(b'connection'))
     framing = _framings.get(key)
     if framing is None:
@@ -2962,10 +2982,11 @@ def Pool(
 
     def parse_final_head(method: bytes, head: ResponseHead, head_bytes: bytes) \
             -> Tuple[bytes, Headers, Framing]:
-        headers = ResponseHeaders(head.headers)
-        headers.reason = head.reason
-        headers.http_version = _HTTP_VERSIONS[head.http_minor]
-        parsed = (head.code, headers, response_framing(method, head))
+        http_minor, code, reason, fields, _ = head  # unpacked at once: a tuple
+        headers = ResponseHeaders(fields)
+        headers.reason = reason
+        headers.http_version = _HTTP_VERSIONS[http_minor]
+        parsed = (code, headers, response_framing(method, head))
         # Not a head with a line new to the line memo (a request id, a new date): such a head
         # is seldom sent again, and if it is, its lines are known by then and it is memoised.
         if method != b'HEAD' and method != b'CONNECT' and len(head_bytes) <= 4096 and \

@@ -541,6 +541,66 @@ class TestHeaderBlocks:
         lowhaio._memoised_bytes[:] = [0, 0, 0]
 
 
+class TestOneNewLine:
+    """A single new line among memoised ones is checked on its own: every byte is accepted
+    or rejected in a name and in a value exactly as the grammar says."""
+
+    TCHAR = set(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    FIELD_BYTES = {0x09} | set(range(0x20, 0x7f)) | set(range(0x80, 0x100))
+    KNOWN = [b'server: one-new-line', b'content-type: text/plain']
+
+    @pytest.mark.parametrize('where', ['name', 'value'])
+    def test_every_byte_in_the_only_new_line(self, where: str) -> None:
+        known = b''.join(line + b'\r\n' for line in self.KNOWN)
+        lowhaio.parse_field_block(known)
+        for byte in range(256):
+            if where == 'name' and byte == 0x3a:
+                continue  # a colon ends the name: no byte of it
+            char = bytes((byte,))
+            line = (b'x-%d-' % byte + char + b'y: v' if where == 'name' else
+                    b'x-%d: a' % byte + char + b'b')
+            valid = byte in (self.TCHAR if where == 'name' else self.FIELD_BYTES)
+            block = known + line + b'\r\n'
+            if byte in (0x0a, 0x0d) or not valid:
+                with pytest.raises(HttpProtocolError):
+                    lowhaio.parse_field_block(block)
+            else:
+                name, _, value = line.partition(b':')
+                assert lowhaio.parse_field_block(block) == (
+                    (b'server', b'one-new-line'), (b'content-type', b'text/plain'),
+                    (name.lower(), value.strip(b' \t')))
+
+
+class TestStatusLineMemo:
+    """Status lines are memoised by their bytes: a memoised one parses as it did afresh."""
+
+    @pytest.mark.parametrize('line', [
+        b'HTTP/1.1 200 OK', b'HTTP/1.0 200 OK', b'HTTP/1.1 404 Not Found', b'HTTP/1.1 204 ',
+        b'HTTP/1.1 200 OK \t', b'HTTP/1.9 200 Fine', b'HTTP/1.1 500 \xe9\xff x'])
+    def test_a_memoised_status_line_parses_as_afresh(self, line: bytes) -> None:
+        lowhaio._parsed_status_lines.clear()
+        first = parse_response_head(line + b'\r\ncontent-length: 0\r\n\r\n')
+        second = parse_response_head(line + b'\r\ncontent-length: 0\r\n\r\n')
+        assert first == second
+        assert first is not None and first.code == line[9:12]
+        assert first.http_minor == (0 if line[7:8] == b'0' else 1)
+        assert first.reason == line[13:].rstrip(b' \t')
+
+    @pytest.mark.parametrize('line', [b'HTTP/1.1 20 OK', b'HTTP/1.1 200 O\x00K',
+                                      b'HTTP/2.0 200 OK', b'HTTP/1.1  200 OK'])
+    def test_a_bad_status_line_is_rejected_every_time(self, line: bytes) -> None:
+        for _ in range(2):
+            with pytest.raises(HttpProtocolError, match='status line'):
+                parse_response_head(line + b'\r\ncontent-length: 0\r\n\r\n')
+        assert line + b'\r\n' not in lowhaio._parsed_status_lines
+
+    def test_the_memo_stays_bounded(self) -> None:
+        for code in range(100, 600):
+            head = parse_response_head(b'HTTP/1.1 %d x\r\n\r\n' % code)
+            assert head is not None and head.code == b'%d' % code
+            assert len(lowhaio._parsed_status_lines) <= lowhaio._MAX_MEMOISED_STATUS_LINES
+
+
 class TestFramingMemo:
     """Framings are memoised by what decides them: a memoised framing is the one computed
     afresh, for every method, status and framing header, in any order, errors included."""
