@@ -325,14 +325,11 @@ class _FieldLineMemo(Dict[bytes, Tuple[bytes, bytes]]):
     def __missing__(self, line: bytes) -> Tuple[bytes, bytes]:
         _memoised_bytes[2] += 1
         if _memoised_bytes[2] > _MAX_NEW_LINES_ONE_BY_ONE:
-            raise _NotOneByOne()
+            raise _NotOneByOne(line)
         field = _parse_field_line(line)
-        if len(self) >= _MAX_MEMOISED_LINES or _memoised_bytes[0] >= _MAX_MEMOISED_BYTES:
-            # Full, and lines that come back are missing from it: start again.
-            self.clear()
-            _memoised_bytes[:] = [0, 0, _memoised_bytes[2]]
-        self[line] = field
-        _memoised_bytes[0] += len(line)
+        if len(self) < _MAX_MEMOISED_LINES and _memoised_bytes[0] < _MAX_MEMOISED_BYTES:
+            self[line] = field
+            _memoised_bytes[0] += len(line)
         return field
 
 
@@ -378,9 +375,23 @@ def parse_field_block(block: bytes, max_header_count: int = 100) -> Headers:
         raise HttpHeaderTooLong('More than %d header lines' % max_header_count)
     _memoised_bytes[2] = 0
     try:
-        return tuple(map(_memoised_field, lines))
-    except _NotOneByOne:
-        return _parse_block_rest(lines, block)
+        fields = tuple(map(_memoised_field, lines))
+    except _NotOneByOne as stop:
+        if not stop.args:  # a bad line: the whole block is parsed, and the error raised
+            return _parse_block_rest(lines, block)
+        # The lines before the first new one past those parsed one by one are memoised (or
+        # if the memo had no room, parsed one by one again); the rest are parsed at once.
+        index = lines.index(stop.args[0])
+        _memoised_bytes[2] = -len(lines)
+        return tuple(map(_memoised_field, lines[:index])) + \
+            _parse_block_rest(lines[index:], block)
+    if _memoised_bytes[2] and (len(_parsed_field_lines) >= _MAX_MEMOISED_LINES or
+                               _memoised_bytes[0] >= _MAX_MEMOISED_BYTES):
+        # Full, and lines that come back are missing from it: start again. (Only after a block
+        # of a few new lines: see _parse_block_rest for those of many.)
+        _parsed_field_lines.clear()
+        _memoised_bytes[:] = [0, 0, _memoised_bytes[2]]
+    return fields
 
 
 # A few new lines among known ones (a date, a request id) are parsed one by one; a block with
@@ -391,8 +402,6 @@ _MAX_NEW_LINES_ONE_BY_ONE = 4
 
 
 def _parse_block_rest(lines: List[bytes], block: bytes) -> Headers:
-    # All the lines of the block, its known ones too: their bytes are counted again, so the
-    # count errs on the side of a full memo.
     fields = _parse_field_lines(lines, block)
     size = sum(map(len, lines))
     if len(_parsed_field_lines) >= _MAX_MEMOISED_LINES or \
