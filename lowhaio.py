@@ -324,12 +324,14 @@ def _check_partial_status_line(data: bytes) -> None:
 class _FieldLineMemo(Dict[bytes, Tuple[bytes, bytes]]):
     def __missing__(self, line: bytes) -> Tuple[bytes, bytes]:
         _memoised_bytes[2] += 1
-        if _memoised_bytes[2] > _MAX_NEW_LINES_ONE_BY_ONE:
+        if _memoised_bytes[2] > _MAX_NEW_LINES_ONE_BY_ONE or \
+                len(self) >= _MAX_MEMOISED_LINES or _memoised_bytes[0] >= _MAX_MEMOISED_BYTES:
+            # Many new lines, or no room for this one (so that every line before it is found
+            # in the memo again): the rest of the block is parsed at once.
             raise _NotOneByOne(line)
         field = _parse_field_line(line)
-        if len(self) < _MAX_MEMOISED_LINES and _memoised_bytes[0] < _MAX_MEMOISED_BYTES:
-            self[line] = field
-            _memoised_bytes[0] += len(line)
+        self[line] = field
+        _memoised_bytes[0] += len(line)
         return field
 
 
@@ -379,16 +381,17 @@ def parse_field_block(block: bytes, max_header_count: int = 100) -> Headers:
     except _NotOneByOne as stop:
         if not stop.args:  # a bad line: the whole block is parsed, and the error raised
             return _parse_block_rest(lines, block)
-        # The lines before the first new one past those parsed one by one are memoised (or
-        # if the memo had no room, parsed one by one again); the rest are parsed at once.
+        # The lines before the one that stopped are in the memo; the rest are parsed at once.
         index = lines.index(stop.args[0])
-        _memoised_bytes[2] = -len(lines)
-        return tuple(map(_memoised_field, lines[:index])) + \
-            _parse_block_rest(lines[index:], block)
+        try:
+            known = tuple(map(_memoised_field, lines[:index]))
+        except _NotOneByOne:  # emptied or filled meanwhile (by another thread)
+            return _parse_block_rest(lines, block)
+        return known + _parse_block_rest(lines[index:], block)
     if _memoised_bytes[2] and (len(_parsed_field_lines) >= _MAX_MEMOISED_LINES or
                                _memoised_bytes[0] >= _MAX_MEMOISED_BYTES):
-        # Full, and lines that come back are missing from it: start again. (Only after a block
-        # of a few new lines: see _parse_block_rest for those of many.)
+        # Filled by this block, and lines that come back would be missing from it: start
+        # again. (A block that finds it full is parsed at once: see _parse_block_rest.)
         _parsed_field_lines.clear()
         _memoised_bytes[:] = [0, 0, _memoised_bytes[2]]
     return fields
