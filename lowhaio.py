@@ -439,10 +439,11 @@ def _parse_field_lines(lines: List[bytes], block: bytes) -> Headers:
     # At least one line, each without its CRLF, checked and split with C loops over all of
     # them at once: field-name ":" OWS field-value OWS (RFC 9112 §5), no whitespace between the
     # name and the colon (§5.1), so a line starting with whitespace (obs-fold) is rejected too.
-    # Any CR or LF left in a line is a bare one, made a LF by the table like any control byte.
+    # Any CR or LF left in a line is a bare one, changed by the table like any control byte.
     names, colons, values = zip(*map(bytes.partition, lines, _COLONS))
     lowered = b':'.join(names).translate(_NAME_TABLE).split(b':')
-    if b'\n'.join(lines).translate(_LINE_TABLE).count(b'\n') != len(lines) - 1 or \
+    joined = b''.join(lines)  # a byte outside the grammar in any line changes it
+    if joined.translate(_VALUE_TABLE) != joined or \
             len(lowered) != len(lines) or b'' in lowered or b'' in colons:
         raise HttpProtocolError(_describe_bad_field_block(block))
     return tuple(zip(lowered, map(bytes.strip, values, _OWS)))
