@@ -290,13 +290,28 @@ def parse_response_head(data: bytes, max_header_length: int = 16384,
         return None
 
     status_end = data.find(b'\r\n') + 2
-    status = _STATUS_LINE_RE.fullmatch(data, 0, status_end)
+    status_line = data[:status_end]
+    status = _parsed_status_lines.get(status_line)
     if status is None:
-        raise HttpProtocolError('Malformed status line: %r' % (bytes(data[:status_end - 2]),))
-
+        status = _parse_status_line(status_line)
     return _tuple_new(ResponseHead, (
-        0 if status[1] == b'0' else 1, status[2], status[3].rstrip(b' \t'),
-        parse_field_block(data[status_end:end + 2], max_header_count), end + 4))
+        *status, parse_field_block(data[status_end:end + 2], max_header_count), end + 4))
+
+
+# Status lines already parsed (http_minor, code, reason) by their bytes: a server sends few.
+_parsed_status_lines: Dict[bytes, Tuple[int, bytes, bytes]] = {}
+_MAX_MEMOISED_STATUS_LINES = 64
+
+
+def _parse_status_line(line: bytes) -> Tuple[int, bytes, bytes]:
+    status = _STATUS_LINE_RE.fullmatch(line)
+    if status is None:
+        raise HttpProtocolError('Malformed status line: %r' % (bytes(line[:-2]),))
+    parsed = (0 if status[1] == b'0' else 1, status[2], status[3].rstrip(b' \t'))
+    if len(_parsed_status_lines) >= _MAX_MEMOISED_STATUS_LINES:
+        _parsed_status_lines.clear()
+    _parsed_status_lines[line] = parsed
+    return parsed
 
 
 def _check_partial_status_line(data: bytes) -> None:
@@ -313,8 +328,32 @@ def _check_partial_status_line(data: bytes) -> None:
 # again (only a few, such as date or a request id, change), so most lines of a new head are
 # found here. Bounded in lines and in bytes, so that the memory a server can make it hold is
 # small; when full it is emptied, which costs one parse of each line that comes back.
-_parsed_field_lines: Dict[bytes, Tuple[bytes, bytes]] = {}
-_memoised_bytes = [0, 0]  # bytes of the lines memoised; blocks that found it full since
+# A line not found is parsed by the memo's __missing__, so that the lines of a block are all
+# looked up by one C loop (map), and only the new ones cost Python code.
+class _FieldLineMemo(Dict[bytes, Tuple[bytes, bytes]]):
+    def __missing__(self, line: bytes) -> Tuple[bytes, bytes]:
+        _memoised_bytes[2] += 1
+        if _memoised_bytes[2] > _MAX_NEW_LINES_ONE_BY_ONE or \
+                len(self) >= _MAX_MEMOISED_LINES or _memoised_bytes[0] >= _MAX_MEMOISED_BYTES:
+            # Many new lines, or no room for this one (so that every line before it is found
+            # in the memo again): the rest of the block is parsed at once.
+            raise _NotOneByOne(line)
+        field = _parse_field_line(line)
+        self[line] = field
+        _memoised_bytes[0] += len(line)
+        return field
+
+
+class _NotOneByOne(Exception):
+    # A block with a bad line, or with more new lines than are parsed one by one: it is parsed
+    # all at once instead, which raises the error for a bad line.
+    pass
+
+
+_parsed_field_lines = _FieldLineMemo()
+_memoised_field = _parsed_field_lines.__getitem__  # the memo is emptied, never replaced
+# bytes of the lines memoised; blocks that found it full since; new lines in this block
+_memoised_bytes = [0, 0, 0]
 _FULL_BLOCKS_BEFORE_EMPTYING = 64
 _MAX_MEMOISED_LINES = 4096
 _MAX_MEMOISED_BYTES = 1 << 20
@@ -329,6 +368,10 @@ _NAME_TABLE = bytes(
 _LINE_TABLE = bytes(
     byte if byte == 0x09 or 0x20 <= byte <= 0x7e or byte >= 0x80 else 0x0a
     for byte in range(256))
+# Field values: the same bytes kept, any other byte changed (made a NUL, and NUL a SOH).
+_VALUE_TABLE = bytes(
+    byte if _LINE_TABLE[byte] == byte != 0x0a else 0x01 if byte == 0 else 0
+    for byte in range(256))
 # Endless, so shareable: map() takes from them as many as there are lines.
 _COLONS = repeat(b':')
 _OWS = repeat(b' \t')
@@ -341,26 +384,26 @@ def parse_field_block(block: bytes, max_header_count: int = 100) -> Headers:
         raise HttpProtocolError(_describe_bad_field_block(block))
     if len(lines) > max_header_count:
         raise HttpHeaderTooLong('More than %d header lines' % max_header_count)
-    memo = _parsed_field_lines
-    fields: List[Tuple[bytes, bytes]] = []
-    new_lines = 0
-    for line in lines:
-        field = memo.get(line)
-        if field is None:
-            new_lines += 1
-            if new_lines > _MAX_NEW_LINES_ONE_BY_ONE:
-                return tuple(fields) + _parse_block_rest(lines[len(fields):], block)
-            field = _parse_field_line(line, block)
-            if len(memo) < _MAX_MEMOISED_LINES and _memoised_bytes[0] < _MAX_MEMOISED_BYTES:
-                memo[line] = field
-                _memoised_bytes[0] += len(line)
-        fields.append(field)
-    if new_lines and (len(memo) >= _MAX_MEMOISED_LINES or
-                      _memoised_bytes[0] >= _MAX_MEMOISED_BYTES):
-        # Full, and lines that come back are missing from it: start again.
-        memo.clear()
-        _memoised_bytes[:] = [0, 0]
-    return tuple(fields)
+    _memoised_bytes[2] = 0
+    try:
+        fields = tuple(map(_memoised_field, lines))
+    except _NotOneByOne as stop:
+        if not stop.args:  # a bad line: the whole block is parsed, and the error raised
+            return _parse_block_rest(lines, block)
+        # The lines before the one that stopped are in the memo; the rest are parsed at once.
+        index = lines.index(stop.args[0])
+        try:
+            known = tuple(map(_memoised_field, lines[:index]))
+        except _NotOneByOne:  # emptied or filled meanwhile (by another thread)
+            return _parse_block_rest(lines, block)
+        return known + _parse_block_rest(lines[index:], block)
+    if _memoised_bytes[2] and (len(_parsed_field_lines) >= _MAX_MEMOISED_LINES or
+                               _memoised_bytes[0] >= _MAX_MEMOISED_BYTES):
+        # Filled by this block, and lines that come back would be missing from it: start
+        # again. (A block that finds it full is parsed at once: see _parse_block_rest.)
+        _parsed_field_lines.clear()
+        _memoised_bytes[:] = [0, 0, _memoised_bytes[2]]
+    return fields
 
 
 # A few new lines among known ones (a date, a request id) are parsed one by one; a block with
@@ -381,30 +424,35 @@ def _parse_block_rest(lines: List[bytes], block: bytes) -> Headers:
         if _memoised_bytes[1] < _FULL_BLOCKS_BEFORE_EMPTYING:
             return fields
         _parsed_field_lines.clear()
-        _memoised_bytes[:] = [0, 0]
+        _memoised_bytes[:] = [0, 0, 0]
     _parsed_field_lines.update(zip(lines, fields))
     _memoised_bytes[0] += size
     return fields
 
 
-def _parse_field_line(line: bytes, block: bytes) -> Tuple[bytes, bytes]:
-    # One line, without its CRLF. The pattern's character classes exclude CR and LF, so a bare
-    # CR or LF inside the line (which the split on CRLF leaves there) is rejected too. For one
-    # line, one regular expression costs about as much as the C loops of _parse_field_lines.
-    match = _FIELD_LINE_RE.fullmatch(line + b'\r\n')
-    if match is None:
-        raise HttpProtocolError(_describe_bad_field_block(block))
-    return match[1].lower(), match[2].rstrip(b' \t')
+def _parse_field_line(line: bytes) -> Tuple[bytes, bytes]:
+    # One line, without its CRLF, checked as _parse_field_lines checks many (the same rules),
+    # with the same C loops on this line alone: cheaper than a regular expression.
+    name, colon, value = line.partition(b':')
+    lowered = name.translate(_NAME_TABLE)
+    # A byte the tables change other than as lower() does is one outside the grammar. (Not
+    # `in` nor find: bytes.__contains__ first tries its argument as an int, and the TypeError
+    # it makes and clears costs more than the search; find parses its arguments by format.)
+    if not colon or not name or lowered != name.lower() or \
+            value.translate(_VALUE_TABLE) != value:
+        raise _NotOneByOne()
+    return lowered, value.strip(b' \t')
 
 
 def _parse_field_lines(lines: List[bytes], block: bytes) -> Headers:
     # At least one line, each without its CRLF, checked and split with C loops over all of
     # them at once: field-name ":" OWS field-value OWS (RFC 9112 §5), no whitespace between the
     # name and the colon (§5.1), so a line starting with whitespace (obs-fold) is rejected too.
-    # Any CR or LF left in a line is a bare one, made a LF by the table like any control byte.
+    # Any CR or LF left in a line is a bare one, changed by the table like any control byte.
     names, colons, values = zip(*map(bytes.partition, lines, _COLONS))
     lowered = b':'.join(names).translate(_NAME_TABLE).split(b':')
-    if b'\n'.join(lines).translate(_LINE_TABLE).count(b'\n') != len(lines) - 1 or \
+    joined = b''.join(lines)  # a byte outside the grammar in any line changes it
+    if joined.translate(_VALUE_TABLE) != joined or \
             len(lowered) != len(lines) or b'' in lowered or b'' in colons:
         raise HttpProtocolError(_describe_bad_field_block(block))
     return tuple(zip(lowered, map(bytes.strip, values, _OWS)))
@@ -471,14 +519,31 @@ class Framing(NamedTuple):
 
 def response_framing(method: bytes, head: ResponseHead) -> Framing:
     """Decide how the body of a response is delimited: RFC 9112 §6.3, rule by rule."""
-    code, headers = head.code, head.headers
+    http_minor, code, _, headers, _ = head  # unpacked at once: a tuple
     fields = dict(headers)
     if len(fields) != len(headers):
         fields = _combine_repeated_fields(headers)
-    content_length = fields.get(b'content-length')
-    transfer_encoding = fields.get(b'transfer-encoding')
-    connection = fields.get(b'connection')
-    keep_alive = _is_persistent(head.http_minor, connection)
+    # The framing is a function of these alone, and servers answer with few combinations
+    key = (method, code, http_minor, fields.get(b'content-length'),
+           fields.get(b'transfer-encoding'), fields.get(b'connection'))
+    framing = _framings.get(key)
+    if framing is None:
+        framing = _framing_of(*key)
+        if len(_framings) >= _MAX_MEMOISED_FRAMINGS:
+            _framings.clear()
+        _framings[key] = framing
+    return framing
+
+
+# Framings by their inputs (see response_framing), bounded: content-length values vary
+_framings: Dict[Tuple[bytes, bytes, int, Optional[bytes], Optional[bytes], Optional[bytes]],
+                Framing] = {}
+_MAX_MEMOISED_FRAMINGS = 256
+
+
+def _framing_of(method: bytes, code: bytes, http_minor: int, content_length: Optional[bytes],
+                transfer_encoding: Optional[bytes], connection: Optional[bytes]) -> Framing:
+    keep_alive = _is_persistent(http_minor, connection)
 
     # Rule 1: a response to HEAD, and any 1xx, 204 or 304 response, ends at the empty line
     # after the header fields, whatever its headers say.
@@ -493,7 +558,7 @@ def response_framing(method: bytes, head: ResponseHead) -> Framing:
     if transfer_encoding is not None:
         codings = [coding.lower() for coding in list_elements([transfer_encoding])]
         # RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message means its framing is faulty.
-        if head.http_minor == 0:
+        if http_minor == 0:
             raise HttpProtocolError('Transfer-Encoding in an HTTP/1.0 response')
         # Rule 3: Transfer-Encoding overrides Content-Length. Such a message may be an attempt
         # at request smuggling or response splitting, so the connection is closed after it.
@@ -3113,11 +3178,15 @@ def Pool(
 
     def parse_final_head(method: bytes, head: ResponseHead, head_bytes: bytes) \
             -> Tuple[bytes, Headers, Framing]:
-        headers = ResponseHeaders(head.headers)
-        headers.reason = head.reason
-        headers.http_version = _HTTP_VERSIONS[head.http_minor]
-        parsed = (head.code, headers, response_framing(method, head))
-        if method != b'HEAD' and method != b'CONNECT' and len(head_bytes) <= 4096:
+        http_minor, code, reason, fields, _ = head  # unpacked at once: a tuple
+        headers = ResponseHeaders(fields)
+        headers.reason = reason
+        headers.http_version = _HTTP_VERSIONS[http_minor]
+        parsed = (code, headers, response_framing(method, head))
+        # Not a head with a line new to the line memo (a request id, a new date): such a head
+        # is seldom sent again, and if it is, its lines are known by then and it is memoised.
+        if method != b'HEAD' and method != b'CONNECT' and len(head_bytes) <= 4096 and \
+                not _memoised_bytes[2]:
             if len(parsed_heads) >= 256:
                 parsed_heads.clear()
             parsed_heads[head_bytes] = parsed

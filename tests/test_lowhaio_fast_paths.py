@@ -486,3 +486,52 @@ async def test_a_response_in_flight_at_close_is_never_pooled(path: str, used_aga
             assert request.status().totals['idle'] == (1 if used_again else 0)
         finally:
             await close()
+# Response heads in turn from one server: the same head again, heads with a line new each
+# time (a request id), and a head seen before coming back after new ones. A head with a new
+# line is not memoised whole; each must still give its own headers and framing.
+RESPONSE_HEAD_SEQUENCES = {
+    'unique request ids': ['id', 'id', 'id', 'id'],
+    'repeated, then unique, then repeated': ['same', 'same', 'id', 'id', 'same', 'same'],
+    'unique ids with lengths that change': ['id', 'id-7', 'id', 'id-7', 'same'],
+    'unique ids, chunked among them': ['id', 'chunked-id', 'id', 'chunked-id', 'same'],
+}
+
+
+@pytest.mark.parametrize('kinds', RESPONSE_HEAD_SEQUENCES.values(),
+                         ids=list(RESPONSE_HEAD_SEQUENCES))
+async def test_heads_with_new_lines_give_their_own_headers_and_framing(
+        kinds: List[str]) -> None:
+    sent: List[Tuple[Tuple[bytes, bytes], ...]] = []
+
+    async def answer(conn: Connection) -> None:
+        for kind in kinds:
+            if not await conn.read_request():
+                return
+            body = b'hello' if not kind.endswith('-7') else b'goodbye'
+            fields: List[Tuple[bytes, bytes]] = [(b'server', b'test')]
+            if kind != 'same':
+                fields.append((b'x-request-id', b'%032x' % len(sent)))
+            if kind.startswith('chunked'):
+                fields.append((b'transfer-encoding', b'chunked'))
+                payload = b'%x\r\n%s\r\n0\r\n\r\n' % (len(body), body)
+            else:
+                fields.append((b'content-length', b'%d' % len(body)))
+                payload = body
+            sent.append(tuple(fields))
+            conn.write(b'HTTP/1.1 200 OK\r\n' + b''.join(
+                b'%s: %s\r\n' % field for field in fields) + b'\r\n' + payload)
+            await conn.drain()
+
+    async with scripted_server(answer) as server:
+        request, close = Pool(socket_timeout=2)
+        try:
+            for index, kind in enumerate(kinds):
+                code, headers, body = await asyncio.wait_for(request(b'GET', server.url()), 5)
+                assert code == b'200'
+                assert headers == sent[index]
+                assert await asyncio.wait_for(buffered(body), 5) == (
+                    b'goodbye' if kind.endswith('-7') else b'hello')
+        finally:
+            await close()
+        assert server.connections == 1
+        assert not server.errors

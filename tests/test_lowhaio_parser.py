@@ -521,6 +521,129 @@ class TestHeaderBlocks:
         assert all(line in lowhaio._parsed_field_lines for line in base)
 
 
+    @pytest.mark.parametrize('new_count', [1, 2, 4, 5])
+    @pytest.mark.parametrize('room', [0, 1, 3])
+    def test_a_memo_that_fills_within_a_block_parses_it_the_same(
+            self, monkeypatch: pytest.MonkeyPatch, room: int, new_count: int) -> None:
+        # The memo is emptied by the new line that finds it full, in the middle of a block
+        # whose earlier lines were found in it: the block's later lines are new again.
+        monkeypatch.setattr(lowhaio, '_MAX_MEMOISED_LINES', 8)
+        lowhaio._parsed_field_lines.clear()
+        known = self.lines(8 - room, known=False)
+        lowhaio.parse_field_block(b''.join(line + b'\r\n' for line in known), 1000)
+        for _ in range(3):
+            lines = known[:4] + [b'x-id-%d: %s' % (i, self.unique()) for i in range(new_count)] \
+                + known[4:]
+            block = b''.join(line + b'\r\n' for line in lines)
+            assert lowhaio.parse_field_block(block, 1000) == self.one_at_a_time(lines)
+            assert len(lowhaio._parsed_field_lines) <= 8 + len(lines)
+        lowhaio._parsed_field_lines.clear()
+        lowhaio._memoised_bytes[:] = [0, 0, 0]
+
+
+class TestOneNewLine:
+    """A single new line among memoised ones is checked on its own: every byte is accepted
+    or rejected in a name and in a value exactly as the grammar says."""
+
+    TCHAR = set(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    FIELD_BYTES = {0x09} | set(range(0x20, 0x7f)) | set(range(0x80, 0x100))
+    KNOWN = [b'server: one-new-line', b'content-type: text/plain']
+
+    @pytest.mark.parametrize('where', ['name', 'value'])
+    def test_every_byte_in_the_only_new_line(self, where: str) -> None:
+        known = b''.join(line + b'\r\n' for line in self.KNOWN)
+        lowhaio.parse_field_block(known)
+        for byte in range(256):
+            if where == 'name' and byte == 0x3a:
+                continue  # a colon ends the name: no byte of it
+            char = bytes((byte,))
+            line = (b'x-%d-' % byte + char + b'y: v' if where == 'name' else
+                    b'x-%d: a' % byte + char + b'b')
+            valid = byte in (self.TCHAR if where == 'name' else self.FIELD_BYTES)
+            block = known + line + b'\r\n'
+            if byte in (0x0a, 0x0d) or not valid:
+                with pytest.raises(HttpProtocolError):
+                    lowhaio.parse_field_block(block)
+            else:
+                name, _, value = line.partition(b':')
+                assert lowhaio.parse_field_block(block) == (
+                    (b'server', b'one-new-line'), (b'content-type', b'text/plain'),
+                    (name.lower(), value.strip(b' \t')))
+
+
+class TestStatusLineMemo:
+    """Status lines are memoised by their bytes: a memoised one parses as it did afresh."""
+
+    @pytest.mark.parametrize('line', [
+        b'HTTP/1.1 200 OK', b'HTTP/1.0 200 OK', b'HTTP/1.1 404 Not Found', b'HTTP/1.1 204 ',
+        b'HTTP/1.1 200 OK \t', b'HTTP/1.9 200 Fine', b'HTTP/1.1 500 \xe9\xff x'])
+    def test_a_memoised_status_line_parses_as_afresh(self, line: bytes) -> None:
+        lowhaio._parsed_status_lines.clear()
+        first = parse_response_head(line + b'\r\ncontent-length: 0\r\n\r\n')
+        second = parse_response_head(line + b'\r\ncontent-length: 0\r\n\r\n')
+        assert first == second
+        assert first is not None and first.code == line[9:12]
+        assert first.http_minor == (0 if line[7:8] == b'0' else 1)
+        assert first.reason == line[13:].rstrip(b' \t')
+
+    @pytest.mark.parametrize('line', [b'HTTP/1.1 20 OK', b'HTTP/1.1 200 O\x00K',
+                                      b'HTTP/2.0 200 OK', b'HTTP/1.1  200 OK'])
+    def test_a_bad_status_line_is_rejected_every_time(self, line: bytes) -> None:
+        for _ in range(2):
+            with pytest.raises(HttpProtocolError, match='status line'):
+                parse_response_head(line + b'\r\ncontent-length: 0\r\n\r\n')
+        assert line + b'\r\n' not in lowhaio._parsed_status_lines
+
+    def test_the_memo_stays_bounded(self) -> None:
+        for code in range(100, 600):
+            head = parse_response_head(b'HTTP/1.1 %d x\r\n\r\n' % code)
+            assert head is not None and head.code == b'%d' % code
+            assert len(lowhaio._parsed_status_lines) <= lowhaio._MAX_MEMOISED_STATUS_LINES
+
+
+class TestFramingMemo:
+    """Framings are memoised by what decides them: a memoised framing is the one computed
+    afresh, for every method, status and framing header, in any order, errors included."""
+
+    METHODS = [b'GET', b'HEAD', b'CONNECT', b'POST']
+    STATUSES = [b'HTTP/1.1 200 OK', b'HTTP/1.0 200 OK', b'HTTP/1.1 101 Switching',
+                b'HTTP/1.1 103 Early', b'HTTP/1.1 204 No Content', b'HTTP/1.1 304 Not Modified',
+                b'HTTP/1.1 404 Not Found']
+    HEADER_SETS = [
+        [], [b'content-length: 5'], [b'content-length: 7'], [b'content-length: 5, 5'],
+        [b'content-length: 5', b'content-length: 6'], [b'content-length: x'],
+        [b'transfer-encoding: chunked'], [b'transfer-encoding: gzip'],
+        [b'transfer-encoding: chunked, chunked'],
+        [b'transfer-encoding: chunked', b'content-length: 5'],
+        [b'connection: close', b'content-length: 5'],
+        [b'connection: keep-alive', b'content-length: 5'],
+        [b'connection: Keep-Alive, Upgrade'], [b'connection: close', b'connection: x'],
+        [b'x-request-id: 1', b'content-length: 5'], [b'x-request-id: 2', b'content-length: 5'],
+    ]
+
+    @staticmethod
+    def outcome(method: bytes, head: bytes) -> object:
+        parsed = parse_response_head(head)
+        assert parsed is not None
+        try:
+            return response_framing(method, parsed)
+        except HttpError as error:
+            return type(error), str(error)
+
+    def test_memoised_framings_are_those_computed_afresh(self) -> None:
+        cases = [(method, response(status, headers)) for method in self.METHODS
+                 for status in self.STATUSES for headers in self.HEADER_SETS]
+        fresh = {}
+        for case in cases:
+            lowhaio._framings.clear()
+            fresh[case] = self.outcome(*case)
+        for order in range(3):
+            random.Random(order).shuffle(cases)
+            for case in cases:
+                assert self.outcome(*case) == fresh[case], case
+        assert len(lowhaio._framings) <= lowhaio._MAX_MEMOISED_FRAMINGS
+
+
 # =============================================================================================
 # 3. Framing, RFC 9112 §6.3 rule by rule, and persistence, RFC 9112 §9.3
 # =============================================================================================
