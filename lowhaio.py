@@ -28,9 +28,8 @@ import ssl
 import sys
 import time
 import urllib.parse
-from bisect import bisect_right
 from collections import OrderedDict, deque
-from itertools import repeat
+from itertools import compress, count, repeat
 from typing import (
     Any,
     AsyncIterator,
@@ -319,14 +318,6 @@ def _parse_status_line(line: bytes) -> Tuple[int, bytes, bytes]:
         _parsed_status_lines.clear()
     _parsed_status_lines[line] = parsed
     return parsed
-
-
-def _line_starts(head: bytes) -> List[int]:
-    # Where each line of a whole head starts, and its blank line
-    starts = [0]
-    for line in head.split(b'\r\n')[:-2]:
-        starts.append(starts[-1] + len(line) + 2)
-    return starts
 
 
 # The header fields a response's framing, and whether its connection persists, depend on
@@ -3193,22 +3184,22 @@ def Pool(
     parsed_heads: Dict[bytes, Tuple[bytes, Headers, Framing]] = {}
     # The last final head parsed or found there (b'': none yet; never one to HEAD or CONNECT),
     # which the next response most often repeats, or repeats but for a line or two (a request
-    # id, the date); and where its lines start (None: not worked out yet), for the latter.
+    # id, the date); and its lines (None: not split yet), for the latter.
     last_head = b''
     last_parsed: Tuple[bytes, Headers, Framing] = (
         b'', (), _tuple_new(Framing, (NO_BODY, 0, False)))
-    last_line_starts: Optional[List[int]] = None
+    last_lines: Optional[List[bytes]] = None
 
     def parse_final_head(method: bytes, head: ResponseHead, head_bytes: bytes) \
             -> Tuple[bytes, Headers, Framing]:
-        nonlocal last_head, last_parsed, last_line_starts
+        nonlocal last_head, last_parsed, last_lines
         http_minor, code, reason, fields, _ = head  # unpacked at once: a tuple
         headers = ResponseHeaders(fields)
         headers.reason = reason
         headers.http_version = _HTTP_VERSIONS[http_minor]
         parsed = (code, headers, response_framing(method, head))
         if method != b'HEAD' and method != b'CONNECT':
-            last_head, last_parsed, last_line_starts = head_bytes, parsed, None
+            last_head, last_parsed, last_lines = head_bytes, parsed, None
         # Not a head with a line new to the line memo (a request id, a new date): such a head
         # is seldom sent again, and if it is, its lines are known by then and it is memoised.
         if method != b'HEAD' and method != b'CONNECT' and len(head_bytes) <= 4096 and \
@@ -3219,48 +3210,38 @@ def Pool(
         return parsed
 
     def parse_like_last(head_bytes: bytes) -> Optional[Tuple[bytes, Headers, Framing]]:
-        """What parsing `head_bytes`, a whole final head of last_head's length, would give, when
-        it differs from last_head only inside header lines that do not frame the response nor
-        say whether the connection persists; else None, to have it parsed in full. Each changed
-        line is checked by the parser's own check of a single line: any doubt is a full parse,
-        which gives its error."""
-        nonlocal last_head, last_parsed, last_line_starts
-        previous = last_head
-        size = len(previous)
-        # The first and last bytes that differ, by C loops over the heads as big integers
-        difference = int.from_bytes(head_bytes, 'big') ^ int.from_bytes(previous, 'big')
-        if not difference:
+        """What parsing `head_bytes`, a whole final head, would give, when it has last_head's
+        lines but for some that neither frame the response nor say whether the connection
+        persists; else None, to have it parsed in full. Each changed line is checked by the
+        parser's own check of a single line: any doubt is a full parse, which gives its error."""
+        nonlocal last_head, last_parsed, last_lines
+        # Both end at their first blank line: split so, the lines are the parser's, and the
+        # status line, fields and blank line of the one match those of the other one by one.
+        lines = head_bytes.split(b'\r\n')
+        previous_lines = last_lines
+        if previous_lines is None:
+            previous_lines = last_lines = last_head.split(b'\r\n')
+        if len(lines) != len(previous_lines):
+            return None
+        changed = list(compress(count(), map(bytes.__ne__, lines, previous_lines)))
+        if not changed:
             return last_parsed
-        first = size - 1 - ((difference.bit_length() - 1) >> 3)
-        last = size - 1 - (((difference & -difference).bit_length() - 1) >> 3)
-        starts = last_line_starts
-        if starts is None:
-            starts = last_line_starts = _line_starts(previous)
-        first_line = bisect_right(starts, first) - 1
-        if first_line == 0:  # the status line
+        if changed[0] == 0:  # the status line
             return None
         code, previous_headers, framing = last_parsed
         fields = list(previous_headers)
-        for line_index in range(first_line, bisect_right(starts, last)):
-            start, crlf = starts[line_index], starts[line_index + 1] - 2
-            if not head_bytes.startswith(b'\r\n', crlf):  # its lines split elsewhere
-                return None
-            line = head_bytes[start:crlf]
-            if line == previous[start:crlf]:
-                continue
+        for index in changed:
             try:
-                field = _parse_field_line(line)
+                field = _parse_field_line(lines[index])
             except _NotOneByOne:
                 return None
-            if field[0] in _FRAMING_FIELDS or fields[line_index - 1][0] in _FRAMING_FIELDS:
+            if field[0] in _FRAMING_FIELDS or fields[index - 1][0] in _FRAMING_FIELDS:
                 return None
-            fields[line_index - 1] = field
+            fields[index - 1] = field
         headers = ResponseHeaders(fields)
         headers.reason = previous_headers.reason  # type: ignore[attr-defined]
         headers.http_version = previous_headers.http_version  # type: ignore[attr-defined]
-        # Its lines start where last_head's do: each changed line ends where it did
-        last_head = head_bytes
-        last_parsed = (code, headers, framing)
+        last_head, last_parsed, last_lines = head_bytes, (code, headers, framing), lines
         return last_parsed
 
     async def receive_head(conn: _Connection, method: bytes, data: bytes,
@@ -3360,7 +3341,7 @@ def Pool(
                       get_resolver_logger_adapter: Callable[..., Any] =
                       get_resolver_logger_adapter,
                       ) -> Response:
-        nonlocal last_head, last_parsed
+        nonlocal last_head, last_parsed, last_lines
         if params:
             target, encoded, head, content_length, closes = prepare(method, url, params, headers)
         else:
@@ -3428,15 +3409,16 @@ def Pool(
                 if end != -1 and method != b'HEAD' and method != b'CONNECT':
                     head_bytes = data[:end + 4]
                     memoised = parsed_heads.get(head_bytes)
-                    if memoised is None and len(head_bytes) == len(last_head):
+                    if memoised is not None:
+                        last_head, last_parsed, last_lines = head_bytes, memoised, None
+                    elif last_head:
                         # Most often last_head but for a request id or the date
                         memoised = parse_like_last(head_bytes)
                 if memoised is None:
                     parsed, rest = await receive_head(conn, method, data,
                                                       started + response_head_timeout, end)
                 else:
-                    parsed = last_parsed = memoised
-                    last_head = head_bytes
+                    parsed = memoised
                     rest = data[end + 4:]
             code, response_headers, framing = parsed
         except BaseException as exception:

@@ -121,7 +121,9 @@ def body_for(framing: lowhaio.Framing) -> Tuple[bytes, bytes]:
 
 
 async def check_responses(heads: List[bytes]) -> None:
-    """Request once for each head, answered with it; each must give what a full parse does."""
+    """Request once for each head, answered with it; each must give what a full parse does.
+    (Parsed first, its lines are known to the parser's memo of lines, so the Pool memoises a
+    head whole too: a head found there then comes between heads like the last.)"""
     await check_responses_are([full_parse(head) for head in heads], heads)
 
 
