@@ -29,7 +29,7 @@ import sys
 import time
 import urllib.parse
 from collections import OrderedDict, deque
-from itertools import repeat
+from itertools import compress, count, repeat
 from typing import (
     Any,
     AsyncIterator,
@@ -288,7 +288,13 @@ def parse_response_head(data: bytes, max_header_length: int = 16384,
             raise HttpHeaderTooLong(
                 'Response head longer than max_header_length (%d bytes)' % max_header_length)
         return None
+    return _parse_response_head_ending_at(data, end, max_header_count)
 
+
+def _parse_response_head_ending_at(data: bytes, end: int, max_header_count: int) \
+        -> ResponseHead:
+    # The head whose blank line starts at `end` (the first b'\r\n\r\n' in `data`, found within
+    # max_header_length), for a caller that searched for it already.
     status_end = data.find(b'\r\n') + 2
     status_line = data[:status_end]
     status = _parsed_status_lines.get(status_line)
@@ -312,6 +318,11 @@ def _parse_status_line(line: bytes) -> Tuple[int, bytes, bytes]:
         _parsed_status_lines.clear()
     _parsed_status_lines[line] = parsed
     return parsed
+
+
+# The header fields a response's framing, and whether its connection persists, depend on
+# (see response_framing)
+_FRAMING_FIELDS = frozenset((b'content-length', b'transfer-encoding', b'connection'))
 
 
 def _check_partial_status_line(data: bytes) -> None:
@@ -3171,18 +3182,24 @@ def Pool(
     # were checked before. Not for HEAD or CONNECT, whose framing differs for the same bytes;
     # nor for heads over 4 KiB, so that the memory a server can make it hold stays small.
     parsed_heads: Dict[bytes, Tuple[bytes, Headers, Framing]] = {}
-    # The last of them found there (b'': none yet), which the next response most often repeats
+    # The last final head parsed or found there (b'': none yet; never one to HEAD or CONNECT),
+    # which the next response most often repeats, or repeats but for a line or two (a request
+    # id, the date); and its lines (None: not split yet), for the latter.
     last_head = b''
     last_parsed: Tuple[bytes, Headers, Framing] = (
         b'', (), _tuple_new(Framing, (NO_BODY, 0, False)))
+    last_lines: Optional[List[bytes]] = None
 
     def parse_final_head(method: bytes, head: ResponseHead, head_bytes: bytes) \
             -> Tuple[bytes, Headers, Framing]:
+        nonlocal last_head, last_parsed, last_lines
         http_minor, code, reason, fields, _ = head  # unpacked at once: a tuple
         headers = ResponseHeaders(fields)
         headers.reason = reason
         headers.http_version = _HTTP_VERSIONS[http_minor]
         parsed = (code, headers, response_framing(method, head))
+        if method != b'HEAD' and method != b'CONNECT':
+            last_head, last_parsed, last_lines = head_bytes, parsed, None
         # Not a head with a line new to the line memo (a request id, a new date): such a head
         # is seldom sent again, and if it is, its lines are known by then and it is memoised.
         if method != b'HEAD' and method != b'CONNECT' and len(head_bytes) <= 4096 and \
@@ -3192,17 +3209,58 @@ def Pool(
             parsed_heads[head_bytes] = parsed
         return parsed
 
+    def parse_like_last(head_bytes: bytes) -> Optional[Tuple[bytes, Headers, Framing]]:
+        """What parsing `head_bytes`, a whole final head, would give, when it has last_head's
+        lines but for some that neither frame the response nor say whether the connection
+        persists; else None, to have it parsed in full. Each changed line is checked by the
+        parser's own check of a single line: any doubt is a full parse, which gives its error."""
+        nonlocal last_head, last_parsed, last_lines
+        # Both end at their first blank line: split so, the lines are the parser's, and the
+        # status line, fields and blank line of the one match those of the other one by one.
+        lines = head_bytes.split(b'\r\n')
+        previous_lines = last_lines
+        if previous_lines is None:
+            previous_lines = last_lines = last_head.split(b'\r\n')
+        if len(lines) != len(previous_lines):
+            return None
+        changed = list(compress(count(), map(bytes.__ne__, lines, previous_lines)))
+        if not changed:
+            return last_parsed
+        if changed[0] == 0:  # the status line
+            return None
+        code, previous_headers, framing = last_parsed
+        fields = list(previous_headers)
+        for index in changed:
+            try:
+                field = _parse_field_line(lines[index])
+            except _NotOneByOne:
+                return None
+            if field[0] in _FRAMING_FIELDS or fields[index - 1][0] in _FRAMING_FIELDS:
+                return None
+            fields[index - 1] = field
+        headers = ResponseHeaders(fields)
+        headers.reason = previous_headers.reason  # type: ignore[attr-defined]
+        headers.http_version = previous_headers.http_version  # type: ignore[attr-defined]
+        last_head, last_parsed, last_lines = head_bytes, (code, headers, framing), lines
+        return last_parsed
+
     async def receive_head(conn: _Connection, method: bytes, data: bytes,
-                           head_deadline: float) -> Tuple[Tuple[bytes, Headers, Framing], bytes]:
+                           head_deadline: float, end: int = -1) \
+            -> Tuple[Tuple[bytes, Headers, Framing], bytes]:
         """Parse `data` (what was read so far: b'' if the connection ended before any byte),
         reading more until a final (non-1xx) head is complete. Return its code, headers and
-        framing, and the bytes after it."""
+        framing, and the bytes after it. `end`: where the first head's blank line starts in
+        `data`, when the caller found it (-1: not searched, or not there)."""
         informational = 0
         received_total = len(data)
         while data:
             # request() looked the single-read case up in parsed_heads already; what gets
             # here (a head in pieces, after a 1xx, or new) is parsed, and then memoised.
-            head = parse_response_head(data, max_header_length, max_header_count)
+            if end == -1:
+                head = parse_response_head(data, max_header_length, max_header_count)
+            else:
+                head = _parse_response_head_ending_at(data, end, max_header_count)
+                end = -1
             if head is None:
                 received = await read_more(conn, head_deadline, received_total)
                 received_total += len(received)
@@ -3283,7 +3341,7 @@ def Pool(
                       get_resolver_logger_adapter: Callable[..., Any] =
                       get_resolver_logger_adapter,
                       ) -> Response:
-        nonlocal last_head, last_parsed
+        nonlocal last_head, last_parsed, last_lines
         if params:
             target, encoded, head, content_length, closes = prepare(method, url, params, headers)
         else:
@@ -3347,14 +3405,20 @@ def Pool(
                 parsed, rest = last_parsed, data[len(last_head):]
             else:
                 end = data.find(b'\r\n\r\n', 0, max_header_length)
-                memoised = parsed_heads.get(data[:end + 4]) \
-                    if end != -1 and method != b'HEAD' and method != b'CONNECT' else None
+                memoised = None
+                if end != -1 and method != b'HEAD' and method != b'CONNECT':
+                    head_bytes = data[:end + 4]
+                    memoised = parsed_heads.get(head_bytes)
+                    if memoised is not None:
+                        last_head, last_parsed, last_lines = head_bytes, memoised, None
+                    elif last_head:
+                        # Most often last_head but for a request id or the date
+                        memoised = parse_like_last(head_bytes)
                 if memoised is None:
                     parsed, rest = await receive_head(conn, method, data,
-                                                      started + response_head_timeout)
+                                                      started + response_head_timeout, end)
                 else:
-                    parsed = last_parsed = memoised
-                    last_head = data[:end + 4]
+                    parsed = memoised
                     rest = data[end + 4:]
             code, response_headers, framing = parsed
         except BaseException as exception:
