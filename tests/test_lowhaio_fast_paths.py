@@ -9,11 +9,12 @@ wire, the response's framing for the method asked, and the async-iterator protoc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import sys
 import threading
-from typing import Any, List, Sequence, Tuple
+from typing import Any, Iterator, List, Sequence, Tuple
 
 import pytest
 
@@ -367,16 +368,25 @@ def _answer_in_a_thread(listener: socket.socket) -> None:
                 conn.sendall(OK_HEAD + b'hello')
 
 
+@contextlib.contextmanager
+def _server_on_a_thread() -> Iterator[str]:
+    """The URL of a server answering every request with "hello", from a thread of its own."""
+    listener = socket.create_server(('127.0.0.1', 0))
+    thread = threading.Thread(target=_answer_in_a_thread, args=(listener,), daemon=True)
+    thread.start()
+    try:
+        yield 'http://127.0.0.1:%d/' % (listener.getsockname()[1],)
+    finally:
+        listener.close()
+        thread.join(5)
+
+
 def test_a_loop_with_its_own_create_future_makes_the_futures() -> None:
     # asyncio's own loops have their futures made without the call to create_future; any other
     # loop's own method is used, for every wait on a response head
     loop = _FutureCountingLoop()
-    listener = socket.create_server(('127.0.0.1', 0))
-    thread = threading.Thread(target=_answer_in_a_thread, args=(listener,), daemon=True)
-    thread.start()
-    url = 'http://127.0.0.1:%d/' % (listener.getsockname()[1],)
 
-    async def futures_made_by_reused_requests() -> int:
+    async def futures_made_by_reused_requests(url: str) -> int:
         request, close = Pool()
         try:
             _, _, body = await request(b'GET', url)
@@ -389,11 +399,10 @@ def test_a_loop_with_its_own_create_future_makes_the_futures() -> None:
         finally:
             await close()
     try:
-        assert loop.run_until_complete(futures_made_by_reused_requests()) >= 3
+        with _server_on_a_thread() as url:
+            assert loop.run_until_complete(futures_made_by_reused_requests(url)) >= 3
     finally:
         loop.close()
-        listener.close()
-        thread.join(5)
 
 
 class _ShiftedClockLoop(asyncio.SelectorEventLoop):
@@ -407,12 +416,8 @@ def test_a_loop_with_its_own_clock_times_everything_by_it() -> None:
     # asyncio's own loops have their clock read without the call to loop.time(); any other
     # loop's own clock is used: a deadline on another clock would be long past, or far off
     loop = _ShiftedClockLoop()
-    listener = socket.create_server(('127.0.0.1', 0))
-    thread = threading.Thread(target=_answer_in_a_thread, args=(listener,), daemon=True)
-    thread.start()
-    url = 'http://127.0.0.1:%d/' % (listener.getsockname()[1],)
 
-    async def requests() -> List[bool]:
+    async def requests(url: str) -> List[bool]:
         request, close = Pool(socket_timeout=5, keep_alive_timeout=5)
         try:
             reused = []
@@ -426,11 +431,10 @@ def test_a_loop_with_its_own_clock_times_everything_by_it() -> None:
         finally:
             await close()
     try:
-        assert loop.run_until_complete(asyncio.wait_for(requests(), 30)) == [True] * 4
+        with _server_on_a_thread() as url:
+            assert loop.run_until_complete(asyncio.wait_for(requests(url), 30)) == [True] * 4
     finally:
         loop.close()
-        listener.close()
-        thread.join(5)
 
 
 # A response still in flight when close() is called: its connection is closed once the response
