@@ -3,7 +3,8 @@ and isal_zlib (python-isal, chosen when installed). Both must give the same byte
 bombs, and catch the same truncated and corrupt streams, whatever the sizes of the reads.
 
 The decoders are tested first on their own, fed in memory with every kind of split (they take
-each read in slices of ZLIB_INPUT_SLICE bytes), then through lowhaio against real servers."""
+each read in slices, of ZLIB_SLICE or ISAL_SLICE bytes), then through lowhaio against real
+servers."""
 
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ import lowhaio_decompress
 from lowhaio import Pool, buffered
 from lowhaio_decompress import (
     OUTPUT_CHUNK,
+    ISAL_SLICE,
     RATIO_FLOOR,
-    ZLIB_INPUT_SLICE,
+    ZLIB_PIECE,
+    ZLIB_SLICE,
     DecompressionError,
     decoder_factories,
     decompressed,
@@ -81,11 +84,12 @@ def stream(form: str, size: int) -> Tuple[str, bytes, bytes]:
 
 
 FORMS = ['gzip', 'gzip members', 'gzip header fields', 'zlib deflate', 'raw deflate']
-# Decoded sizes around the piece size, where a call fills its output exactly
-SIZES = [0, 1, OUTPUT_CHUNK - 1, OUTPUT_CHUNK, OUTPUT_CHUNK + 1, 3 * OUTPUT_CHUNK, 1 << 20]
-# Read sizes around the input slice, and as large as an asyncio read
-READS = [7, ZLIB_INPUT_SLICE - 1, ZLIB_INPUT_SLICE, ZLIB_INPUT_SLICE + 1, 100_000, 1 << 18,
-         None]
+# Decoded sizes around the pieces of each backend, where a call fills its output exactly
+SIZES = [0, 1, ZLIB_PIECE - 1, ZLIB_PIECE, ZLIB_PIECE + 1, OUTPUT_CHUNK - 1, OUTPUT_CHUNK,
+         OUTPUT_CHUNK + 1, 3 * OUTPUT_CHUNK, 1 << 20]
+# Read sizes around the input slices of each backend, and as large as an asyncio read
+READS = [7, ZLIB_SLICE - 1, ZLIB_SLICE, ZLIB_SLICE + 1, ISAL_SLICE - 1, ISAL_SLICE,
+         ISAL_SLICE + 1, 100_000, 1 << 18, None]
 
 
 def make_decoder(backend: str, coding: str) -> Any:
@@ -195,7 +199,7 @@ def cuts(encoded: bytes) -> List[int]:
     return sorted({1, 5, 11, len(encoded) // 2, len(encoded) - 5, len(encoded) - 1})
 
 
-@pytest.mark.parametrize('read', [7, ZLIB_INPUT_SLICE + 1, None])
+@pytest.mark.parametrize('read', [7, ISAL_SLICE + 1, None])
 @pytest.mark.parametrize('form', FORMS)
 @pytest.mark.parametrize('backend', BACKENDS)
 def test_a_stream_cut_anywhere_raises(backend, form, read):
@@ -229,7 +233,7 @@ def corruptions() -> List[Tuple[str, Callable[[bytes], bytes], str]]:
     ]
 
 
-@pytest.mark.parametrize('read', [7, ZLIB_INPUT_SLICE + 1, None])
+@pytest.mark.parametrize('read', [7, ISAL_SLICE + 1, None])
 @pytest.mark.parametrize('form, corrupt, message', corruptions())
 @pytest.mark.parametrize('backend', BACKENDS)
 def test_a_corrupt_stream_raises(backend, form, corrupt, message, read):
