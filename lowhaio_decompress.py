@@ -45,8 +45,10 @@ DEFAULT_MAX_RATIO = 200
 # costs least with the largest pieces. Measured on text, 256 KiB reads: 5% fewer instructions
 # per MB than 64 KiB from 16 KiB slices with zlib, and 13% (zlib) and 14% (isal) fewer than
 # 64 KiB pieces from whole reads
-ZLIB_PIECE, ZLIB_SLICE = 32768, 8192
-ISAL_PIECE, ISAL_SLICE = OUTPUT_CHUNK, 16384
+ZLIB_PIECE: int = 32768
+ZLIB_SLICE: int = 8192
+ISAL_PIECE: int = OUTPUT_CHUNK
+ISAL_SLICE: int = 16384
 # RFC 1952 section 2.3: the fourth byte of a gzip member's header holds its flags
 GZIP_FLAGS_BYTE = 3
 GZIP_FHCRC = 0x02
