@@ -5,8 +5,9 @@
 
 `decompressed` returns a function with the same signature as `request`. It sends
 `accept-encoding` (unless the caller gives one) listing what this machine can decode: `gzip` and
-`deflate` always, `br` when `brotli` or `brotlicffi` is installed, `zstd` when `zstandard` is.
-`pip install lowhaio[compression]` brings both. The response body is decoded as it arrives, in
+`deflate` always (with `isal` when installed, twice as fast as the standard library's zlib), `br`
+when `brotli` or `brotlicffi` is installed, `zstd` when `zstandard` is.
+`pip install lowhaio[compression]` brings all three. The response body is decoded as it arrives, in
 pieces of at most 64 KiB; headers are returned exactly as received, so `content-encoding` and
 `content-length` still describe the encoded body.
 """
@@ -36,6 +37,21 @@ OUTPUT_CHUNK = 65536
 RATIO_FLOOR: int = 1 << 20
 DEFAULT_MAX_SIZE: int = 1 << 30
 DEFAULT_MAX_RATIO = 200
+# A zlib-like decoder stops each call at a piece of output, and takes input in slices: a call
+# that stops copies the input it has not reached (`unconsumed_tail`), so fed a whole read of up
+# to 256 KiB, it would copy most of it again for every piece. The standard library's zlib also
+# copies the last 32 KiB of output into its window at each call, and joins its output blocks of
+# 32 KiB unless there is one, full: 32 KiB pieces from 8 KiB slices cost it least. isal_zlib
+# costs least with the largest pieces. Measured on text, 256 KiB reads: 5% fewer instructions
+# per MB than 64 KiB from 16 KiB slices with zlib, and 13% (zlib) and 14% (isal) fewer than
+# 64 KiB pieces from whole reads
+ZLIB_PIECE: int = 32768
+ZLIB_SLICE: int = 8192
+ISAL_PIECE: int = OUTPUT_CHUNK
+ISAL_SLICE: int = 16384
+# RFC 1952 section 2.3: the fourth byte of a gzip member's header holds its flags
+GZIP_FLAGS_BYTE = 3
+GZIP_FHCRC = 0x02
 # More stacked codings than this is no real server; each one costs a decoder's memory
 MAX_CODINGS = 5
 # zstandard has no output limit per call, so input goes in in slices: one slice of this many
@@ -61,36 +77,64 @@ class DecompressionError(HttpDataError):
 
 class ZlibDecoder:
     """gzip (wbits 31), zlib-wrapped deflate (15) or raw deflate (-15). gzip may be several
-    members one after another (RFC 1952 section 2.2); the other two end after one stream."""
+    members one after another (RFC 1952 section 2.2); the other two end after one stream.
+    `module` is the standard library's zlib or a module with its interface (isal_zlib)."""
 
-    def __init__(self, wbits: int, coding: str) -> None:
+    def __init__(self, wbits: int, coding: str, module: Any = zlib) -> None:
         self._wbits = wbits
         self._coding = coding
-        self._decompressor = zlib.decompressobj(wbits)
+        self._module = module
+        self._errors = (zlib.error, module.error)
+        # isal_zlib fails on a gzip header whose CRC (FHCRC) arrives split across calls; HTTP
+        # servers do not set that flag, so a member that has it goes to zlib instead. The first
+        # bytes of each member are held until its flags byte is in
+        self._check_flags = wbits == 31 and module is not zlib
+        self._flags_seen = not self._check_flags
+        self._held = b''
+        self._decompressor = module.decompressobj(wbits)
+        self._piece, self._slice = (ZLIB_PIECE, ZLIB_SLICE) if module is zlib else \
+            (ISAL_PIECE, ISAL_SLICE)
         self.consumed = 0
 
     def feed(self, data: bytes) -> Iterator[bytes]:
         try:
-            while True:
-                if data and self._decompressor.eof:
-                    self._start_next_member()
-                piece = self._decompressor.decompress(data, OUTPUT_CHUNK)
-                left = self._decompressor.unconsumed_tail or self._decompressor.unused_data
-                self.consumed += len(data) - len(left)
-                data = left
-                if piece:
-                    yield piece
-                # A full piece may leave output inside zlib even when all input was taken
-                if not data and len(piece) < OUTPUT_CHUNK:
-                    return
-        except zlib.error as exception:
+            if len(data) <= self._slice:
+                yield from self._feed_slice(data)
+                return
+            view = memoryview(data)
+            for start in range(0, len(data), self._slice):
+                yield from self._feed_slice(view[start:start + self._slice])
+        except self._errors as exception:
             raise DecompressionError(f'Corrupt {self._coding} stream: {exception}') \
                 from exception
+
+    def _feed_slice(self, data: Any) -> Iterator[bytes]:
+        while True:
+            if data and self._decompressor.eof:
+                self._start_next_member()
+            if not self._flags_seen:
+                data = self._held + bytes(data)
+                if len(data) <= GZIP_FLAGS_BYTE:
+                    self._held = data
+                    return
+                self._held, self._flags_seen = b'', True
+                if data[GZIP_FLAGS_BYTE] & GZIP_FHCRC:
+                    self._decompressor = zlib.decompressobj(self._wbits)
+            piece = self._decompressor.decompress(data, self._piece)
+            left = self._decompressor.unconsumed_tail or self._decompressor.unused_data
+            self.consumed += len(data) - len(left)
+            data = left
+            if piece:
+                yield piece
+            # A full piece may leave output inside the decoder even when all input was taken
+            if not data and len(piece) < self._piece:
+                return
 
     def _start_next_member(self) -> None:
         if self._wbits != 31:
             raise DecompressionError(f'Data after the end of the {self._coding} stream')
-        self._decompressor = zlib.decompressobj(self._wbits)
+        self._decompressor = self._module.decompressobj(self._wbits)
+        self._flags_seen = not self._check_flags
 
     def end(self) -> None:
         if not self._decompressor.eof:
@@ -102,7 +146,8 @@ class DeflateDecoder:
     raw deflate: the first two bytes tell which, since a zlib header passes a check that raw
     deflate data almost never does."""
 
-    def __init__(self) -> None:
+    def __init__(self, module: Any = zlib) -> None:
+        self._module = module
         self._start = b''
         self._decoder: Optional[ZlibDecoder] = None
 
@@ -115,7 +160,8 @@ class DeflateDecoder:
             self._start += data
             if len(self._start) < 2:
                 return
-            self._decoder = ZlibDecoder(15 if is_zlib_header(self._start) else -15, 'deflate')
+            self._decoder = ZlibDecoder(15 if is_zlib_header(self._start) else -15, 'deflate',
+                                        self._module)
             data, self._start = self._start, b''
         yield from self._decoder.feed(data)
 
@@ -232,10 +278,21 @@ def brotli_module() -> Any:
     return module
 
 
-def decoder_factories(brotli: Any, zstandard: Any) -> Dict[bytes, Callable[[], Any]]:
+def deflate_module() -> Any:
+    """isal_zlib (python-isal, the bindings of Intel's ISA-L) if installed, else the standard
+    library's zlib: the same interface, and ISA-L decodes gzip and deflate about twice as fast
+    (half the instructions per MB), checksums included."""
+    isal = optional_module('isal.isal_zlib')
+    return zlib if isal is None else isal
+
+
+def decoder_factories(brotli: Any, zstandard: Any,
+                      deflate: Any = zlib) -> Dict[bytes, Callable[[], Any]]:
+    """Decoder makers for gzip and deflate, decoded by `deflate` (zlib or isal_zlib), and for br
+    and zstd if their modules are given (None: not decodable)."""
     factories: Dict[bytes, Callable[[], Any]] = {
-        b'gzip': lambda: ZlibDecoder(31, 'gzip'),
-        b'deflate': DeflateDecoder,
+        b'gzip': lambda: ZlibDecoder(31, 'gzip', deflate),
+        b'deflate': lambda: DeflateDecoder(deflate),
     }
     if brotli is not None:
         factories[b'br'] = lambda: BrotliDecoder(brotli)
@@ -245,7 +302,7 @@ def decoder_factories(brotli: Any, zstandard: Any) -> Dict[bytes, Callable[[], A
 
 
 DECODERS: Dict[bytes, Callable[[], Any]] = decoder_factories(
-    brotli_module(), optional_module('zstandard'))
+    brotli_module(), optional_module('zstandard'), deflate_module())
 # RFC 9110 section 8.4.1.3: x-gzip is to be treated as gzip
 ALIASES: Dict[bytes, bytes] = {b'x-gzip': b'gzip'}
 INSTALL_HINTS: Dict[bytes, str] = {
@@ -272,7 +329,8 @@ def decompressed(request: Request, max_size: Optional[int] = DEFAULT_MAX_SIZE,
         raises DecompressionError (None: no limit). A body already read so far is kept; the
         connection is closed.
     decoders: coding name to a function making a decoder; by default every coding this machine
-        can decode (gzip, deflate, and br and zstd when their libraries are installed).
+        can decode (gzip, deflate, and br and zstd when their libraries are installed), gzip
+        and deflate with isal when it is installed: `decoder_factories(...)` makes others.
 
     `accept-encoding` is sent listing those codings, unless the caller sends the header. A
     response in a coding that cannot be decoded raises DecompressionError before it is
