@@ -2880,7 +2880,6 @@ def Pool(
         # every response, hence the check before re-arming it)
         conn.idle = conn.reused = True
         conn.received_any = False
-        conn.on_idle_close = on_idle_close
         now = conn.idle_since = clock()
         expiry = now + conn._keep_alive_timeout
         if conn._timer is None or conn._timer_when > expiry:
@@ -2973,6 +2972,8 @@ def Pool(
         try:
             conn = await connect(target, answer, deadline)
             conn.owner = connections
+            # Called only while the connection is idle (see release)
+            conn.on_idle_close = on_idle_close
             return conn
         except BaseException:
             free_slot(connections)
@@ -3467,7 +3468,13 @@ def Pool(
 
         kind, length, keeps_alive = framing
         keep = keeps_alive and not closes
-        if kind == NO_BODY or (kind == CONTENT_LENGTH and len(rest) >= length):
+        if kind == CONTENT_LENGTH and len(rest) == length:
+            # The usual case of the next branch, in fewer steps: the body, exactly, came whole
+            release(conn, keep)
+            buffered_body = _object_new(_BufferedBody)
+            buffered_body._data = rest
+            response_body: ResponseBody = buffered_body
+        elif kind == NO_BODY or (kind == CONTENT_LENGTH and len(rest) >= length):
             # The whole body is already here: the connection goes back to the pool before the
             # caller even starts reading, and the body iterator holds only bytes.
             body_bytes = rest[:length] if kind == CONTENT_LENGTH else b''
@@ -3475,7 +3482,7 @@ def Pool(
             # _BufferedBody(body_bytes) without a call to its __init__ (a Python frame)
             buffered_body = _object_new(_BufferedBody)
             buffered_body._data = body_bytes
-            response_body: ResponseBody = buffered_body
+            response_body = buffered_body
         elif kind == CHUNKED and rest.endswith(b'\r\n\r\n') and \
                 (whole := _chunked_body_if_whole(rest, max_header_length)) is not None:
             # As above, for a chunked body that arrived whole with its head. (A whole one ends
