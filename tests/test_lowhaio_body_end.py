@@ -188,3 +188,32 @@ async def test_bodies_of_concurrent_requests_end_independently() -> None:
                 assert outcome == [b'hello']
         finally:
             await close()
+
+
+@pytest.mark.parametrize('how', ['task cancelled before it starts', 'exception thrown in',
+                                 'closed'])
+async def test_an_end_awaitable_interrupted_leaves_later_bodies_intact(how: str) -> None:
+    # The end awaitables of all bodies come from one place: one interrupted must not change
+    # what any other gives
+    async with scripted_server(answering_with(RESPONSES['content-length'][0])) as server:
+        request, close = Pool()
+        try:
+            for _ in range(3):
+                _, _, body = await request(b'GET', server.url())
+                assert await body.__anext__() == b'hello'
+                end = body.__anext__()
+                if how == 'task cancelled before it starts':
+                    task = asyncio.create_task(end)
+                    task.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await task
+                elif how == 'exception thrown in':
+                    with pytest.raises(KeyError):
+                        end.throw(KeyError('thrown'))
+                else:
+                    end.close()
+                assert [piece async for piece in body] == []
+                _, _, other = await request(b'GET', server.url())
+                assert [piece async for piece in other] == [b'hello']
+        finally:
+            await close()
