@@ -2347,11 +2347,38 @@ class _BufferedBody:
         data = self._data
         if data:
             self._data = b''
+            # The end, asked for next by every `async for`, comes from C from now on
+            self.__class__ = _EndedBody
             return data
         raise StopAsyncIteration
 
     async def aclose(self) -> None:
         self._data = b''
+
+
+async def _no_chunks() -> AsyncIterator[bytes]:
+    return
+    yield b''  # pragma: no cover - makes this an async generator
+
+
+# An async generator run to its end: each __anext__() of it is a new awaitable, made in C, that
+# raises StopAsyncIteration when awaited (not when made, as anext(body, default) needs), and
+# that asyncio takes as a coroutine (create_task, wait_for). Ending an `async for` so costs a
+# third of what a coroutine of our own raising it does.
+_ENDED_CHUNKS: Any = _no_chunks()
+try:
+    _ENDED_CHUNKS.asend(None).send(None)
+except StopAsyncIteration:
+    pass
+
+
+class _EndedBody(_BufferedBody):
+    """A _BufferedBody whose bytes were handed over: what is left of it is its end."""
+
+    __slots__ = ()
+
+    # Found on the class but not bound to the instance (a builtin method, not a function)
+    __anext__ = _ENDED_CHUNKS.__anext__
 
 
 class _CappedBody:
@@ -2694,6 +2721,9 @@ def Pool(
         connect_timeout = socket_timeout
     first_head_wait = min(socket_timeout, response_head_timeout)
     keep_alive = keep_alive_timeout > 0
+    # Whether release() of a reusable connection with no request waiting only makes it idle
+    # (no limit on idle connections to apply): request() then does that itself
+    plain_release = keep_alive and max_idle_per_host is None and max_connections is None
     custom_send = not (sock_pre_message is None and sock_post_message is None and
                        send_header is None and send_body is None)
     pre_message = sock_pre_message or _no_op
@@ -2822,7 +2852,8 @@ def Pool(
         return -1
 
     def release(conn: _Connection, reusable: bool) -> None:
-        """Take back a connection whose response is finished."""
+        """Take back a connection whose response is finished. (request() inlines the usual
+        case, under plain_release: keep the two in step.)"""
         connections: _HostConnections = conn.owner
         if not reusable or not keep_alive or conn._lost or conn._queue or \
                 connections.closed:  # the last: the pool was closed meanwhile
@@ -2853,7 +2884,6 @@ def Pool(
         # every response, hence the check before re-arming it)
         conn.idle = conn.reused = True
         conn.received_any = False
-        conn.on_idle_close = on_idle_close
         now = conn.idle_since = clock()
         expiry = now + conn._keep_alive_timeout
         if conn._timer is None or conn._timer_when > expiry:
@@ -2946,6 +2976,8 @@ def Pool(
         try:
             conn = await connect(target, answer, deadline)
             conn.owner = connections
+            # Called only while the connection is idle (see release)
+            conn.on_idle_close = on_idle_close
             return conn
         except BaseException:
             free_slot(connections)
@@ -3354,7 +3386,32 @@ def Pool(
         if bodiless and content_length:
             raise HttpInvalidRequestError(
                 'content-length is %d but there is no body' % (content_length,))
-        conn = take_idle_fast(target) or await acquire(target)
+        # take_idle_fast(target), inlined for its usual case (this runs for every request):
+        # the newest idle connection, to an IP literal or to a host whose DNS answer is still
+        # fresh, with the same checks and the same stale-connection poll. Anything else goes
+        # the long way, which checks again.
+        conn = None
+        connections = hosts.get(target.key)
+        if connections is not None and connections.idle and idle_by_age is None:
+            newest = connections.idle[-1]
+            if newest._poll is not None and not (newest._eof or newest._queue):
+                if target.ip_literal:
+                    current = True
+                else:
+                    answer = dns_answers.get(target.host)
+                    current = answer is not None and clock() < answer.expires_at and \
+                        newest.peer_ip in answer.address_set
+                if current:
+                    try:
+                        stale = newest._poll.poll(0)
+                    except (OSError, ValueError):
+                        stale = True
+                    if not stale:
+                        connections.idle.pop()
+                        newest.idle = False
+                        conn = newest
+        if conn is None:
+            conn = take_idle_fast(target) or await acquire(target)
 
         request_logger = logger
         if debug_answers.get(logging.DEBUG) is not False and debug_enabled(logging.DEBUG):
@@ -3440,7 +3497,26 @@ def Pool(
 
         kind, length, keeps_alive = framing
         keep = keeps_alive and not closes
-        if kind == NO_BODY or (kind == CONTENT_LENGTH and len(rest) >= length):
+        if kind == CONTENT_LENGTH and len(rest) == length:
+            # The usual case of the next branch, in fewer steps: the body, exactly, came whole
+            owner = conn.owner
+            if keep and plain_release and not (conn._lost or conn._queue or owner.closed or
+                                               owner.waiters):
+                # release(conn, True), inlined for its usual case (keep the two in step): no
+                # request waits for a connection, and no limit on idle ones applies
+                conn.idle = conn.reused = True
+                conn.received_any = False
+                now = conn.idle_since = clock()
+                expiry = now + conn._keep_alive_timeout
+                if conn._timer is None or conn._timer_when > expiry:
+                    conn._fire_by(expiry)
+                owner.idle.append(conn)
+            else:
+                release(conn, keep)
+            buffered_body = _object_new(_BufferedBody)
+            buffered_body._data = rest
+            response_body: ResponseBody = buffered_body
+        elif kind == NO_BODY or (kind == CONTENT_LENGTH and len(rest) >= length):
             # The whole body is already here: the connection goes back to the pool before the
             # caller even starts reading, and the body iterator holds only bytes.
             body_bytes = rest[:length] if kind == CONTENT_LENGTH else b''
@@ -3448,7 +3524,7 @@ def Pool(
             # _BufferedBody(body_bytes) without a call to its __init__ (a Python frame)
             buffered_body = _object_new(_BufferedBody)
             buffered_body._data = body_bytes
-            response_body: ResponseBody = buffered_body
+            response_body = buffered_body
         elif kind == CHUNKED and rest.endswith(b'\r\n\r\n') and \
                 (whole := _chunked_body_if_whole(rest, max_header_length)) is not None:
             # As above, for a chunked body that arrived whole with its head. (A whole one ends
