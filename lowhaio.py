@@ -2721,9 +2721,6 @@ def Pool(
         connect_timeout = socket_timeout
     first_head_wait = min(socket_timeout, response_head_timeout)
     keep_alive = keep_alive_timeout > 0
-    # Whether release() of a reusable connection with no request waiting only makes it idle
-    # (no limit on idle connections to apply): request() then does that itself
-    plain_release = keep_alive and max_idle_per_host is None and max_connections is None
     custom_send = not (sock_pre_message is None and sock_post_message is None and
                        send_header is None and send_body is None)
     pre_message = sock_pre_message or _no_op
@@ -2852,8 +2849,7 @@ def Pool(
         return -1
 
     def release(conn: _Connection, reusable: bool) -> None:
-        """Take back a connection whose response is finished. (request() inlines the usual
-        case, under plain_release: keep the two in step.)"""
+        """Take back a connection whose response is finished."""
         connections: _HostConnections = conn.owner
         if not reusable or not keep_alive or conn._lost or conn._queue or \
                 connections.closed:  # the last: the pool was closed meanwhile
@@ -3386,32 +3382,7 @@ def Pool(
         if bodiless and content_length:
             raise HttpInvalidRequestError(
                 'content-length is %d but there is no body' % (content_length,))
-        # take_idle_fast(target), inlined for its usual case (this runs for every request):
-        # the newest idle connection, to an IP literal or to a host whose DNS answer is still
-        # fresh, with the same checks and the same stale-connection poll. Anything else goes
-        # the long way, which checks again.
-        conn = None
-        connections = hosts.get(target.key)
-        if connections is not None and connections.idle and idle_by_age is None:
-            newest = connections.idle[-1]
-            if newest._poll is not None and not (newest._eof or newest._queue):
-                if target.ip_literal:
-                    current = True
-                else:
-                    answer = dns_answers.get(target.host)
-                    current = answer is not None and clock() < answer.expires_at and \
-                        newest.peer_ip in answer.address_set
-                if current:
-                    try:
-                        stale = newest._poll.poll(0)
-                    except (OSError, ValueError):
-                        stale = True
-                    if not stale:
-                        connections.idle.pop()
-                        newest.idle = False
-                        conn = newest
-        if conn is None:
-            conn = take_idle_fast(target) or await acquire(target)
+        conn = take_idle_fast(target) or await acquire(target)
 
         request_logger = logger
         if debug_answers.get(logging.DEBUG) is not False and debug_enabled(logging.DEBUG):
@@ -3499,20 +3470,7 @@ def Pool(
         keep = keeps_alive and not closes
         if kind == CONTENT_LENGTH and len(rest) == length:
             # The usual case of the next branch, in fewer steps: the body, exactly, came whole
-            owner = conn.owner
-            if keep and plain_release and not (conn._lost or conn._queue or owner.closed or
-                                               owner.waiters):
-                # release(conn, True), inlined for its usual case (keep the two in step): no
-                # request waits for a connection, and no limit on idle ones applies
-                conn.idle = conn.reused = True
-                conn.received_any = False
-                now = conn.idle_since = clock()
-                expiry = now + conn._keep_alive_timeout
-                if conn._timer is None or conn._timer_when > expiry:
-                    conn._fire_by(expiry)
-                owner.idle.append(conn)
-            else:
-                release(conn, keep)
+            release(conn, keep)
             buffered_body = _object_new(_BufferedBody)
             buffered_body._data = rest
             response_body: ResponseBody = buffered_body
