@@ -3189,6 +3189,13 @@ def Pool(
     last_parsed: Tuple[bytes, Headers, Framing] = (
         b'', (), _tuple_new(Framing, (NO_BODY, 0, False)))
     last_lines: Optional[List[bytes]] = None
+    # The lines that changed from one head to the next, the last time a head was parsed like
+    # the one before it (see parse_like_last): where they start and end in that head, the bytes
+    # before and after them, those lines, the index of the field of the first, and that head's
+    # parse. A server that sends a request id changes the same line each time: the next head
+    # is then checked against this by two comparisons, with no search, split nor hash of it.
+    changing: Optional[Tuple[bytes, bytes, int, int, List[bytes], int,
+                             Tuple[bytes, Headers, Framing]]] = None
 
     def parse_final_head(method: bytes, head: ResponseHead, head_bytes: bytes) \
             -> Tuple[bytes, Headers, Framing]:
@@ -3228,21 +3235,81 @@ def Pool(
             return last_parsed
         if changed[0] == 0:  # the status line
             return None
-        code, previous_headers, framing = last_parsed
+        parsed = with_lines_replaced(last_parsed, lines, changed, -1)
+        if parsed is None:
+            return None
+        remember_changing(head_bytes, 0, lines, changed, -1, parsed)
+        last_head, last_parsed, last_lines = head_bytes, parsed, lines
+        return parsed
+
+    def parse_like_changing(data: bytes) -> Optional[Tuple[Tuple[bytes, Headers, Framing],
+                                                           bytes]]:
+        """As parse_like_last, of the head at the start of `data` (and the bytes after it),
+        when it is the head of `changing` but for the lines that changed last time: every
+        byte before and after those is compared, and those lines are split and checked as
+        parse_like_last does. None: not so, or in doubt."""
+        nonlocal last_head, last_parsed, last_lines, changing
+        assert changing is not None
+        before, after, start, end, previous_lines, first, previous = changing
+        # The bytes up to the changing lines, then from their end to the end of the head: the
+        # head then has the same length, ends at the same blank line (no changed line holds a
+        # CR or LF: see _parse_field_line), and has the same lines elsewhere.
+        if not data.startswith(before) or not data.startswith(after, end):
+            return None
+        lines = data[start:end].split(b'\r\n')
+        if len(lines) != len(previous_lines):
+            return None
+        changed = list(compress(count(), map(bytes.__ne__, lines, previous_lines)))
+        head_length = end + len(after)
+        head_bytes = data[:head_length]
+        if not changed:  # the head of `changing` again
+            parsed: Optional[Tuple[bytes, Headers, Framing]] = previous
+        else:
+            parsed = with_lines_replaced(previous, lines, changed, first)
+            if parsed is None:
+                return None
+            if len(changed) == len(lines):  # the same lines changed: `changing` stays as it is
+                changing = (before, after, start, end, lines, first, parsed)
+            else:
+                remember_changing(head_bytes, start, lines, changed, first, parsed)
+        assert parsed is not None
+        last_head, last_parsed, last_lines = head_bytes, parsed, None
+        return parsed, data[head_length:]
+
+    def with_lines_replaced(parsed: Tuple[bytes, Headers, Framing], lines: List[bytes],
+                            changed: List[int], first: int) \
+            -> Optional[Tuple[bytes, Headers, Framing]]:
+        # `parsed` with the fields of lines[index] for each changed index (the field of
+        # lines[0] being parsed's field `first`), each line checked as the parser checks one;
+        # None if one is not a valid field line, or frames the response, or replaces one that
+        # did (those are parsed in full, which gives their errors and framing).
+        code, previous_headers, framing = parsed
         fields = list(previous_headers)
         for index in changed:
             try:
                 field = _parse_field_line(lines[index])
             except _NotOneByOne:
                 return None
-            if field[0] in _FRAMING_FIELDS or fields[index - 1][0] in _FRAMING_FIELDS:
+            if field[0] in _FRAMING_FIELDS or fields[first + index][0] in _FRAMING_FIELDS:
                 return None
-            fields[index - 1] = field
+            fields[first + index] = field
         headers = ResponseHeaders(fields)
         headers.reason = previous_headers.reason  # type: ignore[attr-defined]
         headers.http_version = previous_headers.http_version  # type: ignore[attr-defined]
-        last_head, last_parsed, last_lines = head_bytes, (code, headers, framing), lines
-        return last_parsed
+        return code, headers, framing
+
+    def remember_changing(head_bytes: bytes, start: int, lines: List[bytes],
+                          changed: List[int], first: int,
+                          parsed: Tuple[bytes, Headers, Framing]) -> None:
+        # `changing` for head_bytes, whose lines from offset `start` on are `lines`, of which
+        # those at the indexes `changed` (in order) changed: from the first to the last.
+        nonlocal changing
+        first_changed, last_changed = changed[0], changed[-1]
+        changed_start = start + sum(map(len, lines[:first_changed])) + 2 * first_changed
+        changed_lines = lines[first_changed:last_changed + 1]
+        changed_end = changed_start + sum(map(len, changed_lines)) + 2 * len(changed_lines) - 2
+        changing = (head_bytes[:changed_start], head_bytes[changed_end:], changed_start,
+                    changed_end, changed_lines, first + first_changed, parsed)
 
     async def receive_head(conn: _Connection, method: bytes, data: bytes,
                            head_deadline: float, end: int = -1) \
@@ -3403,6 +3470,10 @@ def Pool(
                 # The head just before, again (a head ends at its first blank line, and
                 # last_head is one whole head): a comparison instead of a search and a hash
                 parsed, rest = last_parsed, data[len(last_head):]
+            elif changing is not None and method != b'HEAD' and method != b'CONNECT' and \
+                    (like_changing := parse_like_changing(data)) is not None:
+                # The head just before but for a request id, again: two comparisons
+                parsed, rest = like_changing
             else:
                 end = data.find(b'\r\n\r\n', 0, max_header_length)
                 memoised = None

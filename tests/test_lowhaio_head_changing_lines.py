@@ -1,0 +1,113 @@
+"""The lines that changed from one head to the next, changing again, must parse as any head.
+
+Once a head has been parsed like the one before it (see test_lowhaio_head_like_last.py), a Pool
+remembers which lines changed (a request id; the date and the lines up to the request id), and
+takes the next head whose bytes before and after those lines are the same as that head with the
+changed lines' fields replaced, each changed line checked by the parser's own check of a line.
+Whatever the next head is, the headers, framing, body and errors must be exactly those of a full
+parse of the head on its own.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Dict, List, Optional
+
+import pytest
+
+from lowhaio import Pool, buffered
+from support import Connection, scripted_server
+from test_lowhaio_head_like_last import (
+    CHANGES,
+    ID_LINE,
+    PREVIOUS_HEADS,
+    body_for,
+    check_responses,
+    date_and,
+    full_parse,
+    id_line_as,
+)
+
+# How the second head differs from the first: which lines the Pool then remembers as changing
+FIRST_CHANGES: Dict[str, Callable[[bytes], Optional[bytes]]] = {
+    'request id': id_line_as(b'x-request-id: 00000000000000000000000000000001'),
+    # The date and the request id, and every line between them
+    'date and request id': date_and(b'x-request-id: 00000000000000000000000000000001'),
+    # A line before the request id's, which the next head keeps
+    'date only': date_and(ID_LINE),
+}
+
+# The first head, the second, then the third (the first head changed as in CHANGES, so it
+# differs from the second in the lines remembered, or around them, or both)
+TRIPLES = [
+    (previous, first_change, change)
+    for previous in PREVIOUS_HEADS
+    for first_change in FIRST_CHANGES
+    if FIRST_CHANGES[first_change](PREVIOUS_HEADS[previous]) is not None
+    for change in CHANGES
+    if CHANGES[change](PREVIOUS_HEADS[previous]) not in (None, PREVIOUS_HEADS[previous])
+]
+
+
+def heads_of(previous: str, first_change: str, change: str) -> List[bytes]:
+    first = PREVIOUS_HEADS[previous]
+    second = FIRST_CHANGES[first_change](first)
+    third = CHANGES[change](first)
+    assert second is not None and third is not None
+    return [first, second, third]
+
+
+@pytest.mark.parametrize('previous, first_change, change', TRIPLES,
+                         ids=[' / '.join(triple) for triple in TRIPLES])
+async def test_a_head_changing_where_the_last_one_changed_gives_what_a_full_parse_gives(
+        previous: str, first_change: str, change: str) -> None:
+    first, second, third = heads_of(previous, first_change, change)
+    # The second head again after the third: the third's changes undone, which the Pool checks
+    # against what it remembered of the third head (or, if that was parsed in full, the second)
+    await check_responses([first, second, third, second, third, third, first])
+
+
+def with_request_id(head: bytes, number: int) -> bytes:
+    return re.sub(rb'x-request-id: [0-9a-f]{32}', b'x-request-id: %032x' % (number,), head)
+
+
+@pytest.mark.parametrize('first_change', FIRST_CHANGES)
+async def test_a_run_of_unique_heads_gives_what_full_parses_give(first_change: str) -> None:
+    first = PREVIOUS_HEADS['nginx-like']
+    second = FIRST_CHANGES[first_change](first)
+    assert second is not None
+    # A new request id each time, and now and then the first head's date back
+    heads = [first, second] + [with_request_id(first if number % 3 == 0 else second, number)
+                               for number in range(2, 11)]
+    assert len(set(heads)) == len(heads)
+    await check_responses(heads)
+
+
+@pytest.mark.parametrize('first_change', FIRST_CHANGES)
+@pytest.mark.parametrize('chunk_size', [1, 7, 64])
+async def test_a_head_changing_where_the_last_one_changed_may_arrive_in_pieces(
+        first_change: str, chunk_size: int) -> None:
+    # A piece ends before the lines after the changing ones: it must be read on, not taken
+    first = PREVIOUS_HEADS['nginx-like']
+    second = FIRST_CHANGES[first_change](first) or b''
+    third = first.replace(ID_LINE, b'x-request-id: fedcba9876543210fedcba9876543210')
+    heads = [first, second, third]
+    expected = [full_parse(head)[0] for head in heads]
+
+    async def answer(conn: Connection) -> None:
+        for head, parsed in zip(heads, expected):
+            assert parsed is not None and await conn.read_request()
+            await conn.write_slowly(head + body_for(parsed[4])[0], chunk_size, delay=0)
+
+    async with scripted_server(answer) as server:
+        request, close = Pool(socket_timeout=2)
+        try:
+            for parsed in expected:
+                assert parsed is not None
+                code, headers, body = await request(b'GET', server.url())
+                assert (code, tuple(headers), headers.reason, headers.http_version) == \
+                    parsed[:4]
+                assert await buffered(body) == body_for(parsed[4])[1]
+        finally:
+            await close()
+        assert not server.errors
