@@ -267,8 +267,37 @@ class ResponseHeaders(tuple):  # type: ignore[type-arg]
     reason: bytes = b''
     http_version: bytes = b'HTTP/1.1'
 
+    def __reduce__(self) -> Tuple[Any, ...]:
+        # Those a Pool returns are of classes made for their status line (see
+        # _headers_with_status), which pickle and copy cannot find by name: they are rebuilt
+        # from what the status line said, and any attribute set on them.
+        return (_headers_with_status, (tuple(self), self.reason, self.http_version),
+                self.__dict__ or None)
+
 
 _HTTP_VERSIONS = (b'HTTP/1.0', b'HTTP/1.1')
+# Subclasses of ResponseHeaders by (reason, http_version), which they hold as class attributes:
+# headers of one so need no attribute dict of their own, which would cost about as much to make
+# as the tuple. Bounded (a server chooses its reason phrases); beyond it, each has its dict.
+_headers_classes: Dict[Tuple[bytes, bytes], type[ResponseHeaders]] = {}
+_MAX_HEADERS_CLASSES = 32
+
+
+def _headers_with_status(fields: Sequence[Tuple[bytes, bytes]], reason: bytes,
+                         http_version: bytes) -> ResponseHeaders:
+    # ResponseHeaders(fields) with that reason and http_version
+    headers_class = _headers_classes.get((reason, http_version))
+    if headers_class is None:
+        if len(_headers_classes) >= _MAX_HEADERS_CLASSES:
+            headers = ResponseHeaders(fields)
+            headers.reason = reason
+            headers.http_version = http_version
+            return headers
+        headers_class = _headers_classes[reason, http_version] = cast(
+            'type[ResponseHeaders]', type(ResponseHeaders.__name__, (ResponseHeaders,), {
+                '__module__': __name__, '__doc__': ResponseHeaders.__doc__,
+                'reason': reason, 'http_version': http_version}))
+    return headers_class(fields)
 
 
 def parse_response_head(data: bytes, max_header_length: int = 16384,
@@ -3201,9 +3230,7 @@ def Pool(
             -> Tuple[bytes, Headers, Framing]:
         nonlocal last_head, last_parsed, last_lines
         http_minor, code, reason, fields, _ = head  # unpacked at once: a tuple
-        headers = ResponseHeaders(fields)
-        headers.reason = reason
-        headers.http_version = _HTTP_VERSIONS[http_minor]
+        headers = _headers_with_status(fields, reason, _HTTP_VERSIONS[http_minor])
         parsed = (code, headers, response_framing(method, head))
         if method != b'HEAD' and method != b'CONNECT':
             last_head, last_parsed, last_lines = head_bytes, parsed, None
@@ -3293,9 +3320,11 @@ def Pool(
             if field[0] in _FRAMING_FIELDS or fields[first + index][0] in _FRAMING_FIELDS:
                 return None
             fields[first + index] = field
-        headers = ResponseHeaders(fields)
-        headers.reason = previous_headers.reason  # type: ignore[attr-defined]
-        headers.http_version = previous_headers.http_version  # type: ignore[attr-defined]
+        # Of the same status line: of its class (see _headers_with_status)
+        headers = type(previous_headers)(fields)
+        if type(headers) is ResponseHeaders:  # beyond those classes: the status in its dict
+            headers.reason = previous_headers.reason  # type: ignore[attr-defined]
+            headers.http_version = previous_headers.http_version  # type: ignore[attr-defined]
         return code, headers, framing
 
     def remember_changing(head_bytes: bytes, start: int, lines: List[bytes],
