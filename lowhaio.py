@@ -3218,13 +3218,15 @@ def Pool(
     last_parsed: Tuple[bytes, Headers, Framing] = (
         b'', (), _tuple_new(Framing, (NO_BODY, 0, False)))
     last_lines: Optional[List[bytes]] = None
-    # The lines that changed from one head to the next, the last time a head was parsed like
-    # the one before it (see parse_like_last): where they start and end in that head, the bytes
-    # before and after them, those lines, the index of the field of the first, and that head's
-    # parse. A server that sends a request id changes the same line each time: the next head
-    # is then checked against this by two comparisons, with no search, split nor hash of it.
-    changing: Optional[Tuple[bytes, bytes, int, int, List[bytes], int,
-                             Tuple[bytes, Headers, Framing]]] = None
+    # What changed from one head to the next, the last time a head was parsed like the one
+    # before it (see parse_like_last): where it starts and ends in that head, the bytes before
+    # and after it, its lines, the index of the field of the first, that head's parse, and the
+    # name of that field. A server that sends a request id changes the same line each time: the
+    # next head is then checked against this by two comparisons, with no search, split nor hash
+    # of it. When one line changed, what is remembered is its value alone (lines None), after a
+    # name and colon that the next head must then repeat.
+    changing: Optional[Tuple[bytes, bytes, int, int, Optional[List[bytes]], int,
+                             Tuple[bytes, Headers, Framing], bytes]] = None
 
     def parse_final_head(method: bytes, head: ResponseHead, head_bytes: bytes) \
             -> Tuple[bytes, Headers, Framing]:
@@ -3272,17 +3274,29 @@ def Pool(
     def parse_like_changing(data: bytes) -> Optional[Tuple[Tuple[bytes, Headers, Framing],
                                                            bytes]]:
         """As parse_like_last, of the head at the start of `data` (and the bytes after it),
-        when it is the head of `changing` but for the lines that changed last time: every
-        byte before and after those is compared, and those lines are split and checked as
-        parse_like_last does. None: not so, or in doubt."""
+        when it is the head of `changing` but for what changed last time: every byte before
+        and after that is compared, and what is between is checked as parse_like_last checks a
+        changed line. None: not so, or in doubt."""
         nonlocal last_head, last_parsed, last_lines, changing
         assert changing is not None
-        before, after, start, end, previous_lines, first, previous = changing
-        # The bytes up to the changing lines, then from their end to the end of the head: the
-        # head then has the same length, ends at the same blank line (no changed line holds a
-        # CR or LF: see _parse_field_line), and has the same lines elsewhere.
+        before, after, start, end, previous_lines, first, previous, name = changing
+        # The bytes up to what changed, then from its end to the end of the head: the head then
+        # has the same length, ends at the same blank line (nothing changed holds a CR or LF:
+        # see _parse_field_line), and has the same lines elsewhere.
         if not data.startswith(before) or not data.startswith(after, end):
             return None
+        if previous_lines is None:
+            # The value of one field, after the same name and colon, checked as
+            # _parse_field_line checks a value. Neither the field nor the one it replaces
+            # frames the response: the name is the same, and was not one of those.
+            value = data[start:end]
+            if value.translate(_VALUE_TABLE) != value:
+                return None
+            code, previous_headers, framing = previous
+            fields = list(previous_headers)
+            fields[first] = (name, value.strip(b' \t'))
+            # Of the same status line: of its class (see _headers_with_status)
+            return (code, type(previous_headers)(fields), framing), data[end + len(after):]
         lines = data[start:end].split(b'\r\n')
         if len(lines) != len(previous_lines):
             return None
@@ -3296,7 +3310,7 @@ def Pool(
             if parsed is None:
                 return None
             if len(changed) == len(lines):  # the same lines changed: `changing` stays as it is
-                changing = (before, after, start, end, lines, first, parsed)
+                changing = (before, after, start, end, lines, first, parsed, b'')
             else:
                 remember_changing(head_bytes, start, lines, changed, first, parsed)
         assert parsed is not None
@@ -3331,14 +3345,26 @@ def Pool(
                           changed: List[int], first: int,
                           parsed: Tuple[bytes, Headers, Framing]) -> None:
         # `changing` for head_bytes, whose lines from offset `start` on are `lines`, of which
-        # those at the indexes `changed` (in order) changed: from the first to the last.
+        # those at the indexes `changed` (in order) changed: from the first to the last; or,
+        # when one changed, its value.
         nonlocal changing
         first_changed, last_changed = changed[0], changed[-1]
         changed_start = start + sum(map(len, lines[:first_changed])) + 2 * first_changed
+        headers = parsed[1]
+        if first_changed == last_changed and type(headers) is not ResponseHeaders:
+            # (A ResponseHeaders itself holds its status line in its dict: see
+            # with_lines_replaced, which copies it.)
+            line = lines[first_changed]
+            value_start = changed_start + len(line.partition(b':')[0]) + 1
+            changed_end = changed_start + len(line)
+            changing = (head_bytes[:value_start], head_bytes[changed_end:], value_start,
+                        changed_end, None, first + first_changed, parsed,
+                        headers[first + first_changed][0])
+            return
         changed_lines = lines[first_changed:last_changed + 1]
         changed_end = changed_start + sum(map(len, changed_lines)) + 2 * len(changed_lines) - 2
         changing = (head_bytes[:changed_start], head_bytes[changed_end:], changed_start,
-                    changed_end, changed_lines, first + first_changed, parsed)
+                    changed_end, changed_lines, first + first_changed, parsed, b'')
 
     async def receive_head(conn: _Connection, method: bytes, data: bytes,
                            head_deadline: float, end: int = -1) \
