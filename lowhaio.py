@@ -3297,8 +3297,12 @@ def Pool(
             value = data[start:end]
             if value.translate(_VALUE_TABLE) != value:
                 return None
-            return (code, headers_class(fields_before + ((name, value.strip(b' \t')),) +
-                                        fields_after), framing), data[head_length:]
+            # The last head too: a server that repeats it (but for the date, once a second)
+            # then finds it so, with one comparison and no new headers
+            last_head, last_parsed, last_lines = data[:head_length], (
+                code, headers_class(fields_before + ((name, value.strip(b' \t')),) +
+                                    fields_after), framing), None
+            return last_parsed, data[head_length:]
         assert changing_lines is not None
         before, after, start, end, previous_lines, first, previous = changing_lines
         head_length = end + len(after)

@@ -19,6 +19,7 @@ from lowhaio import Pool, buffered
 from support import Connection, scripted_server
 from test_lowhaio_head_like_last import (
     CHANGES,
+    DATE_LINE,
     ID_LINE,
     PREVIOUS_HEADS,
     body_for,
@@ -111,3 +112,41 @@ async def test_a_head_changing_where_the_last_one_changed_may_arrive_in_pieces(
         finally:
             await close()
         assert not server.errors
+
+
+@pytest.mark.parametrize('changing', ['date', 'request id'])
+async def test_a_head_repeated_after_a_changed_one_is_taken_as_the_last_head(
+        changing: str) -> None:
+    # The shortcut for a repeated head (the same headers, found by one comparison) must outlive
+    # heads taken as like the one before: a server whose date changes once a second repeats
+    # its head thousands of times in between.
+    first = PREVIOUS_HEADS['nginx-like']
+    if changing == 'date':
+        changed = [first.replace(DATE_LINE, DATE_LINE[:-6] + b'%02d GMT' % (second,))
+                   for second in range(1, 5)]
+    else:
+        changed = [with_request_id(first, number) for number in range(1, 5)]
+    heads = [first] + [head for head in changed for _ in range(3)]
+    expected = [full_parse(head)[0] for head in heads]
+
+    async def answer(conn: Connection) -> None:
+        for head, parsed in zip(heads, expected):
+            assert parsed is not None and await conn.read_request()
+            conn.write(head + body_for(parsed[4])[0])
+
+    got = []
+    async with scripted_server(answer) as server:
+        request, close = Pool(socket_timeout=2)
+        try:
+            for parsed in expected:
+                assert parsed is not None
+                code, headers, body = await request(b'GET', server.url())
+                assert (code, tuple(headers), headers.reason, headers.http_version) == \
+                    parsed[:4]
+                assert await buffered(body) == body_for(parsed[4])[1]
+                got.append(headers)
+        finally:
+            await close()
+        assert not server.errors
+    for index in range(1, len(heads)):
+        assert (got[index] is got[index - 1]) == (heads[index] == heads[index - 1]), index
