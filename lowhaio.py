@@ -3231,6 +3231,10 @@ def Pool(
     # lines, the index of the field of the first, and that head's parse
     changing_lines: Optional[Tuple[bytes, bytes, int, int, List[bytes], int,
                                    Tuple[bytes, Headers, Framing]]] = None
+    # Whether the last head was taken as like the one before it, so that the next is tried so
+    # first: not after a head found in parsed_heads (a server that alternates between a few
+    # heads, each memoised there, is not made to try first what does not apply to it).
+    try_changing = False
 
     def parse_final_head(method: bytes, head: ResponseHead, head_bytes: bytes) \
             -> Tuple[bytes, Headers, Framing]:
@@ -3273,6 +3277,13 @@ def Pool(
             return None
         remember_changing(head_bytes, 0, lines, changed, -1, parsed)
         last_head, last_parsed, last_lines = head_bytes, parsed, lines
+        # Memoised as parse_final_head memoises: a server alternating between a few heads sends
+        # each like the one before it. (The head of a request id is seldom sent again, but
+        # this is not the usual path for those: see parse_like_changing.)
+        if len(head_bytes) <= 4096:
+            if len(parsed_heads) >= 256:
+                parsed_heads.clear()
+            parsed_heads[head_bytes] = parsed
         return parsed
 
     def parse_like_changing(data: bytes) -> Optional[Tuple[Tuple[bytes, Headers, Framing],
@@ -3357,7 +3368,8 @@ def Pool(
         # changing_value or changing_lines for head_bytes, whose lines from offset `start` on
         # are `lines`, of which those at the indexes `changed` (in order) changed: the value of
         # the one, or the lines from the first to the last.
-        nonlocal changing_value, changing_lines
+        nonlocal changing_value, changing_lines, try_changing
+        try_changing = True
         first_changed, last_changed = changed[0], changed[-1]
         changed_start = start + sum(map(len, lines[:first_changed])) + 2 * first_changed
         code, headers, framing = parsed
@@ -3477,7 +3489,7 @@ def Pool(
                       get_resolver_logger_adapter: Callable[..., Any] =
                       get_resolver_logger_adapter,
                       ) -> Response:
-        nonlocal last_head, last_parsed, last_lines
+        nonlocal last_head, last_parsed, last_lines, try_changing
         if params:
             target, encoded, head, content_length, closes = prepare(method, url, params, headers)
         else:
@@ -3539,12 +3551,12 @@ def Pool(
                 # The head just before, again (a head ends at its first blank line, and
                 # last_head is one whole head): a comparison instead of a search and a hash
                 parsed, rest = last_parsed, data[len(last_head):]
-            elif (changing_value or changing_lines) and method != b'HEAD' and \
-                    method != b'CONNECT' and \
+            elif try_changing and method != b'HEAD' and method != b'CONNECT' and \
                     (like_changing := parse_like_changing(data)) is not None:
                 # The head just before but for a request id, again: two comparisons
                 parsed, rest = like_changing
             else:
+                try_changing = False
                 end = data.find(b'\r\n\r\n', 0, max_header_length)
                 memoised = None
                 if end != -1 and method != b'HEAD' and method != b'CONNECT':

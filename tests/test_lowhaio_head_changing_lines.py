@@ -150,3 +150,52 @@ async def test_a_head_repeated_after_a_changed_one_is_taken_as_the_last_head(
         assert not server.errors
     for index in range(1, len(heads)):
         assert (got[index] is got[index - 1]) == (heads[index] == heads[index - 1]), index
+
+
+# Two heads a server alternates between (two resources, each with its own head)
+ALTERNATING = {
+    'values of other lengths': (b'Content-Type: text/html', b'Content-Type: application/json'),
+    'values of the same length': (b'Content-Type: text/html', b'Content-Type: text/xml;'),
+    'lines of other names': (b'Content-Type: text/html', b'Vary: accept'),
+}
+
+
+@pytest.mark.parametrize('kind', ALTERNATING)
+async def test_heads_a_server_alternates_between_give_what_full_parses_give(kind: str) -> None:
+    first = PREVIOUS_HEADS['nginx-like']
+    one, other = (first.replace(b'Content-Type: text/html', line) for line in ALTERNATING[kind])
+    next_second = first.replace(DATE_LINE, DATE_LINE[:-6] + b'01 GMT')
+    one_later, other_later = (next_second.replace(b'Content-Type: text/html', line)
+                              for line in ALTERNATING[kind])
+    await check_responses([one, other] * 4 + [one_later, other_later] * 2 +
+                          [with_request_id(one_later, number) for number in range(3)] +
+                          [other_later, one_later])
+
+
+async def test_heads_a_server_alternates_between_are_each_found_again() -> None:
+    # Each is parsed once or twice, then found in the Pool's memo of heads: the same headers
+    first = PREVIOUS_HEADS['nginx-like']
+    one, other = (first.replace(b'Content-Type: text/html', line)
+                  for line in ALTERNATING['values of other lengths'])
+    heads = [one, other] * 5
+    expected = [full_parse(head)[0] for head in heads]
+
+    async def answer(conn: Connection) -> None:
+        for head, parsed in zip(heads, expected):
+            assert parsed is not None and await conn.read_request()
+            conn.write(head + body_for(parsed[4])[0])
+
+    got = []
+    async with scripted_server(answer) as server:
+        request, close = Pool(socket_timeout=2)
+        try:
+            for parsed in expected:
+                assert parsed is not None
+                code, headers, body = await request(b'GET', server.url())
+                assert (code, tuple(headers)) == parsed[:2]
+                assert await buffered(body) == body_for(parsed[4])[1]
+                got.append(headers)
+        finally:
+            await close()
+        assert not server.errors
+    assert all(got[index] is got[index - 2] for index in range(4, len(heads)))
