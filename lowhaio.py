@@ -267,8 +267,37 @@ class ResponseHeaders(tuple):  # type: ignore[type-arg]
     reason: bytes = b''
     http_version: bytes = b'HTTP/1.1'
 
+    def __reduce__(self) -> Tuple[Any, ...]:
+        # Those a Pool returns are of classes made for their status line (see
+        # _headers_with_status), which pickle and copy cannot find by name: they are rebuilt
+        # from what the status line said, and any attribute set on them.
+        return (_headers_with_status, (tuple(self), self.reason, self.http_version),
+                self.__dict__ or None)
+
 
 _HTTP_VERSIONS = (b'HTTP/1.0', b'HTTP/1.1')
+# Subclasses of ResponseHeaders by (reason, http_version), which they hold as class attributes:
+# headers of one so need no attribute dict of their own, which would cost about as much to make
+# as the tuple. Bounded (a server chooses its reason phrases); beyond it, each has its dict.
+_headers_classes: Dict[Tuple[bytes, bytes], type[ResponseHeaders]] = {}
+_MAX_HEADERS_CLASSES = 32
+
+
+def _headers_with_status(fields: Sequence[Tuple[bytes, bytes]], reason: bytes,
+                         http_version: bytes) -> ResponseHeaders:
+    # ResponseHeaders(fields) with that reason and http_version
+    headers_class = _headers_classes.get((reason, http_version))
+    if headers_class is None:
+        if len(_headers_classes) >= _MAX_HEADERS_CLASSES:
+            headers = ResponseHeaders(fields)
+            headers.reason = reason
+            headers.http_version = http_version
+            return headers
+        headers_class = _headers_classes[reason, http_version] = cast(
+            'type[ResponseHeaders]', type(ResponseHeaders.__name__, (ResponseHeaders,), {
+                '__module__': __name__, '__doc__': ResponseHeaders.__doc__,
+                'reason': reason, 'http_version': http_version}))
+    return headers_class(fields)
 
 
 def parse_response_head(data: bytes, max_header_length: int = 16384,
@@ -3217,14 +3246,29 @@ def Pool(
     last_parsed: Tuple[bytes, Headers, Framing] = (
         b'', (), _tuple_new(Framing, (NO_BODY, 0, False)))
     last_lines: Optional[List[bytes]] = None
+    # What changed from one head to the next, the last time a head was parsed like the one
+    # before it (see parse_like_last). A server that sends a request id changes the same line
+    # each time: the next head is then checked against this by two comparisons, with no
+    # search, split nor hash of it. One line changed: its value alone, after a name and colon
+    # the next head must repeat; remembered are the bytes before and after it, where it starts
+    # and ends, where the head ends, the field's name, the fields before and after it, the
+    # headers' class, the code and the framing.
+    changing_value: Optional[Tuple[bytes, bytes, int, int, int, bytes, Headers, Headers,
+                                   type[ResponseHeaders], bytes, Framing]] = None
+    # More lines changed: the bytes before and after them, where they start and end, those
+    # lines, the index of the field of the first, and that head's parse
+    changing_lines: Optional[Tuple[bytes, bytes, int, int, List[bytes], int,
+                                   Tuple[bytes, Headers, Framing]]] = None
+    # Whether the last head was taken as like the one before it, so that the next is tried so
+    # first: not after a head found in parsed_heads (a server that alternates between a few
+    # heads, each memoised there, is not made to try first what does not apply to it).
+    try_changing = False
 
     def parse_final_head(method: bytes, head: ResponseHead, head_bytes: bytes) \
             -> Tuple[bytes, Headers, Framing]:
         nonlocal last_head, last_parsed, last_lines
         http_minor, code, reason, fields, _ = head  # unpacked at once: a tuple
-        headers = ResponseHeaders(fields)
-        headers.reason = reason
-        headers.http_version = _HTTP_VERSIONS[http_minor]
+        headers = _headers_with_status(fields, reason, _HTTP_VERSIONS[http_minor])
         parsed = (code, headers, response_framing(method, head))
         if method != b'HEAD' and method != b'CONNECT':
             last_head, last_parsed, last_lines = head_bytes, parsed, None
@@ -3256,21 +3300,125 @@ def Pool(
             return last_parsed
         if changed[0] == 0:  # the status line
             return None
-        code, previous_headers, framing = last_parsed
+        parsed = with_lines_replaced(last_parsed, lines, changed, -1)
+        if parsed is None:
+            return None
+        remember_changing(head_bytes, 0, lines, changed, -1, parsed)
+        last_head, last_parsed, last_lines = head_bytes, parsed, lines
+        # Memoised as parse_final_head memoises: a server alternating between a few heads sends
+        # each like the one before it. (The head of a request id is seldom sent again, but
+        # this is not the usual path for those: see parse_like_changing.)
+        if len(head_bytes) <= 4096:
+            if len(parsed_heads) >= 256:
+                parsed_heads.clear()
+            parsed_heads[head_bytes] = parsed
+        return parsed
+
+    def parse_like_changing(data: bytes) -> Optional[Tuple[Tuple[bytes, Headers, Framing],
+                                                           bytes]]:
+        """As parse_like_last, of the head at the start of `data` (and the bytes after it),
+        when it is the head remembered in changing_value or changing_lines but for what
+        changed last time: every byte before and after that is compared, and what is between is
+        checked as parse_like_last checks a changed line. None: not so, or in doubt."""
+        nonlocal last_head, last_parsed, last_lines, changing_lines
+        # The bytes up to what changed, then from its end to the end of the head: the head then
+        # has the same length, ends at the same blank line (nothing changed holds a CR or LF:
+        # see _parse_field_line), and has the same lines elsewhere. (Slices compared: cheaper
+        # than startswith, whose arguments are parsed by format.)
+        if changing_value is not None:
+            before, after, start, end, head_length, name, fields_before, fields_after, \
+                headers_class, code, framing = changing_value
+            if data[:start] != before or data[end:head_length] != after:
+                return None
+            # The value of one field, after the same name and colon, checked as
+            # _parse_field_line checks a value. Neither the field nor the one it replaces
+            # frames the response: the name is the same, and was not one of those.
+            value = data[start:end]
+            if value.translate(_VALUE_TABLE) != value:
+                return None
+            # The last head too: a server that repeats it (but for the date, once a second)
+            # then finds it so, with one comparison and no new headers
+            last_head, last_parsed, last_lines = data[:head_length], (
+                code, headers_class(fields_before + ((name, value.strip(b' \t')),) +
+                                    fields_after), framing), None
+            return last_parsed, data[head_length:]
+        assert changing_lines is not None
+        before, after, start, end, previous_lines, first, previous = changing_lines
+        head_length = end + len(after)
+        if data[:start] != before or data[end:head_length] != after:
+            return None
+        lines = data[start:end].split(b'\r\n')
+        if len(lines) != len(previous_lines):
+            return None
+        changed = list(compress(count(), map(bytes.__ne__, lines, previous_lines)))
+        head_bytes = data[:head_length]
+        if not changed:  # the head of changing_lines again
+            parsed: Optional[Tuple[bytes, Headers, Framing]] = previous
+        else:
+            parsed = with_lines_replaced(previous, lines, changed, first)
+            if parsed is None:
+                return None
+            if len(changed) == len(lines):  # the same lines changed: they stay remembered
+                changing_lines = (before, after, start, end, lines, first, parsed)
+            else:
+                remember_changing(head_bytes, start, lines, changed, first, parsed)
+        assert parsed is not None
+        last_head, last_parsed, last_lines = head_bytes, parsed, None
+        return parsed, data[head_length:]
+
+    def with_lines_replaced(parsed: Tuple[bytes, Headers, Framing], lines: List[bytes],
+                            changed: List[int], first: int) \
+            -> Optional[Tuple[bytes, Headers, Framing]]:
+        # `parsed` with the fields of lines[index] for each changed index (the field of
+        # lines[0] being parsed's field `first`), each line checked as the parser checks one;
+        # None if one is not a valid field line, or frames the response, or replaces one that
+        # did (those are parsed in full, which gives their errors and framing).
+        code, previous_headers, framing = parsed
         fields = list(previous_headers)
         for index in changed:
             try:
                 field = _parse_field_line(lines[index])
             except _NotOneByOne:
                 return None
-            if field[0] in _FRAMING_FIELDS or fields[index - 1][0] in _FRAMING_FIELDS:
+            if field[0] in _FRAMING_FIELDS or fields[first + index][0] in _FRAMING_FIELDS:
                 return None
-            fields[index - 1] = field
-        headers = ResponseHeaders(fields)
-        headers.reason = previous_headers.reason  # type: ignore[attr-defined]
-        headers.http_version = previous_headers.http_version  # type: ignore[attr-defined]
-        last_head, last_parsed, last_lines = head_bytes, (code, headers, framing), lines
-        return last_parsed
+            fields[first + index] = field
+        # Of the same status line: of its class (see _headers_with_status)
+        headers = type(previous_headers)(fields)
+        if type(headers) is ResponseHeaders:  # beyond those classes: the status in its dict
+            headers.reason = previous_headers.reason  # type: ignore[attr-defined]
+            headers.http_version = previous_headers.http_version  # type: ignore[attr-defined]
+        return code, headers, framing
+
+    def remember_changing(head_bytes: bytes, start: int, lines: List[bytes],
+                          changed: List[int], first: int,
+                          parsed: Tuple[bytes, Headers, Framing]) -> None:
+        # changing_value or changing_lines for head_bytes, whose lines from offset `start` on
+        # are `lines`, of which those at the indexes `changed` (in order) changed: the value of
+        # the one, or the lines from the first to the last.
+        nonlocal changing_value, changing_lines, try_changing
+        try_changing = True
+        first_changed, last_changed = changed[0], changed[-1]
+        changed_start = start + sum(map(len, lines[:first_changed])) + 2 * first_changed
+        code, headers, framing = parsed
+        if first_changed == last_changed and type(headers) is not ResponseHeaders:
+            # (A ResponseHeaders itself holds its status line in its dict: see
+            # with_lines_replaced, which copies it.)
+            line = lines[first_changed]
+            value_start = changed_start + len(line.partition(b':')[0]) + 1
+            changed_end = changed_start + len(line)
+            index = first + first_changed
+            changing_value = (head_bytes[:value_start], head_bytes[changed_end:], value_start,
+                              changed_end, len(head_bytes), headers[index][0],
+                              tuple(headers[:index]), tuple(headers[index + 1:]),
+                              cast('type[ResponseHeaders]', type(headers)), code, framing)
+            changing_lines = None
+            return
+        changed_lines = lines[first_changed:last_changed + 1]
+        changed_end = changed_start + sum(map(len, changed_lines)) + 2 * len(changed_lines) - 2
+        changing_value = None
+        changing_lines = (head_bytes[:changed_start], head_bytes[changed_end:], changed_start,
+                          changed_end, changed_lines, first + first_changed, parsed)
 
     async def receive_head(conn: _Connection, method: bytes, data: bytes,
                            head_deadline: float, end: int = -1) \
@@ -3369,7 +3517,7 @@ def Pool(
                       get_resolver_logger_adapter: Callable[..., Any] =
                       get_resolver_logger_adapter,
                       ) -> Response:
-        nonlocal last_head, last_parsed, last_lines
+        nonlocal last_head, last_parsed, last_lines, try_changing
         if params:
             target, encoded, head, content_length, closes = prepare(method, url, params, headers)
         else:
@@ -3431,7 +3579,12 @@ def Pool(
                 # The head just before, again (a head ends at its first blank line, and
                 # last_head is one whole head): a comparison instead of a search and a hash
                 parsed, rest = last_parsed, data[len(last_head):]
+            elif try_changing and method != b'HEAD' and method != b'CONNECT' and \
+                    (like_changing := parse_like_changing(data)) is not None:
+                # The head just before but for a request id, again: two comparisons
+                parsed, rest = like_changing
             else:
+                try_changing = False
                 end = data.find(b'\r\n\r\n', 0, max_header_length)
                 memoised = None
                 if end != -1 and method != b'HEAD' and method != b'CONNECT':

@@ -1,0 +1,201 @@
+"""The lines that changed from one head to the next, changing again, must parse as any head.
+
+Once a head has been parsed like the one before it (see test_lowhaio_head_like_last.py), a Pool
+remembers which lines changed (a request id; the date and the lines up to the request id), and
+takes the next head whose bytes before and after those lines are the same as that head with the
+changed lines' fields replaced, each changed line checked by the parser's own check of a line.
+Whatever the next head is, the headers, framing, body and errors must be exactly those of a full
+parse of the head on its own.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Dict, List, Optional
+
+import pytest
+
+from lowhaio import Pool, buffered
+from support import Connection, scripted_server
+from test_lowhaio_head_like_last import (
+    CHANGES,
+    DATE_LINE,
+    ID_LINE,
+    PREVIOUS_HEADS,
+    body_for,
+    check_responses,
+    date_and,
+    full_parse,
+    id_line_as,
+)
+
+# How the second head differs from the first: which lines the Pool then remembers as changing
+FIRST_CHANGES: Dict[str, Callable[[bytes], Optional[bytes]]] = {
+    'request id': id_line_as(b'x-request-id: 00000000000000000000000000000001'),
+    # The date and the request id, and every line between them
+    'date and request id': date_and(b'x-request-id: 00000000000000000000000000000001'),
+    # A line before the request id's, which the next head keeps
+    'date only': date_and(ID_LINE),
+}
+
+# The first head, the second, then the third (the first head changed as in CHANGES, so it
+# differs from the second in the lines remembered, or around them, or both)
+TRIPLES = [
+    (previous, first_change, change)
+    for previous in PREVIOUS_HEADS
+    for first_change in FIRST_CHANGES
+    if FIRST_CHANGES[first_change](PREVIOUS_HEADS[previous]) is not None
+    for change in CHANGES
+    if CHANGES[change](PREVIOUS_HEADS[previous]) not in (None, PREVIOUS_HEADS[previous])
+]
+
+
+def heads_of(previous: str, first_change: str, change: str) -> List[bytes]:
+    first = PREVIOUS_HEADS[previous]
+    second = FIRST_CHANGES[first_change](first)
+    third = CHANGES[change](first)
+    assert second is not None and third is not None
+    return [first, second, third]
+
+
+@pytest.mark.parametrize('previous, first_change, change', TRIPLES,
+                         ids=[' / '.join(triple) for triple in TRIPLES])
+async def test_a_head_changing_where_the_last_one_changed_gives_what_a_full_parse_gives(
+        previous: str, first_change: str, change: str) -> None:
+    first, second, third = heads_of(previous, first_change, change)
+    # The second head again after the third: the third's changes undone, which the Pool checks
+    # against what it remembered of the third head (or, if that was parsed in full, the second)
+    await check_responses([first, second, third, second, third, third, first])
+
+
+def with_request_id(head: bytes, number: int) -> bytes:
+    return re.sub(rb'x-request-id: [0-9a-f]{32}', b'x-request-id: %032x' % (number,), head)
+
+
+@pytest.mark.parametrize('first_change', FIRST_CHANGES)
+async def test_a_run_of_unique_heads_gives_what_full_parses_give(first_change: str) -> None:
+    first = PREVIOUS_HEADS['nginx-like']
+    second = FIRST_CHANGES[first_change](first)
+    assert second is not None
+    # A new request id each time, and now and then the first head's date back
+    heads = [first, second] + [with_request_id(first if number % 3 == 0 else second, number)
+                               for number in range(2, 11)]
+    assert len(set(heads)) == len(heads)
+    await check_responses(heads)
+
+
+@pytest.mark.parametrize('first_change', FIRST_CHANGES)
+@pytest.mark.parametrize('chunk_size', [1, 7, 64])
+async def test_a_head_changing_where_the_last_one_changed_may_arrive_in_pieces(
+        first_change: str, chunk_size: int) -> None:
+    # A piece ends before the lines after the changing ones: it must be read on, not taken
+    first = PREVIOUS_HEADS['nginx-like']
+    second = FIRST_CHANGES[first_change](first) or b''
+    third = first.replace(ID_LINE, b'x-request-id: fedcba9876543210fedcba9876543210')
+    heads = [first, second, third]
+    expected = [full_parse(head)[0] for head in heads]
+
+    async def answer(conn: Connection) -> None:
+        for head, parsed in zip(heads, expected):
+            assert parsed is not None and await conn.read_request()
+            await conn.write_slowly(head + body_for(parsed[4])[0], chunk_size, delay=0)
+
+    async with scripted_server(answer) as server:
+        request, close = Pool(socket_timeout=2)
+        try:
+            for parsed in expected:
+                assert parsed is not None
+                code, headers, body = await request(b'GET', server.url())
+                assert (code, tuple(headers), headers.reason, headers.http_version) == \
+                    parsed[:4]
+                assert await buffered(body) == body_for(parsed[4])[1]
+        finally:
+            await close()
+        assert not server.errors
+
+
+@pytest.mark.parametrize('changing', ['date', 'request id'])
+async def test_a_head_repeated_after_a_changed_one_is_taken_as_the_last_head(
+        changing: str) -> None:
+    # The shortcut for a repeated head (the same headers, found by one comparison) must outlive
+    # heads taken as like the one before: a server whose date changes once a second repeats
+    # its head thousands of times in between.
+    first = PREVIOUS_HEADS['nginx-like']
+    if changing == 'date':
+        changed = [first.replace(DATE_LINE, DATE_LINE[:-6] + b'%02d GMT' % (second,))
+                   for second in range(1, 5)]
+    else:
+        changed = [with_request_id(first, number) for number in range(1, 5)]
+    heads = [first] + [head for head in changed for _ in range(3)]
+    expected = [full_parse(head)[0] for head in heads]
+
+    async def answer(conn: Connection) -> None:
+        for head, parsed in zip(heads, expected):
+            assert parsed is not None and await conn.read_request()
+            conn.write(head + body_for(parsed[4])[0])
+
+    got = []
+    async with scripted_server(answer) as server:
+        request, close = Pool(socket_timeout=2)
+        try:
+            for parsed in expected:
+                assert parsed is not None
+                code, headers, body = await request(b'GET', server.url())
+                assert (code, tuple(headers), headers.reason, headers.http_version) == \
+                    parsed[:4]
+                assert await buffered(body) == body_for(parsed[4])[1]
+                got.append(headers)
+        finally:
+            await close()
+        assert not server.errors
+    for index in range(1, len(heads)):
+        assert (got[index] is got[index - 1]) == (heads[index] == heads[index - 1]), index
+
+
+# Two heads a server alternates between (two resources, each with its own head)
+ALTERNATING = {
+    'values of other lengths': (b'Content-Type: text/html', b'Content-Type: application/json'),
+    'values of the same length': (b'Content-Type: text/html', b'Content-Type: text/xml;'),
+    'lines of other names': (b'Content-Type: text/html', b'Vary: accept'),
+}
+
+
+@pytest.mark.parametrize('kind', ALTERNATING)
+async def test_heads_a_server_alternates_between_give_what_full_parses_give(kind: str) -> None:
+    first = PREVIOUS_HEADS['nginx-like']
+    one, other = (first.replace(b'Content-Type: text/html', line) for line in ALTERNATING[kind])
+    next_second = first.replace(DATE_LINE, DATE_LINE[:-6] + b'01 GMT')
+    one_later, other_later = (next_second.replace(b'Content-Type: text/html', line)
+                              for line in ALTERNATING[kind])
+    await check_responses([one, other] * 4 + [one_later, other_later] * 2 +
+                          [with_request_id(one_later, number) for number in range(3)] +
+                          [other_later, one_later])
+
+
+async def test_heads_a_server_alternates_between_are_each_found_again() -> None:
+    # Each is parsed once or twice, then found in the Pool's memo of heads: the same headers
+    first = PREVIOUS_HEADS['nginx-like']
+    one, other = (first.replace(b'Content-Type: text/html', line)
+                  for line in ALTERNATING['values of other lengths'])
+    heads = [one, other] * 5
+    expected = [full_parse(head)[0] for head in heads]
+
+    async def answer(conn: Connection) -> None:
+        for head, parsed in zip(heads, expected):
+            assert parsed is not None and await conn.read_request()
+            conn.write(head + body_for(parsed[4])[0])
+
+    got = []
+    async with scripted_server(answer) as server:
+        request, close = Pool(socket_timeout=2)
+        try:
+            for parsed in expected:
+                assert parsed is not None
+                code, headers, body = await request(b'GET', server.url())
+                assert (code, tuple(headers)) == parsed[:2]
+                assert await buffered(body) == body_for(parsed[4])[1]
+                got.append(headers)
+        finally:
+            await close()
+        assert not server.errors
+    assert all(got[index] is got[index - 2] for index in range(4, len(heads)))
