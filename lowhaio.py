@@ -1144,8 +1144,8 @@ _DRAIN_CHECKS_PER_TIMEOUT = 8
 _FLUSH_POLL_INTERVAL = 0.005
 # Request body chunks shorter than this are not left queued behind others (see send_request).
 _SMALL_CHUNK = 4096
-# Writes of at least this many bytes over plain TCP are corked together while the writer does
-# not give way to the loop: see _Connection.write.
+# Writes of at least this many bytes over TCP (TLS or not) are corked together while the writer
+# does not give way to the loop: see _Connection.write.
 _CORK_MIN = 16 * 1024
 _TCP_CORK: Optional[int] = getattr(socket, 'TCP_CORK', None)  # Linux only
 # Bytes a transport may hold before the writer waits: asyncio's TCP default, and for TLS too,
@@ -1210,7 +1210,7 @@ class _Connection(asyncio.Protocol):
         # part of a write the socket has not taken yet: the caller's own bytes, not a copy.
         self._sock: Any = None
         self._unsent: Optional[memoryview] = None
-        # The TCP socket to cork (plain TCP on Linux), whether a large write was made since
+        # The TCP socket to cork (on Linux; under TLS too), whether a large write was made since
         # this connection's writer last gave way to the loop, and the socket corked since
         # then, if any (see write)
         self._cork_sock: Any = None
@@ -1532,7 +1532,6 @@ class _Connection(asyncio.Protocol):
         self.lower_transports += (self.transport,)
         self.transport = tls_transport
         self._sock = None  # the TLS transport writes to the socket now
-        self._cork_sock = None
         # With asyncio's default 512 KiB, ciphertext piles up while the socket is full and
         # then leaves as one bytes object of up to 512 KiB: above glibc's mmap threshold, so
         # mapped and unmapped each time (page faults), and 1 MiB more peak memory.
