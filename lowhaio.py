@@ -1173,6 +1173,10 @@ _DRAIN_CHECKS_PER_TIMEOUT = 8
 _FLUSH_POLL_INTERVAL = 0.005
 # Request body chunks shorter than this are not left queued behind others (see send_request).
 _SMALL_CHUNK = 4096
+# Writes of at least this many bytes over TCP (TLS or not) are corked together while the writer
+# does not give way to the loop: see _Connection.write.
+_CORK_MIN = 16 * 1024
+_TCP_CORK: Optional[int] = getattr(socket, 'TCP_CORK', None)  # Linux only
 # Bytes a transport may hold before the writer waits: asyncio's TCP default, and for TLS too,
 # whose default is 512 KiB (see start_tls_on).
 _WRITE_HIGH_WATER = 64 * 1024
@@ -1193,7 +1197,7 @@ class _Connection(asyncio.Protocol):
         '_eof_received', '_lost', '_lost_exception', '_waiter', '_drain_waiter',
         '_write_paused', '_deadline', '_timer', '_timer_when', '_keep_alive_timeout',
         'received_any', '_drain_timeout', '_drain_size', 'lower_transports', '_flushing',
-        '_sock', '_unsent',
+        '_sock', '_unsent', '_cork_sock', '_burst', '_corked',
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, key: Tuple[str, str, int],
@@ -1235,6 +1239,12 @@ class _Connection(asyncio.Protocol):
         # part of a write the socket has not taken yet: the caller's own bytes, not a copy.
         self._sock: Any = None
         self._unsent: Optional[memoryview] = None
+        # The TCP socket to cork (on Linux; under TLS too), whether a large write was made since
+        # this connection's writer last gave way to the loop, and the socket corked since
+        # then, if any (see write)
+        self._cork_sock: Any = None
+        self._burst = False
+        self._corked: Any = None
 
     # asyncio.Protocol callbacks
 
@@ -1259,6 +1269,10 @@ class _Connection(asyncio.Protocol):
             # the caller's own bytes, for the selector to say there is room (as 0.0.89 did).
             # From 3.12 the transport keeps references to the bytes, and uvloop too.
             self._sock = getattr(transport, '_sock', None)
+        if _TCP_CORK is not None and sock is not None and \
+                sock.family in (socket.AF_INET, socket.AF_INET6):
+            # asyncio's own socket rather than its wrapper, which checks each call
+            self._cork_sock = getattr(transport, '_sock', sock)
         if self.fd != -1 and hasattr(select, 'poll'):
             # Registered once, so the check before each reuse is a single system call.
             self._poll = select.poll()
@@ -1422,6 +1436,8 @@ class _Connection(asyncio.Protocol):
         at once, and then no coroutine is made to find that out."""
         if self._lost:
             raise ConnectionResetError('Connection lost')
+        if len(data) >= _CORK_MIN and self._cork_sock is not None:
+            self._cork_unless_first()
         sock = self._sock
         if sock is None or self.transport.is_closing():
             self.transport.write(data)
@@ -1470,6 +1486,39 @@ class _Connection(asyncio.Protocol):
             self._wake_drainer()
         else:
             self._unsent = unsent[sent:]
+
+    def _cork_unless_first(self) -> None:
+        # A large chunk rarely fills its last TCP segment, which leaves short when the socket
+        # is idle: over loopback (MSS 65,483) a 64 KiB chunk is two packets, one of 53 bytes,
+        # each with the whole send and receive path. From the second large write in a row,
+        # TCP_CORK lets each chunk fill the last segment of the one before (as 0.0.89 corked
+        # whole requests). What it holds back leaves as soon as the writer gives way to the
+        # loop (_end_burst), so nothing waits on the body generator, and a body of one
+        # chunk, or chunks that each wait for the generator, cost no system call.
+        if not self._burst:
+            self._burst = True
+            self.loop.call_soon(self._end_burst)
+        elif self._corked is None:
+            sock = self._cork_sock
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
+            except OSError:
+                self._cork_sock = None  # not a TCP socket after all (or closed): not again
+            else:
+                self._corked = sock
+
+    def _end_burst(self) -> None:
+        self._burst = False
+        sock = self._corked
+        if sock is not None:
+            self._corked = None
+            # Not once closing: uvloop's socket object keeps the number of a descriptor that
+            # may by now be another socket's (and a close sends what was held anyway)
+            if not self._lost and not self.transport.is_closing():
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)  # sends what it held
+                except OSError:
+                    pass  # failed meanwhile: the transport reports it its own way
 
     def _give_up_sending_directly(self, data: Any) -> None:
         # The socket failed: the transport gets the bytes, meets the same error, and reports
