@@ -88,8 +88,9 @@ def nginx() -> Iterator[support.Nginx]:
 
 # Test modules whose tests hold the client to wall-clock bounds (deadlines, timeouts, delays
 # between connection attempts) tight enough that a busy machine can break them. CI (.ci/run)
-# runs tests marked `serial` alone on the machine, and everything else concurrently with other
-# test runs. A single test elsewhere can be marked with @pytest.mark.serial.
+# never runs two test runs of tests marked `serial` at once (and with CI_SERIAL=alone runs them
+# with nothing beside them), while the other tests run side by side with other test runs. A
+# single test elsewhere can be marked with @pytest.mark.serial.
 SERIAL_MODULES = frozenset({
     'test_lowhaio_dns.py',              # happy eyeballs: attempts ordered against deadlines
     'test_lowhaio_faults.py',           # each fault must fail within its time limit
@@ -102,7 +103,7 @@ SERIAL_MODULES = frozenset({
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        'markers', 'serial: bounded by wall-clock time; CI runs these alone on the machine')
+        'markers', 'serial: bounded by wall-clock time; CI runs one run of these at a time')
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
