@@ -127,27 +127,7 @@ async def test_a_head_repeated_after_a_changed_one_is_taken_as_the_last_head(
     else:
         changed = [with_request_id(first, number) for number in range(1, 5)]
     heads = [first] + [head for head in changed for _ in range(3)]
-    expected = [full_parse(head)[0] for head in heads]
-
-    async def answer(conn: Connection) -> None:
-        for head, parsed in zip(heads, expected):
-            assert parsed is not None and await conn.read_request()
-            conn.write(head + body_for(parsed[4])[0])
-
-    got = []
-    async with scripted_server(answer) as server:
-        request, close = Pool(socket_timeout=2)
-        try:
-            for parsed in expected:
-                assert parsed is not None
-                code, headers, body = await request(b'GET', server.url())
-                assert (code, tuple(headers), headers.reason, headers.http_version) == \
-                    parsed[:4]
-                assert await buffered(body) == body_for(parsed[4])[1]
-                got.append(headers)
-        finally:
-            await close()
-        assert not server.errors
+    got = await check_responses(heads)
     for index in range(1, len(heads)):
         assert (got[index] is got[index - 1]) == (heads[index] == heads[index - 1]), index
 
@@ -178,24 +158,5 @@ async def test_heads_a_server_alternates_between_are_each_found_again() -> None:
     one, other = (first.replace(b'Content-Type: text/html', line)
                   for line in ALTERNATING['values of other lengths'])
     heads = [one, other] * 5
-    expected = [full_parse(head)[0] for head in heads]
-
-    async def answer(conn: Connection) -> None:
-        for head, parsed in zip(heads, expected):
-            assert parsed is not None and await conn.read_request()
-            conn.write(head + body_for(parsed[4])[0])
-
-    got = []
-    async with scripted_server(answer) as server:
-        request, close = Pool(socket_timeout=2)
-        try:
-            for parsed in expected:
-                assert parsed is not None
-                code, headers, body = await request(b'GET', server.url())
-                assert (code, tuple(headers)) == parsed[:2]
-                assert await buffered(body) == body_for(parsed[4])[1]
-                got.append(headers)
-        finally:
-            await close()
-        assert not server.errors
+    got = await check_responses(heads)
     assert all(got[index] is got[index - 2] for index in range(4, len(heads)))

@@ -120,17 +120,19 @@ def body_for(framing: lowhaio.Framing) -> Tuple[bytes, bytes]:
     return b'until the server closes', b'until the server closes'
 
 
-async def check_responses(heads: List[bytes]) -> None:
+async def check_responses(heads: List[bytes]) -> List[Any]:
     """Request once for each head, answered with it; each must give what a full parse does.
     (Parsed first, its lines are known to the parser's memo of lines, so the Pool memoises a
-    head whole too: a head found there then comes between heads like the last.)"""
-    await check_responses_are([full_parse(head) for head in heads], heads)
+    head whole too: a head found there then comes between heads like the last.) Returns the
+    headers of each response (None for an error), for checks of which are the same object."""
+    return await check_responses_are([full_parse(head) for head in heads], heads)
 
 
 async def check_responses_are(
         expected: List[Tuple[Optional[Parsed], Optional[Tuple[type, str]]]],
-        heads: List[bytes]) -> None:
+        heads: List[bytes]) -> List[Any]:
     answers: List[bytes] = []
+    got: List[Any] = []
 
     async def answer(conn: Connection) -> None:
         while await conn.read_request():
@@ -150,17 +152,20 @@ async def check_responses_are(
                     with pytest.raises(error[0]) as raised:
                         await request(b'GET', server.url())
                     assert str(raised.value) == error[1]
+                    got.append(None)
                     continue
                 assert parsed is not None
                 code, headers, body = await request(b'GET', server.url())
                 assert (code, tuple(headers), headers.reason, headers.http_version) == \
                     parsed[:4]
                 assert await buffered(body) == body_for(parsed[4])[1]
+                got.append(headers)
             assert request.status().totals['in_use'] == 0
         finally:
             await close()
         assert not server.errors
         assert len(answers) == len(heads)
+    return got
 
 
 @pytest.mark.parametrize('previous, change', PAIRS, ids=[' / '.join(pair) for pair in PAIRS])
