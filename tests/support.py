@@ -703,6 +703,16 @@ class ScriptedServer:
         return _url('http', hostname, self.port, path)
 
 
+def answering_with(response: bytes) -> Handler:
+    """A scripted server's handler that answers every request on a connection with the same
+    bytes, until the client closes it."""
+    async def answer(conn: Connection) -> None:
+        while await conn.read_request():
+            conn.write(response)
+            await conn.drain()
+    return answer
+
+
 @contextlib.asynccontextmanager
 async def scripted_server(handler: Handler, host: str = '127.0.0.1') -> AsyncIterator[
         ScriptedServer]:

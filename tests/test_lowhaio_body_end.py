@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable, Dict, List
 import pytest
 
 from lowhaio import Pool
-from support import Connection, scripted_server
+from support import answering_with, scripted_server
 
 # Responses that arrive whole with their head, and the body each one has
 RESPONSES = {
@@ -117,14 +117,6 @@ CONSUMERS: Dict[str, Callable[[Any], Awaitable[List[bytes]]]] = {
 if sys.version_info >= (3, 10):
     CONSUMERS['anext with a default'] = by_anext_with_default
     CONSUMERS['anext without a default'] = by_anext_without_default
-
-
-def answering_with(response: bytes) -> Callable[[Connection], Awaitable[None]]:
-    async def answer(conn: Connection) -> None:
-        while await conn.read_request():
-            conn.write(response)
-            await conn.drain()
-    return answer
 
 
 @pytest.mark.parametrize('recv_bufsize', [None, 2], ids=['whole pieces', 'recv_bufsize=2'])

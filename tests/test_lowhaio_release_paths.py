@@ -9,13 +9,13 @@ every other one is closed, and the pool's counts say so.
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable, Tuple
+from typing import Tuple
 
 import pytest
 
 from lowhaio import Pool, buffered
 import support
-from support import Connection, scripted_server
+from support import Connection, answering_with, scripted_server
 
 # Responses whose body comes in the same read as their head: (bytes, body, may be reused)
 RESPONSES = {
@@ -44,14 +44,6 @@ REQUESTS = {
     'keep-alive request': (),
     'connection: close request': ((b'connection', b'close'),),
 }
-
-
-def answering_with(response: bytes) -> Callable[[Connection], Awaitable[None]]:
-    async def answer(conn: Connection) -> None:
-        while await conn.read_request():
-            conn.write(response)
-            await conn.drain()
-    return answer
 
 
 @pytest.mark.parametrize('headers', list(REQUESTS.values()), ids=list(REQUESTS))
