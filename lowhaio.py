@@ -1436,7 +1436,8 @@ class _Connection(asyncio.Protocol):
         at once, and then no coroutine is made to find that out."""
         if self._lost:
             raise ConnectionResetError('Connection lost')
-        if len(data) >= _CORK_MIN and self._cork_sock is not None:
+        # Once corked, nothing to do until the burst ends: no call for each chunk of it
+        if len(data) >= _CORK_MIN and self._corked is None and self._cork_sock is not None:
             self._cork_unless_first()
         sock = self._sock
         if sock is None or self.transport.is_closing():

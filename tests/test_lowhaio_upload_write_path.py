@@ -1,0 +1,130 @@
+"""What each request body chunk costs on its way to the socket, and what it must still do
+(issue 13, section 1).
+
+Every chunk of an upload passes through the connection's write: the fast path there is kept
+short (no call to find that the socket is corked already). These pin down what that shortcut
+must not change, on a real TCP connection whose server reads the bytes afterwards:
+
+- the cork follows the writer's bursts exactly: none for the first large write after the writer
+  gave way, one setsockopt(TCP_CORK, 1) at the second, none after it however many follow, and
+  one setsockopt(TCP_CORK, 0) when the writer gives way; small writes neither start nor end a
+  burst; every byte arrives, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import sys
+import time
+from typing import Any, Iterator, List, Tuple
+
+import pytest
+from test_lowhaio_upload_cork import LARGE, CountingSocket
+
+import lowhaio
+
+KIB = 1024
+MIB = 1024 * KIB
+SMALL = 1000
+
+
+@contextlib.contextmanager
+def listener() -> Iterator[socket.socket]:
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        server.bind(('127.0.0.1', 0))
+        server.listen(1)
+        server.settimeout(10.0)
+        yield server
+    finally:
+        server.close()
+
+
+def read_to_end(server: socket.socket) -> bytes:
+    conn, _ = server.accept()
+    with conn:
+        conn.settimeout(10.0)
+        received = []
+        while True:
+            data = conn.recv(MIB)
+            if not data:
+                return b''.join(received)
+            received.append(data)
+
+
+async def connection_to(server: socket.socket, sock: Any = None) \
+        -> Tuple[lowhaio._Connection, Any]:
+    """A lowhaio connection to `server` (over `sock` if given), and its socket."""
+    loop = asyncio.get_running_loop()
+    host, port = server.getsockname()
+    if sock is None:
+        sock = lowhaio.get_nonblocking_sock()
+    await loop.sock_connect(sock, (host, port))
+    _, conn = await loop.create_connection(
+        lambda: lowhaio._Connection(loop, ('http', host, port), host, 15.0), sock=sock)
+    return conn, sock
+
+
+async def lost(conn: lowhaio._Connection) -> None:
+    deadline = time.monotonic() + 10
+    while not conn._lost:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cork follows the writer's bursts
+# ---------------------------------------------------------------------------------------------
+
+# Each burst: the sizes written without giving way to the loop in between
+BURSTS = {
+    'one-large': [[LARGE]],
+    'two-large': [[LARGE, LARGE]],
+    'five-large': [[20 * KIB] * 5],
+    'small-first': [[SMALL, LARGE, SMALL, LARGE, LARGE]],
+    'small-only': [[SMALL] * 4],
+    'alternating': [[LARGE] * 3, [LARGE], [SMALL, LARGE], [LARGE, LARGE], [LARGE] * 4],
+}
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='TCP_CORK is Linux-only')
+@pytest.mark.parametrize('bursts', list(BURSTS.values()), ids=list(BURSTS))
+def test_the_cork_follows_the_writers_bursts(bursts: List[List[int]]) -> None:
+    # On asyncio's loop alone (a plain function, which conftest does not run under uvloop):
+    # uvloop calls a socket object of its own, whose calls can't be counted
+    asyncio.run(the_cork_follows_the_writers_bursts(bursts))
+
+
+async def the_cork_follows_the_writers_bursts(bursts: List[List[int]]) -> None:
+    sock = CountingSocket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.corks = []
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # Room for every burst at once: no write waits, so the loop runs only between bursts
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * MIB)
+    sock.setblocking(False)
+    sent = []
+    with listener() as server:
+        conn, _ = await connection_to(server, sock)
+        for burst in bursts:
+            large_so_far = 0
+            for size in burst:
+                data = bytes([len(sent) % 251]) * size
+                sent.append(data)
+                before = list(sock.corks)
+                assert conn.write(data) is False
+                if size >= LARGE:
+                    large_so_far += 1
+                # Corked at the second large write of the burst, and only then
+                assert sock.corks[len(before):] == ([1] if size >= LARGE and large_so_far == 2
+                                                    else [])
+            await asyncio.sleep(0)  # the writer gives way: the burst ends
+            assert sock.corks == [1, 0] * sum(
+                1 for burst in bursts[:bursts.index(burst) + 1]
+                if sum(1 for size in burst if size >= LARGE) >= 2)
+        conn.close()
+        await lost(conn)
+        received = await asyncio.get_running_loop().run_in_executor(None, read_to_end, server)
+    assert received == b''.join(sent)
+
