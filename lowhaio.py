@@ -1440,7 +1440,8 @@ class _Connection(asyncio.Protocol):
         if len(data) >= _CORK_MIN and self._corked is None and self._cork_sock is not None:
             self._cork_unless_first()
         sock = self._sock
-        if sock is None or self.transport.is_closing():
+        # is_closing() without the call: self._sock is set only on asyncio's own transport
+        if sock is None or self.transport._closing:
             self.transport.write(data)
             return self._write_paused or self._lost
         if self._unsent is not None:

@@ -2,13 +2,16 @@
 (issue 13, section 1).
 
 Every chunk of an upload passes through the connection's write: the fast path there is kept
-short (no call to find that the socket is corked already). These pin down what that shortcut
-must not change, on a real TCP connection whose server reads the bytes afterwards:
+short (no call to find that the socket is corked already, no method call to find that the
+transport is not closing). These pin down what those shortcuts must not change, on a real TCP
+connection whose server reads the bytes afterwards:
 
 - the cork follows the writer's bursts exactly: none for the first large write after the writer
   gave way, one setsockopt(TCP_CORK, 1) at the second, none after it however many follow, and
   one setsockopt(TCP_CORK, 0) when the writer gives way; small writes neither start nor end a
-  burst; every byte arrives, in order.
+  burst; every byte arrives, in order;
+- bytes written once the transport has begun closing (close or abort) never reach the server,
+  whatever their size, and the write raises nothing: they are the transport's to drop.
 """
 
 from __future__ import annotations
@@ -128,3 +131,20 @@ async def the_cork_follows_the_writers_bursts(bursts: List[List[int]]) -> None:
         received = await asyncio.get_running_loop().run_in_executor(None, read_to_end, server)
     assert received == b''.join(sent)
 
+
+# ---------------------------------------------------------------------------------------------
+# Nothing is sent once the transport is closing
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('size', [SMALL, 64 * KIB, 8 * MIB], ids=['1000B', '64KiB', '8MiB'])
+@pytest.mark.parametrize('how', ['close', 'abort'])
+async def test_bytes_written_once_the_transport_is_closing_never_reach_the_server(
+        how: str, size: int) -> None:
+    with listener() as server:
+        conn, _ = await connection_to(server)
+        assert conn.write(b'before') is False
+        getattr(conn.transport, how)()
+        conn.write(b'x' * size)  # the transport's to drop: no error here
+        await lost(conn)
+        received = await asyncio.get_running_loop().run_in_executor(None, read_to_end, server)
+    assert received == b'before'
