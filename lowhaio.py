@@ -1437,7 +1437,7 @@ class _Connection(asyncio.Protocol):
         if self._lost:
             raise ConnectionResetError('Connection lost')
         # Once corked, nothing to do until the burst ends: no call for each chunk of it
-        if len(data) >= _CORK_MIN and self._corked is None and self._cork_sock is not None:
+        if self._corked is None and len(data) >= _CORK_MIN and self._cork_sock is not None:
             self._cork_unless_first()
         sock = self._sock
         # is_closing() without the call: self._sock is set only on asyncio's own transport
