@@ -1262,12 +1262,14 @@ class _Connection(asyncio.Protocol):
         sock = transport.get_extra_info('socket')
         self.fd = sock.fileno() if sock is not None else -1
         if isinstance(getattr(transport, '_buffer', None), bytearray) and \
-                hasattr(self.loop, '_add_writer') and self.fd != -1:
+                hasattr(transport, '_closing') and hasattr(self.loop, '_add_writer') and \
+                self.fd != -1:
             # asyncio's socket transport before Python 3.12 copies whatever the socket does
             # not take at once into a bytearray, and every write after it too until that is
             # empty. Writes go to the socket directly instead, and what it leaves waits, as
             # the caller's own bytes, for the selector to say there is room (as 0.0.89 did).
-            # From 3.12 the transport keeps references to the bytes, and uvloop too.
+            # From 3.12 the transport keeps references to the bytes, and uvloop too. (write
+            # reads its _closing flag directly, so only a transport that has one.)
             self._sock = getattr(transport, '_sock', None)
         if _TCP_CORK is not None and sock is not None and \
                 sock.family in (socket.AF_INET, socket.AF_INET6):
