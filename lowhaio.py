@@ -1747,16 +1747,23 @@ class _TlsLayer(asyncio.Protocol):
             if self._handshake is not None or self._closing:
                 return
         # Every record that arrived, handed up in one piece: one call per read beneath
-        read = self._sslobj.read
+        sslobj = self._sslobj
+        incoming = self._incoming
         chunks: List[bytes] = []
         ended = False
         try:
             while True:
-                chunk = read(_TLS_RECORD)
+                chunk = sslobj.read(_TLS_RECORD)
                 if not chunk:
                     ended = True  # close_notify
                     break
                 chunks.append(chunk)
+                if not incoming.pending and not sslobj.pending():
+                    # All read: OpenSSL takes from the BIO only the record it decrypts, so
+                    # nothing is left anywhere. Not read again to find that out, since the
+                    # SSLWantReadError it would raise costs more than decrypting a small
+                    # record (4.6 us against 6.1 us to encrypt and decrypt one of 100 bytes)
+                    break
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLZeroReturnError:
@@ -1829,8 +1836,7 @@ class _TlsLayer(asyncio.Protocol):
         except Exception as exception:
             self._fail(exception)
             return
-        if self._outgoing.pending:
-            self.transport.write(self._outgoing.read())
+        self.transport.write(self._outgoing.read())
 
     def _write_backlog(self) -> None:
         backlog = self._backlog

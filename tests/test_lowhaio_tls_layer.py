@@ -300,6 +300,45 @@ async def test_records_that_arrive_together_are_one_piece_of_the_body(version: s
         assert server.connections == 1
 
 
+@pytest.mark.parametrize('version', ['1.2', '1.3'])
+async def test_close_notify_in_the_same_read_as_the_body_ends_it(version: str) -> None:
+    # The response and close_notify in one TCP write, the TCP connection left open: the
+    # close_notify, already received, ends a body delimited by the close (not a hang)
+    async def handler(peer: TlsPeer) -> None:
+        await peer.handshake()
+        await peer.read_request()
+        peer.sslobj.write(b'HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nhello')
+        with contextlib.suppress(ssl.SSLError):
+            peer.sslobj.unwrap()
+        await peer.send_outgoing()
+        await peer.reader.read()  # until the client closes
+
+    async with tls_server(handler, server_context(version)) as server, pool() as request:
+        for _ in range(2):
+            assert await asyncio.wait_for(outcome(request, server.url()), 5) == ('ok', b'hello')
+
+
+@pytest.mark.parametrize('version', ['1.2', '1.3'])
+async def test_records_split_across_reads_are_put_together(version: str) -> None:
+    # Ciphertext a few bytes at a time: records arrive in pieces, and several at once
+    async def handler(peer: TlsPeer) -> None:
+        await peer.handshake()
+        while await peer.read_request():
+            for piece in (b'HTTP/1.1 200 OK\r\n', b'content-length: 10\r\n\r\n', b'hello',
+                          b'world'):
+                peer.sslobj.write(piece)
+            ciphertext = peer.outgoing.read()
+            for start in range(0, len(ciphertext), 7):
+                peer.writer.write(ciphertext[start:start + 7])
+                await peer.writer.drain()
+                await asyncio.sleep(0.0005)
+
+    async with tls_server(handler, server_context(version)) as server, pool() as request:
+        for _ in range(2):
+            assert await outcome(request, server.url()) == ('ok', b'helloworld')
+        assert server.connections == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # A pooled connection between requests
 # ---------------------------------------------------------------------------------------------
