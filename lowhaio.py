@@ -1654,7 +1654,7 @@ class _Connection(asyncio.Protocol):
 # this layer again for TLS through an https:// proxy, which asyncio before 3.11 cannot do) and
 # the transport of the _Connection above, whose TCP transport stays in lower_transports (its
 # buffer counts as unsent, and cork still works on its socket). Instructions per https request
-# (callgrind, tls-small-seq, Python 3.11): 135.3k with asyncio's TLS, 112.3k with this layer;
+# (callgrind, tls-small-seq, Python 3.11): 135.3k with asyncio's TLS, 100.2k with this layer;
 # the floor (a minimal Protocol client over asyncio's TLS) 129.1k. Under uvloop: see _start_tls.
 
 _TLS_RECORD = 16 * 1024  # the most plaintext one TLS record holds: one read takes it all
@@ -1884,6 +1884,10 @@ class _TlsLayer(asyncio.Protocol):
                                 low: Optional[int] = None) -> None:
         self.transport.set_write_buffer_limits(high, low)
 
+    def get_write_buffer_limits(self) -> Tuple[int, int]:
+        limits: Tuple[int, int] = self.transport.get_write_buffer_limits()
+        return limits
+
     def set_protocol(self, protocol: Any) -> None:
         self.protocol = protocol
 
@@ -1908,11 +1912,11 @@ class _TlsLayer(asyncio.Protocol):
 async def _start_tls(loop: asyncio.AbstractEventLoop, conn: '_Connection',
                      context: ssl.SSLContext, server_hostname: str, timeout: float) -> None:
     """TLS on `conn`'s transport, with `context` and `server_hostname`, in `timeout`."""
-    # Under uvloop too, although its own TLS is compiled and cheaper (per https request,
-    # callgrind, tls-small-seq: 64.3k instructions with it, 75.2k with this layer): uvloop's
-    # (0.23) loses the last records of a TLS 1.2 stream that ends while reading is paused, so
-    # that a large body closed by the server came short (16 KiB missing of 1 MiB), silently
-    # so when the close delimits it (test_lowhaio_tls_layer: each_response_and_each_end).
+    # Under uvloop too, although its own TLS is compiled: per https request (callgrind,
+    # tls-small-seq) 64.3k instructions with it, 63.3k with this layer (the uvloop floor,
+    # over uvloop's TLS, 62.5k). And uvloop's (0.23) loses the last records of a stream that
+    # ends while reading is paused: a large body closed by the server came short (16 KiB of
+    # 1 MiB missing), silently so when the close delimits it (see test_lowhaio_tls_layer).
     # A TLS server never speaks first, but one that is not a TLS server may, before the
     # handshake starts (uvloop reads as soon as connected): the handshake sees those bytes,
     # and fails on them at once rather than at the deadline
