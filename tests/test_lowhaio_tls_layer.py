@@ -533,3 +533,56 @@ async def test_a_response_while_the_upload_is_paused_is_not_lost() -> None:
             _, _, response = await request(b'POST', server.url(), body=body)
             async for _ in response:
                 pass
+
+
+# ---------------------------------------------------------------------------------------------
+# The user's context, and what a 0.0.89 hook may ask of the transport
+# ---------------------------------------------------------------------------------------------
+
+class RecordingSSLObject(ssl.SSLObject):
+    made: List[str] = []
+
+    def do_handshake(self) -> None:
+        RecordingSSLObject.made.append(self.server_hostname or '')
+        super().do_handshake()
+
+
+async def test_the_users_context_and_its_sslobject_class_are_used() -> None:
+    def get_ssl_context() -> ssl.SSLContext:
+        context = support.client_ssl_context()
+        context.sslobject_class = RecordingSSLObject
+        return context
+
+    RecordingSSLObject.made.clear()
+    async with support.web_server(await digest_app(), tls=True) as server, \
+            support.open_pool(get_ssl_context=get_ssl_context) as request:
+        _, _, body = await request(b'POST', server.url('/digest'))
+        assert b'"size": 0' in b''.join([piece async for piece in body])
+    assert set(RecordingSSLObject.made) == {'127.0.0.1'}
+
+
+async def test_a_hook_sees_the_tls_details_on_the_transport() -> None:
+    seen = {}
+
+    async def send_body(logger: object, loop: object, sock: lowhaio._Connection,
+                        socket_timeout: float, body: object, body_args: object,
+                        body_kwargs: object) -> None:
+        transport = sock.transport
+        for name in ('ssl_object', 'peercert', 'cipher', 'compression', 'sslcontext',
+                     'peername'):
+            seen[name] = transport.get_extra_info(name)
+        seen['socket'] = transport.get_extra_info('socket').getpeername()  # the TCP socket
+
+    context = support.client_ssl_context()
+    async with support.web_server(await digest_app(), tls=True) as server, \
+            support.open_pool(get_ssl_context=lambda: context, send_body=send_body) as request:
+        _, _, body = await request(b'POST', server.url('/digest'),
+                                   headers=((b'content-length', b'0'),))
+        assert b'"size": 0' in b''.join([piece async for piece in body])
+    assert seen['ssl_object'].version() in ('TLSv1.2', 'TLSv1.3')
+    assert ('IP Address', '127.0.0.1') in seen['peercert']['subjectAltName']
+    assert seen['cipher'][1] in ('TLSv1.2', 'TLSv1.3')
+    assert seen['compression'] is None
+    assert seen['sslcontext'] is context
+    assert seen['peername'][:2] == ('127.0.0.1', server.port)
+    assert seen['socket'][:2] == ('127.0.0.1', server.port)
