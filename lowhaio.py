@@ -1561,9 +1561,9 @@ class _Connection(asyncio.Protocol):
         self.lower_transports += (self.transport,)
         self.transport = tls_transport
         self._sock = None  # the TLS transport writes to the socket now
-        # With asyncio's default 512 KiB, ciphertext piles up while the socket is full and
-        # then leaves as one bytes object of up to 512 KiB: above glibc's mmap threshold, so
-        # mapped and unmapped each time (page faults), and 1 MiB more peak memory.
+        # _TlsLayer passes this on to the TCP transport, where its ciphertext waits. (asyncio's
+        # own TLS transport kept up to 512 KiB, which then left as one bytes object above
+        # glibc's mmap threshold: page faults each time, and 1 MiB more peak memory.)
         tls_transport.set_write_buffer_limits(_WRITE_HIGH_WATER)
 
     async def flush(self, socket_timeout: float) -> None:
