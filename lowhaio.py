@@ -1654,8 +1654,9 @@ class _Connection(asyncio.Protocol):
 # this layer again for TLS through an https:// proxy, which asyncio before 3.11 cannot do) and
 # the transport of the _Connection above, whose TCP transport stays in lower_transports (its
 # buffer counts as unsent, and cork still works on its socket). Instructions per https request
-# (callgrind, tls-small-seq, Python 3.11): 135.3k with asyncio's TLS, 100.2k with this layer;
-# the floor (a minimal Protocol client over asyncio's TLS) 129.1k. Under uvloop: see _start_tls.
+# (callgrind, tls-small-seq, Python 3.11): 135.3k with asyncio's TLS, 100.2k-101.1k with this
+# layer; the floor (a minimal Protocol client over asyncio's TLS) 129.1k-129.5k. Under uvloop:
+# see _start_tls.
 
 _TLS_RECORD = 16 * 1024  # the most plaintext one TLS record holds: one read takes it all
 
@@ -1913,10 +1914,11 @@ async def _start_tls(loop: asyncio.AbstractEventLoop, conn: '_Connection',
                      context: ssl.SSLContext, server_hostname: str, timeout: float) -> None:
     """TLS on `conn`'s transport, with `context` and `server_hostname`, in `timeout`."""
     # Under uvloop too, although its own TLS is compiled: per https request (callgrind,
-    # tls-small-seq) 64.3k instructions with it, 63.3k with this layer (the uvloop floor,
-    # over uvloop's TLS, 62.5k). And uvloop's (0.23) loses the last records of a stream that
-    # ends while reading is paused: a large body closed by the server came short (16 KiB of
-    # 1 MiB missing), silently so when the close delimits it (see test_lowhaio_tls_layer).
+    # tls-small-seq) 64.3k instructions with it, 63.3k and 64.3k with this layer in two runs
+    # (the uvloop floor, over uvloop's TLS, 61.8k-62.5k): the same. And uvloop's (0.23) loses
+    # the last records of a stream that ends while reading is paused: a large body closed by
+    # the server came short (16 KiB of 1 MiB missing), silently so when the close delimits
+    # it (see test_lowhaio_tls_layer).
     # A TLS server never speaks first, but one that is not a TLS server may, before the
     # handshake starts (uvloop reads as soon as connected): the handshake sees those bytes,
     # and fails on them at once rather than at the deadline
