@@ -16,7 +16,6 @@ import json
 import logging
 import resource
 import ssl
-import sys
 from typing import AsyncIterator, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
@@ -94,12 +93,6 @@ def servers(tinyproxy: support.ProxyServer, squid: support.Squid,
             microsocks_auth: support.ProxyServer) -> Dict[str, support.ProxyServer]:
     return {'tinyproxy': tinyproxy, 'squid': squid, 'microsocks': microsocks,
             'microsocks_auth': microsocks_auth}
-
-
-def tls_in_tls_supported() -> bool:
-    """asyncio can start TLS on a TLS transport from Python 3.11; uvloop always could."""
-    return sys.version_info >= (3, 11) or \
-        type(asyncio.get_running_loop()).__module__.startswith('uvloop')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,10 +225,6 @@ async def test_requests_reach_the_origin_through_every_kind_of_proxy(
     get_sock, sockets = counting_sockets()
     async with origin(origin_scheme, origin_host) as server, \
             pool(proxy_url, get_sock=get_sock) as request:
-        if kind.startswith('https') and origin_scheme == 'https' and not tls_in_tls_supported():
-            with pytest.raises(HttpConnectionError, match='needs Python 3.11'):
-                await request(b'GET', server.url('/echo'))
-            return
         seen = [await get_json(request, server.url('/echo?a=1'), params=(('b', 'x y'),),
                                headers=headers)
                 for _ in range(3)]
@@ -272,8 +261,6 @@ async def test_forwarding_shares_connections_across_origins_and_tunnels_do_not(
         status = request.status()
         assert list(status.values()) == [{'idle': 1, 'in_use': 0, 'waiting': 0}]
         assert len(sockets) == 1
-        if kind == 'https-auth' and not tls_in_tls_supported():
-            return
         for server in (tls_a, tls_b, tls_a):
             await get_json(request, server.url('/echo'))
         assert len(sockets) == 3
@@ -338,8 +325,6 @@ async def test_a_tunnel_is_asked_for_with_connect_and_the_credentials_only() -> 
 @pytest.mark.parametrize('kind', ['http', 'https-auth', 'socks5', 'socks5h'])
 async def test_tls_to_the_origin_sends_its_name_and_checks_its_certificate(servers,
                                                                           kind: str) -> None:
-    if kind.startswith('https') and not tls_in_tls_supported():
-        return  # asserted in test_requests_reach_the_origin_through_every_kind_of_proxy
     names: List[Optional[str]] = []
     context = support.server_ssl_context()
     context.sni_callback = lambda _sock, name, _context: names.append(name)  # type: ignore
@@ -405,8 +390,6 @@ STREAM_SIZE = 32 * MIB
 ])
 async def test_large_bodies_stream_both_ways_in_bounded_memory(
         servers, kind: str, origin_scheme: str) -> None:
-    if kind.startswith('https') and origin_scheme == 'https' and not tls_in_tls_supported():
-        return
     chunk = bytes(range(256)) * 256
     expected = hashlib.sha256()
     for _ in range(STREAM_SIZE // len(chunk)):
@@ -453,8 +436,6 @@ async def test_large_bodies_stream_both_ways_in_bounded_memory(
 async def test_squid_refuses_a_tunnel_with_407_without_the_right_password(
         squid: support.Squid, credentials: Optional[Tuple[str, str]], scheme: str) -> None:
     proxy_url = squid.url_with(*credentials) if credentials else squid.url_with()
-    if scheme == 'https' and not tls_in_tls_supported():
-        return
     async with origin('https') as server:
         for proxy in (proxy_url, proxy_url.replace('http://', 'https://').replace(
                 f':{squid.port}', f':{squid.tls_port}')):
@@ -810,8 +791,6 @@ async def test_a_tunnel_the_proxy_closed_while_idle_is_replaced(kind: str) -> No
 
 @pytest.mark.parametrize('kind', ['http', 'https-auth', 'socks5h-auth'])
 async def test_cancelling_at_any_moment_leaks_nothing(servers, kind: str) -> None:
-    if kind.startswith('https') and not tls_in_tls_supported():
-        return
     loop = asyncio.get_running_loop()
     async with origin('https') as server, pool(PROXY_KINDS[kind](servers)) as request:
         await get_json(request, server.url('/echo'))  # timing of a whole request
