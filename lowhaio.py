@@ -3308,10 +3308,16 @@ def Pool(
     # lines, the index of the field of the first, and that head's parse
     changing_lines: Optional[Tuple[bytes, bytes, int, int, List[bytes], int,
                                    Tuple[bytes, Headers, Framing]]] = None
-    # Whether the last head was taken as like the one before it, so that the next is tried so
-    # first: not after a head found in parsed_heads (a server that alternates between a few
-    # heads, each memoised there, is not made to try first what does not apply to it).
+    # Whether the last head was taken as like the one before it, with what changed changed
+    # again, so that the next is tried so first, even before the comparison with last_head
+    # (a server that sends a request id sends no head twice): not after a head found in
+    # parsed_heads (a server that alternates between a few heads, each memoised there, is not
+    # made to try first what does not apply to it), nor after one taken so that repeated the
+    # last (a server whose date changes once a second then repeats its head: see
+    # parse_like_changing).
     try_changing = False
+    # The value of the changing_value field in last_head, while try_changing
+    changing_last = b''
 
     def parse_final_head(method: bytes, head: ResponseHead, head_bytes: bytes) \
             -> Tuple[bytes, Headers, Framing]:
@@ -3369,7 +3375,7 @@ def Pool(
         when it is the head remembered in changing_value or changing_lines but for what
         changed last time: every byte before and after that is compared, and what is between is
         checked as parse_like_last checks a changed line. None: not so, or in doubt."""
-        nonlocal last_head, last_parsed, last_lines, changing_lines
+        nonlocal last_head, last_parsed, last_lines, changing_lines, changing_last, try_changing
         # The bytes up to what changed, then from its end to the end of the head: the head then
         # has the same length, ends at the same blank line (nothing changed holds a CR or LF:
         # see _parse_field_line), and has the same lines elsewhere. (Slices compared: cheaper
@@ -3383,8 +3389,12 @@ def Pool(
             # _parse_field_line checks a value. Neither the field nor the one it replaces
             # frames the response: the name is the same, and was not one of those.
             value = data[start:end]
+            if value == changing_last:  # last_head again: the next is compared with it first
+                try_changing = False
+                return last_parsed, data[head_length:]
             if value.translate(_VALUE_TABLE) != value:
                 return None
+            changing_last = value
             # The last head too: a server that repeats it (but for the date, once a second)
             # then finds it so, with one comparison and no new headers
             last_head, last_parsed, last_lines = data[:head_length], (
@@ -3401,7 +3411,8 @@ def Pool(
             return None
         changed = list(compress(count(), map(bytes.__ne__, lines, previous_lines)))
         head_bytes = data[:head_length]
-        if not changed:  # the head of changing_lines again
+        if not changed:  # the head of changing_lines again (last_head: as above)
+            try_changing = False
             parsed: Optional[Tuple[bytes, Headers, Framing]] = previous
         else:
             parsed = with_lines_replaced(previous, lines, changed, first)
@@ -3445,7 +3456,7 @@ def Pool(
         # changing_value or changing_lines for head_bytes, whose lines from offset `start` on
         # are `lines`, of which those at the indexes `changed` (in order) changed: the value of
         # the one, or the lines from the first to the last.
-        nonlocal changing_value, changing_lines, try_changing
+        nonlocal changing_value, changing_lines, try_changing, changing_last
         try_changing = True
         first_changed, last_changed = changed[0], changed[-1]
         changed_start = start + sum(map(len, lines[:first_changed])) + 2 * first_changed
@@ -3457,6 +3468,7 @@ def Pool(
             value_start = changed_start + len(line.partition(b':')[0]) + 1
             changed_end = changed_start + len(line)
             index = first + first_changed
+            changing_last = head_bytes[value_start:changed_end]
             changing_value = (head_bytes[:value_start], head_bytes[changed_end:], value_start,
                               changed_end, len(head_bytes), headers[index][0],
                               tuple(headers[:index]), tuple(headers[index + 1:]),
@@ -3623,15 +3635,15 @@ def Pool(
                 conn._queued = 0
             else:
                 data = conn.take() or b''
-            if last_head and data.startswith(last_head) and method != b'HEAD' and \
+            if try_changing and method != b'HEAD' and method != b'CONNECT' and \
+                    (like_changing := parse_like_changing(data)) is not None:
+                # The head just before but for a request id, again: two comparisons
+                parsed, rest = like_changing
+            elif last_head and data.startswith(last_head) and method != b'HEAD' and \
                     method != b'CONNECT':
                 # The head just before, again (a head ends at its first blank line, and
                 # last_head is one whole head): a comparison instead of a search and a hash
                 parsed, rest = last_parsed, data[len(last_head):]
-            elif try_changing and method != b'HEAD' and method != b'CONNECT' and \
-                    (like_changing := parse_like_changing(data)) is not None:
-                # The head just before but for a request id, again: two comparisons
-                parsed, rest = like_changing
             else:
                 try_changing = False
                 end = data.find(b'\r\n\r\n', 0, max_header_length)

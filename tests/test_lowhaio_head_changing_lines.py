@@ -84,6 +84,33 @@ async def test_a_run_of_unique_heads_gives_what_full_parses_give(first_change: s
     await check_responses(heads)
 
 
+def with_second_request_id(change: str) -> Optional[bytes]:
+    # The first head changed so, with the request id of the second ('request id' in
+    # FIRST_CHANGES) where its request-id line is still there: the value the Pool then
+    # remembers as the last one, in a head that differs elsewhere
+    changed = CHANGES[change](PREVIOUS_HEADS['nginx-like'])
+    return None if changed is None else with_request_id(changed, 1)
+
+
+SAME_ID_CHANGES = [
+    change for change in CHANGES
+    if with_second_request_id(change) not in
+    (None, FIRST_CHANGES['request id'](PREVIOUS_HEADS['nginx-like']))
+]
+
+
+@pytest.mark.parametrize('change', SAME_ID_CHANGES)
+async def test_the_last_request_id_again_in_a_head_changed_elsewhere_gives_what_a_full_parse_gives(
+        change: str) -> None:
+    # After a head taken as the one before but for its request id, the next is tried so first,
+    # and found to be the last head again when its request id is: only if every other byte is.
+    first = PREVIOUS_HEADS['nginx-like']
+    second = FIRST_CHANGES['request id'](first)
+    third = with_second_request_id(change)
+    assert second is not None and third is not None
+    await check_responses([first, second, third, second, third, third, second, second])
+
+
 @pytest.mark.parametrize('first_change', FIRST_CHANGES)
 @pytest.mark.parametrize('chunk_size', [1, 7, 64])
 async def test_a_head_changing_where_the_last_one_changed_may_arrive_in_pieces(
