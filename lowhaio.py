@@ -3385,21 +3385,25 @@ def Pool(
                 headers_class, code, framing = changing_value
             if data[:start] != before or data[end:head_length] != after:
                 return None
-            # The value of one field, after the same name and colon, checked as
+            # The value of one field, after the same name, colon and whitespace, checked as
             # _parse_field_line checks a value. Neither the field nor the one it replaces
             # frames the response: the name is the same, and was not one of those.
             value = data[start:end]
             if value == changing_last:  # last_head again: the next is compared with it first
                 try_changing = False
                 return last_parsed, data[head_length:]
-            if value.translate(_VALUE_TABLE) != value:
-                return None
+            field_value = value
+            # Letters and digits only, as most request ids: nothing to check nor strip
+            if not value.isalnum():
+                if value.translate(_VALUE_TABLE) != value:
+                    return None
+                field_value = value.strip(b' \t')
             changing_last = value
             # The last head too: a server that repeats it (but for the date, once a second)
             # then finds it so, with one comparison and no new headers
             last_head, last_parsed, last_lines = data[:head_length], (
-                code, headers_class(fields_before + ((name, value.strip(b' \t')),) +
-                                    fields_after), framing), None
+                code, headers_class(fields_before + ((name, field_value),) + fields_after),
+                framing), None
             return last_parsed, data[head_length:]
         assert changing_lines is not None
         before, after, start, end, previous_lines, first, previous = changing_lines
@@ -3464,8 +3468,12 @@ def Pool(
         if first_changed == last_changed and type(headers) is not ResponseHeaders:
             # (A ResponseHeaders itself holds its status line in its dict: see
             # with_lines_replaced, which copies it.)
+            # The value from after the whitespace that follows the colon: a next value with
+            # none of its own needs no strip
             line = lines[first_changed]
-            value_start = changed_start + len(line.partition(b':')[0]) + 1
+            name, _, value = line.partition(b':')
+            value_start = changed_start + len(name) + 1 + len(value) - \
+                len(value.lstrip(b' \t'))
             changed_end = changed_start + len(line)
             index = first + first_changed
             changing_last = head_bytes[value_start:changed_end]

@@ -111,6 +111,43 @@ async def test_the_last_request_id_again_in_a_head_changed_elsewhere_gives_what_
     await check_responses([first, second, third, second, third, third, second, second])
 
 
+# The whitespace after the colon in the request-id line of the head the Pool remembers
+REMEMBERED_OWS = {'none': b'', 'a space': b' ', 'a tab and a space': b'\t ', 'two spaces': b'  '}
+
+# What the next head has in its place and the value's (the same length: 32 bytes more)
+NEXT_VALUES: Dict[str, Callable[[bytes], bytes]] = {
+    'hex digits': lambda ows: ows + b'fedcba9876543210fedcba9876543210',
+    'letters and digits': lambda ows: ows + b'FEDCBA9876543210zyxwvutsrqponmlk',
+    'a space first': lambda ows: ows + b' edcba9876543210fedcba9876543210',
+    'a tab first': lambda ows: ows + b'\tedcba9876543210fedcba9876543210',
+    'a space last': lambda ows: ows + b'fedcba9876543210fedcba987654321 ',
+    'a tab last': lambda ows: ows + b'fedcba9876543210fedcba987654321\t',
+    'spaces only': lambda ows: ows + b' ' * 32,
+    'dashes': lambda ows: ows + b'fedcba98-7654-3210-fedc-ba987654',
+    'an inner space': lambda ows: ows + b'fedcba9876543210 edcba9876543210',
+    'obs-text': lambda ows: ows + b'\xffedcba9876543210fedcba9876543210',
+    'NUL': lambda ows: ows + b'fedcba9876543210\x00edcba9876543210',
+    'DEL': lambda ows: ows + b'fedcba9876543210\x7fedcba9876543210',
+    'other whitespace after the colon': lambda ows: b'\t' * len(ows) +
+    b'fedcba9876543210fedcba9876543210',
+    'a letter after the colon': lambda ows: b'x' * len(ows) + b'fedcba9876543210fedcba9876543210',
+}
+
+
+@pytest.mark.parametrize('next_value', NEXT_VALUES)
+@pytest.mark.parametrize('ows', REMEMBERED_OWS)
+async def test_a_new_request_id_with_or_without_whitespace_gives_what_a_full_parse_gives(
+        ows: str, next_value: str) -> None:
+    # The Pool remembers where the value starts past the whitespace after the colon, and takes
+    # one of letters and digits there as it is: any other is checked and stripped as any line.
+    first = PREVIOUS_HEADS['nginx-like']
+    second = first.replace(ID_LINE, b'x-request-id:' + REMEMBERED_OWS[ows] + b'%032x' % (1,))
+    third = first.replace(ID_LINE, b'x-request-id:' + NEXT_VALUES[next_value](
+        REMEMBERED_OWS[ows]))
+    assert len(second) == len(third) and second != third
+    await check_responses([first, second, third, second, third])
+
+
 @pytest.mark.parametrize('first_change', FIRST_CHANGES)
 @pytest.mark.parametrize('chunk_size', [1, 7, 64])
 async def test_a_head_changing_where_the_last_one_changed_may_arrive_in_pieces(
