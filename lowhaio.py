@@ -3300,10 +3300,11 @@ def Pool(
     # each time: the next head is then checked against this by two comparisons, with no
     # search, split nor hash of it. One line changed: its value alone, after a name and colon
     # the next head must repeat; remembered are the bytes before and after it, where it starts
-    # and ends, where the head ends, the field's name, the fields before and after it, the
-    # headers' class, the code and the framing.
-    changing_value: Optional[Tuple[bytes, bytes, int, int, int, bytes, Headers, Headers,
-                                   type[ResponseHeaders], bytes, Framing]] = None
+    # and ends, where the head ends, the field's name, the fields (a list, of which that
+    # field's is replaced each time: the headers are made from it with no tuple between) and
+    # its index there, the headers' class, the code and the framing.
+    changing_value: Optional[Tuple[bytes, bytes, int, int, int, bytes, List[Tuple[bytes, bytes]],
+                                   int, type[ResponseHeaders], bytes, Framing]] = None
     # More lines changed: the bytes before and after them, where they start and end, those
     # lines, the index of the field of the first, and that head's parse
     changing_lines: Optional[Tuple[bytes, bytes, int, int, List[bytes], int,
@@ -3381,8 +3382,8 @@ def Pool(
         # see _parse_field_line), and has the same lines elsewhere. (Slices compared: cheaper
         # than startswith, whose arguments are parsed by format.)
         if changing_value is not None:
-            before, after, start, end, head_length, name, fields_before, fields_after, \
-                headers_class, code, framing = changing_value
+            before, after, start, end, head_length, name, fields, index, headers_class, \
+                code, framing = changing_value
             if data[:start] != before or data[end:head_length] != after:
                 return None
             # The value of one field, after the same name, colon and whitespace, checked as
@@ -3401,9 +3402,9 @@ def Pool(
             changing_last = value
             # The last head too: a server that repeats it (but for the date, once a second)
             # then finds it so, with one comparison and no new headers
+            fields[index] = (name, field_value)
             last_head, last_parsed, last_lines = data[:head_length], (
-                code, headers_class(fields_before + ((name, field_value),) + fields_after),
-                framing), None
+                code, headers_class(fields), framing), None
             return last_parsed, data[head_length:]
         assert changing_lines is not None
         before, after, start, end, previous_lines, first, previous = changing_lines
@@ -3478,9 +3479,9 @@ def Pool(
             index = first + first_changed
             changing_last = head_bytes[value_start:changed_end]
             changing_value = (head_bytes[:value_start], head_bytes[changed_end:], value_start,
-                              changed_end, len(head_bytes), headers[index][0],
-                              tuple(headers[:index]), tuple(headers[index + 1:]),
-                              cast('type[ResponseHeaders]', type(headers)), code, framing)
+                              changed_end, len(head_bytes), headers[index][0], list(headers),
+                              index, cast('type[ResponseHeaders]', type(headers)), code,
+                              framing)
             changing_lines = None
             return
         changed_lines = lines[first_changed:last_changed + 1]
