@@ -3370,12 +3370,12 @@ def Pool(
             parsed_heads[head_bytes] = parsed
         return parsed
 
-    def parse_like_changing(data: bytes) -> Optional[Tuple[Tuple[bytes, Headers, Framing],
-                                                           bytes]]:
-        """As parse_like_last, of the head at the start of `data` (and the bytes after it),
-        when it is the head remembered in changing_value or changing_lines but for what
-        changed last time: every byte before and after that is compared, and what is between is
-        checked as parse_like_last checks a changed line. None: not so, or in doubt."""
+    def parse_like_changing(data: bytes) -> Optional[bytes]:
+        """As parse_like_last, of the head at the start of `data`, when it is the head
+        remembered in changing_value or changing_lines but for what changed last time: every
+        byte before and after that is compared, and what is between is checked as
+        parse_like_last checks a changed line. The head is then last_head, its parse
+        last_parsed, and the bytes after it are returned; None: not so, or in doubt."""
         nonlocal last_head, last_parsed, last_lines, changing_lines, changing_last, try_changing
         # The bytes up to what changed, then from its end to the end of the head: the head then
         # has the same length, ends at the same blank line (nothing changed holds a CR or LF:
@@ -3392,7 +3392,7 @@ def Pool(
             value = data[start:end]
             if value == changing_last:  # last_head again: the next is compared with it first
                 try_changing = False
-                return last_parsed, data[head_length:]
+                return data[head_length:]
             field_value = value
             # Letters and digits only, as most request ids: nothing to check nor strip
             if not value.isalnum():
@@ -3405,7 +3405,7 @@ def Pool(
             fields[index] = (name, field_value)
             last_head, last_parsed, last_lines = data[:head_length], (
                 code, headers_class(fields), framing), None
-            return last_parsed, data[head_length:]
+            return data[head_length:]
         assert changing_lines is not None
         before, after, start, end, previous_lines, first, previous = changing_lines
         head_length = end + len(after)
@@ -3429,7 +3429,7 @@ def Pool(
                 remember_changing(head_bytes, start, lines, changed, first, parsed)
         assert parsed is not None
         last_head, last_parsed, last_lines = head_bytes, parsed, None
-        return parsed, data[head_length:]
+        return data[head_length:]
 
     def with_lines_replaced(parsed: Tuple[bytes, Headers, Framing], lines: List[bytes],
                             changed: List[int], first: int) \
@@ -3645,9 +3645,9 @@ def Pool(
             else:
                 data = conn.take() or b''
             if try_changing and method != b'HEAD' and method != b'CONNECT' and \
-                    (like_changing := parse_like_changing(data)) is not None:
+                    (after_changing := parse_like_changing(data)) is not None:
                 # The head just before but for a request id, again: two comparisons
-                parsed, rest = like_changing
+                parsed, rest = last_parsed, after_changing
             elif last_head and data.startswith(last_head) and method != b'HEAD' and \
                     method != b'CONNECT':
                 # The head just before, again (a head ends at its first blank line, and
