@@ -3290,7 +3290,9 @@ def Pool(
     parsed_heads: Dict[bytes, Tuple[bytes, Headers, Framing]] = {}
     # The last final head parsed or found there (b'': none yet; never one to HEAD or CONNECT),
     # which the next response most often repeats, or repeats but for a line or two (a request
-    # id, the date); and its lines (None: not split yet), for the latter.
+    # id, the date); and its lines (None: not split yet), for the latter. (While try_changing
+    # with changing_value, the last head is changing_value's bytes before and after the value
+    # around changing_last: last_head is made so only when try_changing ends.)
     last_head = b''
     last_parsed: Tuple[bytes, Headers, Framing] = (
         b'', (), _tuple_new(Framing, (NO_BODY, 0, False)))
@@ -3390,8 +3392,9 @@ def Pool(
             # _parse_field_line checks a value. Neither the field nor the one it replaces
             # frames the response: the name is the same, and was not one of those.
             value = data[start:end]
-            if value == changing_last:  # last_head again: the next is compared with it first
+            if value == changing_last:  # the last head again: the next is compared with it
                 try_changing = False
+                last_head, last_lines = data[:head_length], None
                 return data[head_length:]
             field_value = value
             # Letters and digits only, as most request ids: nothing to check nor strip
@@ -3399,12 +3402,11 @@ def Pool(
                 if value.translate(_VALUE_TABLE) != value:
                     return None
                 field_value = value.strip(b' \t')
+            # The last head: changing_last in it, which request() puts in last_head if the next
+            # is not taken so (a head that repeats it is found above, with no new headers)
             changing_last = value
-            # The last head too: a server that repeats it (but for the date, once a second)
-            # then finds it so, with one comparison and no new headers
             fields[index] = (name, field_value)
-            last_head, last_parsed, last_lines = data[:head_length], (
-                code, headers_class(fields), framing), None
+            last_parsed = (code, headers_class(fields), framing)
             return data[head_length:]
         assert changing_lines is not None
         before, after, start, end, previous_lines, first, previous = changing_lines
@@ -3654,6 +3656,11 @@ def Pool(
                 # last_head is one whole head): a comparison instead of a search and a hash
                 parsed, rest = last_parsed, data[len(last_head):]
             else:
+                if try_changing and changing_value is not None:
+                    # The last head, in full, for what follows (the comparison with last_head
+                    # above cannot find the head it is now: parse_like_changing takes that)
+                    last_head, last_lines = \
+                        changing_value[0] + changing_last + changing_value[1], None
                 try_changing = False
                 end = data.find(b'\r\n\r\n', 0, max_header_length)
                 memoised = None

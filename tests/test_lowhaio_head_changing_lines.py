@@ -111,6 +111,48 @@ async def test_the_last_request_id_again_in_a_head_changed_elsewhere_gives_what_
     await check_responses([first, second, third, second, third, third, second, second])
 
 
+@pytest.mark.parametrize('last_id', [1, 3, 4])
+async def test_a_head_after_request_ids_taken_so_is_parsed_like_the_last_one(
+        last_id: int) -> None:
+    # After heads taken with new request ids, one that changes elsewhere (the date) is parsed
+    # like the head just before it, whichever request id it has: the last one's, an earlier
+    # one's, a new one
+    first = PREVIOUS_HEADS['nginx-like']
+    later = date_and(ID_LINE)(first)
+    assert later is not None
+    await check_responses([first] + [with_request_id(first, number) for number in (1, 2, 3)] +
+                          [with_request_id(later, last_id), with_request_id(later, 5)])
+
+
+async def test_a_head_after_a_head_request_among_request_ids_is_parsed_in_full() -> None:
+    # A response to HEAD between heads taken with new request ids: the next GET's head, one
+    # of an earlier request id, is not taken as the last head
+    first = PREVIOUS_HEADS['nginx-like']
+    heads = [first] + [with_request_id(first, number) for number in (1, 2, 3, 1, 1)]
+    methods = [b'GET', b'GET', b'GET', b'HEAD', b'GET', b'GET']
+    expected = [full_parse(head)[0] for head in heads]
+
+    async def answer(conn: Connection) -> None:
+        for head, parsed, method in zip(heads, expected, methods):
+            assert parsed is not None and await conn.read_request()
+            conn.write(head + (body_for(parsed[4])[0] if method == b'GET' else b''))
+            await conn.drain()
+
+    async with scripted_server(answer) as server:
+        request, close = Pool(socket_timeout=2)
+        try:
+            for parsed, method in zip(expected, methods):
+                assert parsed is not None
+                code, headers, body = await request(method, server.url())
+                assert (code, tuple(headers), headers.reason, headers.http_version) == \
+                    parsed[:4]
+                assert await buffered(body) == (body_for(parsed[4])[1] if method == b'GET'
+                                                else b'')
+        finally:
+            await close()
+        assert not server.errors
+
+
 # The whitespace after the colon in the request-id line of the head the Pool remembers
 REMEMBERED_OWS = {'none': b'', 'a space': b' ', 'a tab and a space': b'\t ', 'two spaces': b'  '}
 
