@@ -2403,18 +2403,14 @@ class _ResponseBody:
 _Prepared = Tuple[Target, RequestHeaders, bytes, Optional[int], bool]
 
 
-# A class's C __new__, for an instance made on the hot path without its Python __init__
-_object_new = object.__new__
-
-
 class _BufferedBody:
     """A response body that arrived whole with its head: its connection is already back in
-    the pool, so iterating it only hands over the bytes."""
+    the pool, so iterating it only hands over the bytes. Made by _whole_body, or as it does:
+    without an __init__, the call of the class is all C."""
 
     __slots__ = ('_data',)
 
-    def __init__(self, data: bytes) -> None:
-        self._data = data
+    _data: bytes
 
     def __aiter__(self) -> '_BufferedBody':
         return self
@@ -2432,6 +2428,12 @@ class _BufferedBody:
 
     async def aclose(self) -> None:
         self._data = b''
+
+
+def _whole_body(data: bytes) -> _BufferedBody:
+    body = _BufferedBody()
+    body._data = data
+    return body
 
 
 async def _no_chunks() -> AsyncIterator[bytes]:
@@ -3263,7 +3265,7 @@ def Pool(
         if framing.kind == NO_BODY or (framing.kind == CONTENT_LENGTH and
                                        len(rest) >= framing.length):
             release(conn, False)
-            return code, response_headers, _BufferedBody(
+            return code, response_headers, _whole_body(
                 rest[:framing.length] if framing.kind == CONTENT_LENGTH else b'')
         return code, response_headers, _ResponseBody(
             conn, release, _tuple_new(Framing, (framing.kind, framing.length, False)), rest,
@@ -3701,7 +3703,7 @@ def Pool(
         if kind == CONTENT_LENGTH and len(rest) == length:
             # The usual case of the next branch, in fewer steps: the body, exactly, came whole
             release(conn, keep)
-            buffered_body = _object_new(_BufferedBody)
+            buffered_body = _BufferedBody()  # _whole_body(rest), without its frame
             buffered_body._data = rest
             response_body: ResponseBody = buffered_body
         elif kind == NO_BODY or (kind == CONTENT_LENGTH and len(rest) >= length):
@@ -3709,8 +3711,7 @@ def Pool(
             # caller even starts reading, and the body iterator holds only bytes.
             body_bytes = rest[:length] if kind == CONTENT_LENGTH else b''
             release(conn, keep and len(rest) == len(body_bytes))
-            # _BufferedBody(body_bytes) without a call to its __init__ (a Python frame)
-            buffered_body = _object_new(_BufferedBody)
+            buffered_body = _BufferedBody()  # _whole_body(body_bytes), without its frame
             buffered_body._data = body_bytes
             response_body = buffered_body
         elif kind == CHUNKED and rest.endswith(b'\r\n\r\n') and \
@@ -3718,7 +3719,7 @@ def Pool(
             # As above, for a chunked body that arrived whole with its head. (A whole one ends
             # so; one that has more to come seldom does, so it is seldom decoded twice.)
             release(conn, keep and not whole[1])
-            response_body = _BufferedBody(whole[0])
+            response_body = _whole_body(whole[0])
         else:
             response_body = _ResponseBody(
                 conn, release, _tuple_new(Framing, (kind, length, keep)), rest,
