@@ -557,6 +557,12 @@ class Framing(NamedTuple):
     keep_alive: bool
 
 
+# A final head as a Pool keeps it parsed: its code, headers, and framing as a plain tuple
+# (kind, length, keep_alive), which request() unpacks for every response (a Framing, a tuple
+# subclass, is unpacked by iteration: about 400 instructions more)
+_Parsed = Tuple[bytes, Headers, Tuple[int, int, bool]]
+
+
 def response_framing(method: bytes, head: ResponseHead) -> Framing:
     """Decide how the body of a response is delimited: RFC 9112 §6.3, rule by rule."""
     http_minor, code, _, headers, _ = head  # unpacked at once: a tuple
@@ -3289,15 +3295,14 @@ def Pool(
     # parsing is a pure function of those bytes, so a repeat skips no check: the same bytes
     # were checked before. Not for HEAD or CONNECT, whose framing differs for the same bytes;
     # nor for heads over 4 KiB, so that the memory a server can make it hold stays small.
-    parsed_heads: Dict[bytes, Tuple[bytes, Headers, Framing]] = {}
+    parsed_heads: Dict[bytes, _Parsed] = {}
     # The last final head parsed or found there (b'': none yet; never one to HEAD or CONNECT),
     # which the next response most often repeats, or repeats but for a line or two (a request
     # id, the date); and its lines (None: not split yet), for the latter. (While try_changing
     # with changing_value, the last head is changing_value's bytes before and after the value
     # around changing_last: last_head is made so only when try_changing ends.)
     last_head = b''
-    last_parsed: Tuple[bytes, Headers, Framing] = (
-        b'', (), _tuple_new(Framing, (NO_BODY, 0, False)))
+    last_parsed: _Parsed = (b'', (), (NO_BODY, 0, False))
     last_lines: Optional[List[bytes]] = None
     # What changed from one head to the next, the last time a head was parsed like the one
     # before it (see parse_like_last). A server that sends a request id changes the same line
@@ -3308,11 +3313,11 @@ def Pool(
     # field's is replaced each time: the headers are made from it with no tuple between) and
     # its index there, the headers' class, the code and the framing.
     changing_value: Optional[Tuple[bytes, bytes, int, int, int, bytes, List[Tuple[bytes, bytes]],
-                                   int, type[ResponseHeaders], bytes, Framing]] = None
+                                   int, type[ResponseHeaders], bytes, Tuple[int, int, bool]]] = None
     # More lines changed: the bytes before and after them, where they start and end, those
     # lines, the index of the field of the first, and that head's parse
     changing_lines: Optional[Tuple[bytes, bytes, int, int, List[bytes], int,
-                                   Tuple[bytes, Headers, Framing]]] = None
+                                   _Parsed]] = None
     # Whether the last head was taken as like the one before it, with what changed changed
     # again, so that the next is tried so first, even before the comparison with last_head
     # (a server that sends a request id sends no head twice): not after a head found in
@@ -3325,11 +3330,12 @@ def Pool(
     changing_last = b''
 
     def parse_final_head(method: bytes, head: ResponseHead, head_bytes: bytes) \
-            -> Tuple[bytes, Headers, Framing]:
+            -> _Parsed:
         nonlocal last_head, last_parsed, last_lines
         http_minor, code, reason, fields, _ = head  # unpacked at once: a tuple
         headers = _headers_with_status(fields, reason, _HTTP_VERSIONS[http_minor])
-        parsed = (code, headers, response_framing(method, head))
+        kind, length, keep_alive = response_framing(method, head)
+        parsed = (code, headers, (kind, length, keep_alive))
         if method != b'HEAD' and method != b'CONNECT':
             last_head, last_parsed, last_lines = head_bytes, parsed, None
         # Not a head with a line new to the line memo (a request id, a new date): such a head
@@ -3341,7 +3347,7 @@ def Pool(
             parsed_heads[head_bytes] = parsed
         return parsed
 
-    def parse_like_last(head_bytes: bytes) -> Optional[Tuple[bytes, Headers, Framing]]:
+    def parse_like_last(head_bytes: bytes) -> Optional[_Parsed]:
         """What parsing `head_bytes`, a whole final head, would give, when it has last_head's
         lines but for some that neither frame the response nor say whether the connection
         persists; else None, to have it parsed in full. Each changed line is checked by the
@@ -3422,7 +3428,7 @@ def Pool(
         head_bytes = data[:head_length]
         if not changed:  # the head of changing_lines again (last_head: as above)
             try_changing = False
-            parsed: Optional[Tuple[bytes, Headers, Framing]] = previous
+            parsed: Optional[_Parsed] = previous
         else:
             parsed = with_lines_replaced(previous, lines, changed, first)
             if parsed is None:
@@ -3435,9 +3441,9 @@ def Pool(
         last_head, last_parsed, last_lines = head_bytes, parsed, None
         return data[head_length:]
 
-    def with_lines_replaced(parsed: Tuple[bytes, Headers, Framing], lines: List[bytes],
+    def with_lines_replaced(parsed: _Parsed, lines: List[bytes],
                             changed: List[int], first: int) \
-            -> Optional[Tuple[bytes, Headers, Framing]]:
+            -> Optional[_Parsed]:
         # `parsed` with the fields of lines[index] for each changed index (the field of
         # lines[0] being parsed's field `first`), each line checked as the parser checks one;
         # None if one is not a valid field line, or frames the response, or replaces one that
@@ -3461,7 +3467,7 @@ def Pool(
 
     def remember_changing(head_bytes: bytes, start: int, lines: List[bytes],
                           changed: List[int], first: int,
-                          parsed: Tuple[bytes, Headers, Framing]) -> None:
+                          parsed: _Parsed) -> None:
         # changing_value or changing_lines for head_bytes, whose lines from offset `start` on
         # are `lines`, of which those at the indexes `changed` (in order) changed: the value of
         # the one, or the lines from the first to the last.
@@ -3496,7 +3502,7 @@ def Pool(
 
     async def receive_head(conn: _Connection, method: bytes, data: bytes,
                            head_deadline: float, end: int = -1) \
-            -> Tuple[Tuple[bytes, Headers, Framing], bytes]:
+            -> Tuple[_Parsed, bytes]:
         """Parse `data` (what was read so far: b'' if the connection ended before any byte),
         reading more until a final (non-1xx) head is complete. Return its code, headers and
         framing, and the bytes after it. `end`: where the first head's blank line starts in
