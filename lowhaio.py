@@ -3709,7 +3709,9 @@ def Pool(
         if kind == CONTENT_LENGTH and len(rest) == length:
             # The usual case of the next branch, in fewer steps: the body, exactly, came whole
             release(conn, keep)
-            buffered_body = _BufferedBody()  # _whole_body(rest), without its frame
+            # _whole_body(rest), without its frame; an empty body is ended from the start, so
+            # that iterating it costs only the end, made in C
+            buffered_body = _BufferedBody() if rest else _EndedBody()
             buffered_body._data = rest
             response_body: ResponseBody = buffered_body
         elif kind == NO_BODY or (kind == CONTENT_LENGTH and len(rest) >= length):
@@ -3717,7 +3719,7 @@ def Pool(
             # caller even starts reading, and the body iterator holds only bytes.
             body_bytes = rest[:length] if kind == CONTENT_LENGTH else b''
             release(conn, keep and len(rest) == len(body_bytes))
-            buffered_body = _BufferedBody()  # _whole_body(body_bytes), without its frame
+            buffered_body = _BufferedBody() if body_bytes else _EndedBody()  # (as above)
             buffered_body._data = body_bytes
             response_body = buffered_body
         elif kind == CHUNKED and rest.endswith(b'\r\n\r\n') and \
