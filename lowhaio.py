@@ -557,6 +557,12 @@ class Framing(NamedTuple):
     keep_alive: bool
 
 
+# A final head as a Pool keeps it parsed: its code, headers, and framing as a plain tuple
+# (kind, length, keep_alive), which request() unpacks for every response (a Framing, a tuple
+# subclass, is unpacked by iteration: about 400 instructions more)
+_Parsed = Tuple[bytes, Headers, Tuple[int, int, bool]]
+
+
 def response_framing(method: bytes, head: ResponseHead) -> Framing:
     """Decide how the body of a response is delimited: RFC 9112 §6.3, rule by rule."""
     http_minor, code, _, headers, _ = head  # unpacked at once: a tuple
@@ -2676,18 +2682,14 @@ class _ResponseBody:
 _Prepared = Tuple[Target, RequestHeaders, bytes, Optional[int], bool]
 
 
-# A class's C __new__, for an instance made on the hot path without its Python __init__
-_object_new = object.__new__
-
-
 class _BufferedBody:
     """A response body that arrived whole with its head: its connection is already back in
-    the pool, so iterating it only hands over the bytes."""
+    the pool, so iterating it only hands over the bytes. Made by _whole_body, or as it does:
+    without an __init__, the call of the class is all C."""
 
     __slots__ = ('_data',)
 
-    def __init__(self, data: bytes) -> None:
-        self._data = data
+    _data: bytes
 
     def __aiter__(self) -> '_BufferedBody':
         return self
@@ -2705,6 +2707,12 @@ class _BufferedBody:
 
     async def aclose(self) -> None:
         self._data = b''
+
+
+def _whole_body(data: bytes) -> _BufferedBody:
+    body = _BufferedBody()
+    body._data = data
+    return body
 
 
 async def _no_chunks() -> AsyncIterator[bytes]:
@@ -3535,7 +3543,7 @@ def Pool(
         if framing.kind == NO_BODY or (framing.kind == CONTENT_LENGTH and
                                        len(rest) >= framing.length):
             release(conn, False)
-            return code, response_headers, _BufferedBody(
+            return code, response_headers, _whole_body(
                 rest[:framing.length] if framing.kind == CONTENT_LENGTH else b'')
         return code, response_headers, _ResponseBody(
             conn, release, _tuple_new(Framing, (framing.kind, framing.length, False)), rest,
@@ -3559,38 +3567,47 @@ def Pool(
     # parsing is a pure function of those bytes, so a repeat skips no check: the same bytes
     # were checked before. Not for HEAD or CONNECT, whose framing differs for the same bytes;
     # nor for heads over 4 KiB, so that the memory a server can make it hold stays small.
-    parsed_heads: Dict[bytes, Tuple[bytes, Headers, Framing]] = {}
+    parsed_heads: Dict[bytes, _Parsed] = {}
     # The last final head parsed or found there (b'': none yet; never one to HEAD or CONNECT),
     # which the next response most often repeats, or repeats but for a line or two (a request
-    # id, the date); and its lines (None: not split yet), for the latter.
+    # id, the date); and its lines (None: not split yet), for the latter. (While try_changing
+    # with changing_value, the last head is changing_value's bytes before and after the value
+    # around changing_last: last_head is made so only when try_changing ends.)
     last_head = b''
-    last_parsed: Tuple[bytes, Headers, Framing] = (
-        b'', (), _tuple_new(Framing, (NO_BODY, 0, False)))
+    last_parsed: _Parsed = (b'', (), (NO_BODY, 0, False))
     last_lines: Optional[List[bytes]] = None
     # What changed from one head to the next, the last time a head was parsed like the one
     # before it (see parse_like_last). A server that sends a request id changes the same line
     # each time: the next head is then checked against this by two comparisons, with no
     # search, split nor hash of it. One line changed: its value alone, after a name and colon
     # the next head must repeat; remembered are the bytes before and after it, where it starts
-    # and ends, where the head ends, the field's name, the fields before and after it, the
-    # headers' class, the code and the framing.
-    changing_value: Optional[Tuple[bytes, bytes, int, int, int, bytes, Headers, Headers,
-                                   type[ResponseHeaders], bytes, Framing]] = None
+    # and ends, where the head ends, the field's name, the fields (a list, of which that
+    # field's is replaced each time: the headers are made from it with no tuple between) and
+    # its index there, the headers' class, the code and the framing.
+    changing_value: Optional[Tuple[bytes, bytes, int, int, int, bytes, List[Tuple[bytes, bytes]],
+                                   int, type[ResponseHeaders], bytes, Tuple[int, int, bool]]] = None
     # More lines changed: the bytes before and after them, where they start and end, those
     # lines, the index of the field of the first, and that head's parse
     changing_lines: Optional[Tuple[bytes, bytes, int, int, List[bytes], int,
-                                   Tuple[bytes, Headers, Framing]]] = None
-    # Whether the last head was taken as like the one before it, so that the next is tried so
-    # first: not after a head found in parsed_heads (a server that alternates between a few
-    # heads, each memoised there, is not made to try first what does not apply to it).
+                                   _Parsed]] = None
+    # Whether the last head was taken as like the one before it, with what changed changed
+    # again, so that the next is tried so first, even before the comparison with last_head
+    # (a server that sends a request id sends no head twice): not after a head found in
+    # parsed_heads (a server that alternates between a few heads, each memoised there, is not
+    # made to try first what does not apply to it), nor after one taken so that repeated the
+    # last (a server whose date changes once a second then repeats its head: see
+    # parse_like_changing).
     try_changing = False
+    # The value of the changing_value field in last_head, while try_changing
+    changing_last = b''
 
     def parse_final_head(method: bytes, head: ResponseHead, head_bytes: bytes) \
-            -> Tuple[bytes, Headers, Framing]:
+            -> _Parsed:
         nonlocal last_head, last_parsed, last_lines
         http_minor, code, reason, fields, _ = head  # unpacked at once: a tuple
         headers = _headers_with_status(fields, reason, _HTTP_VERSIONS[http_minor])
-        parsed = (code, headers, response_framing(method, head))
+        kind, length, keep_alive = response_framing(method, head)
+        parsed = (code, headers, (kind, length, keep_alive))
         if method != b'HEAD' and method != b'CONNECT':
             last_head, last_parsed, last_lines = head_bytes, parsed, None
         # Not a head with a line new to the line memo (a request id, a new date): such a head
@@ -3602,7 +3619,7 @@ def Pool(
             parsed_heads[head_bytes] = parsed
         return parsed
 
-    def parse_like_last(head_bytes: bytes) -> Optional[Tuple[bytes, Headers, Framing]]:
+    def parse_like_last(head_bytes: bytes) -> Optional[_Parsed]:
         """What parsing `head_bytes`, a whole final head, would give, when it has last_head's
         lines but for some that neither frame the response nor say whether the connection
         persists; else None, to have it parsed in full. Each changed line is checked by the
@@ -3635,34 +3652,42 @@ def Pool(
             parsed_heads[head_bytes] = parsed
         return parsed
 
-    def parse_like_changing(data: bytes) -> Optional[Tuple[Tuple[bytes, Headers, Framing],
-                                                           bytes]]:
-        """As parse_like_last, of the head at the start of `data` (and the bytes after it),
-        when it is the head remembered in changing_value or changing_lines but for what
-        changed last time: every byte before and after that is compared, and what is between is
-        checked as parse_like_last checks a changed line. None: not so, or in doubt."""
-        nonlocal last_head, last_parsed, last_lines, changing_lines
+    def parse_like_changing(data: bytes) -> Optional[bytes]:
+        """As parse_like_last, of the head at the start of `data`, when it is the head
+        remembered in changing_value or changing_lines but for what changed last time: every
+        byte before and after that is compared, and what is between is checked as
+        parse_like_last checks a changed line. The head is then last_head, its parse
+        last_parsed, and the bytes after it are returned; None: not so, or in doubt."""
+        nonlocal last_head, last_parsed, last_lines, changing_lines, changing_last, try_changing
         # The bytes up to what changed, then from its end to the end of the head: the head then
         # has the same length, ends at the same blank line (nothing changed holds a CR or LF:
         # see _parse_field_line), and has the same lines elsewhere. (Slices compared: cheaper
         # than startswith, whose arguments are parsed by format.)
         if changing_value is not None:
-            before, after, start, end, head_length, name, fields_before, fields_after, \
-                headers_class, code, framing = changing_value
+            before, after, start, end, head_length, name, fields, index, headers_class, \
+                code, framing = changing_value
             if data[:start] != before or data[end:head_length] != after:
                 return None
-            # The value of one field, after the same name and colon, checked as
+            # The value of one field, after the same name, colon and whitespace, checked as
             # _parse_field_line checks a value. Neither the field nor the one it replaces
             # frames the response: the name is the same, and was not one of those.
             value = data[start:end]
-            if value.translate(_VALUE_TABLE) != value:
-                return None
-            # The last head too: a server that repeats it (but for the date, once a second)
-            # then finds it so, with one comparison and no new headers
-            last_head, last_parsed, last_lines = data[:head_length], (
-                code, headers_class(fields_before + ((name, value.strip(b' \t')),) +
-                                    fields_after), framing), None
-            return last_parsed, data[head_length:]
+            if value == changing_last:  # the last head again: the next is compared with it
+                try_changing = False
+                last_head, last_lines = data[:head_length], None
+                return data[head_length:]
+            field_value = value
+            # Letters and digits only, as most request ids: nothing to check nor strip
+            if not value.isalnum():
+                if value.translate(_VALUE_TABLE) != value:
+                    return None
+                field_value = value.strip(b' \t')
+            # The last head: changing_last in it, which request() puts in last_head if the next
+            # is not taken so (a head that repeats it is found above, with no new headers)
+            changing_last = value
+            fields[index] = (name, field_value)
+            last_parsed = (code, headers_class(fields), framing)
+            return data[head_length:]
         assert changing_lines is not None
         before, after, start, end, previous_lines, first, previous = changing_lines
         head_length = end + len(after)
@@ -3673,8 +3698,9 @@ def Pool(
             return None
         changed = list(compress(count(), map(bytes.__ne__, lines, previous_lines)))
         head_bytes = data[:head_length]
-        if not changed:  # the head of changing_lines again
-            parsed: Optional[Tuple[bytes, Headers, Framing]] = previous
+        if not changed:  # the head of changing_lines again (last_head: as above)
+            try_changing = False
+            parsed: Optional[_Parsed] = previous
         else:
             parsed = with_lines_replaced(previous, lines, changed, first)
             if parsed is None:
@@ -3685,11 +3711,11 @@ def Pool(
                 remember_changing(head_bytes, start, lines, changed, first, parsed)
         assert parsed is not None
         last_head, last_parsed, last_lines = head_bytes, parsed, None
-        return parsed, data[head_length:]
+        return data[head_length:]
 
-    def with_lines_replaced(parsed: Tuple[bytes, Headers, Framing], lines: List[bytes],
+    def with_lines_replaced(parsed: _Parsed, lines: List[bytes],
                             changed: List[int], first: int) \
-            -> Optional[Tuple[bytes, Headers, Framing]]:
+            -> Optional[_Parsed]:
         # `parsed` with the fields of lines[index] for each changed index (the field of
         # lines[0] being parsed's field `first`), each line checked as the parser checks one;
         # None if one is not a valid field line, or frames the response, or replaces one that
@@ -3713,11 +3739,11 @@ def Pool(
 
     def remember_changing(head_bytes: bytes, start: int, lines: List[bytes],
                           changed: List[int], first: int,
-                          parsed: Tuple[bytes, Headers, Framing]) -> None:
+                          parsed: _Parsed) -> None:
         # changing_value or changing_lines for head_bytes, whose lines from offset `start` on
         # are `lines`, of which those at the indexes `changed` (in order) changed: the value of
         # the one, or the lines from the first to the last.
-        nonlocal changing_value, changing_lines, try_changing
+        nonlocal changing_value, changing_lines, try_changing, changing_last
         try_changing = True
         first_changed, last_changed = changed[0], changed[-1]
         changed_start = start + sum(map(len, lines[:first_changed])) + 2 * first_changed
@@ -3725,14 +3751,19 @@ def Pool(
         if first_changed == last_changed and type(headers) is not ResponseHeaders:
             # (A ResponseHeaders itself holds its status line in its dict: see
             # with_lines_replaced, which copies it.)
+            # The value from after the whitespace that follows the colon: a next value with
+            # none of its own needs no strip
             line = lines[first_changed]
-            value_start = changed_start + len(line.partition(b':')[0]) + 1
+            name, _, value = line.partition(b':')
+            value_start = changed_start + len(name) + 1 + len(value) - \
+                len(value.lstrip(b' \t'))
             changed_end = changed_start + len(line)
             index = first + first_changed
+            changing_last = head_bytes[value_start:changed_end]
             changing_value = (head_bytes[:value_start], head_bytes[changed_end:], value_start,
-                              changed_end, len(head_bytes), headers[index][0],
-                              tuple(headers[:index]), tuple(headers[index + 1:]),
-                              cast('type[ResponseHeaders]', type(headers)), code, framing)
+                              changed_end, len(head_bytes), headers[index][0], list(headers),
+                              index, cast('type[ResponseHeaders]', type(headers)), code,
+                              framing)
             changing_lines = None
             return
         changed_lines = lines[first_changed:last_changed + 1]
@@ -3743,7 +3774,7 @@ def Pool(
 
     async def receive_head(conn: _Connection, method: bytes, data: bytes,
                            head_deadline: float, end: int = -1) \
-            -> Tuple[Tuple[bytes, Headers, Framing], bytes]:
+            -> Tuple[_Parsed, bytes]:
         """Parse `data` (what was read so far: b'' if the connection ended before any byte),
         reading more until a final (non-1xx) head is complete. Return its code, headers and
         framing, and the bytes after it. `end`: where the first head's blank line starts in
@@ -3895,16 +3926,21 @@ def Pool(
                 conn._queued = 0
             else:
                 data = conn.take() or b''
-            if last_head and data.startswith(last_head) and method != b'HEAD' and \
+            if try_changing and method != b'HEAD' and method != b'CONNECT' and \
+                    (after_changing := parse_like_changing(data)) is not None:
+                # The head just before but for a request id, again: two comparisons
+                parsed, rest = last_parsed, after_changing
+            elif last_head and data.startswith(last_head) and method != b'HEAD' and \
                     method != b'CONNECT':
                 # The head just before, again (a head ends at its first blank line, and
                 # last_head is one whole head): a comparison instead of a search and a hash
                 parsed, rest = last_parsed, data[len(last_head):]
-            elif try_changing and method != b'HEAD' and method != b'CONNECT' and \
-                    (like_changing := parse_like_changing(data)) is not None:
-                # The head just before but for a request id, again: two comparisons
-                parsed, rest = like_changing
             else:
+                if try_changing and changing_value is not None:
+                    # The last head, in full, for what follows (the comparison with last_head
+                    # above cannot find the head it is now: parse_like_changing takes that)
+                    last_head, last_lines = \
+                        changing_value[0] + changing_last + changing_value[1], None
                 try_changing = False
                 end = data.find(b'\r\n\r\n', 0, max_header_length)
                 memoised = None
@@ -3945,7 +3981,9 @@ def Pool(
         if kind == CONTENT_LENGTH and len(rest) == length:
             # The usual case of the next branch, in fewer steps: the body, exactly, came whole
             release(conn, keep)
-            buffered_body = _object_new(_BufferedBody)
+            # _whole_body(rest), without its frame; an empty body is ended from the start, so
+            # that iterating it costs only the end, made in C
+            buffered_body = _BufferedBody() if rest else _EndedBody()
             buffered_body._data = rest
             response_body: ResponseBody = buffered_body
         elif kind == NO_BODY or (kind == CONTENT_LENGTH and len(rest) >= length):
@@ -3953,8 +3991,7 @@ def Pool(
             # caller even starts reading, and the body iterator holds only bytes.
             body_bytes = rest[:length] if kind == CONTENT_LENGTH else b''
             release(conn, keep and len(rest) == len(body_bytes))
-            # _BufferedBody(body_bytes) without a call to its __init__ (a Python frame)
-            buffered_body = _object_new(_BufferedBody)
+            buffered_body = _BufferedBody() if body_bytes else _EndedBody()  # (as above)
             buffered_body._data = body_bytes
             response_body = buffered_body
         elif kind == CHUNKED and rest.endswith(b'\r\n\r\n') and \
@@ -3962,7 +3999,7 @@ def Pool(
             # As above, for a chunked body that arrived whole with its head. (A whole one ends
             # so; one that has more to come seldom does, so it is seldom decoded twice.)
             release(conn, keep and not whole[1])
-            response_body = _BufferedBody(whole[0])
+            response_body = _whole_body(whole[0])
         else:
             response_body = _ResponseBody(
                 conn, release, _tuple_new(Framing, (kind, length, keep)), rest,

@@ -84,6 +84,112 @@ async def test_a_run_of_unique_heads_gives_what_full_parses_give(first_change: s
     await check_responses(heads)
 
 
+def with_second_request_id(change: str) -> Optional[bytes]:
+    # The first head changed so, with the request id of the second ('request id' in
+    # FIRST_CHANGES) where its request-id line is still there: the value the Pool then
+    # remembers as the last one, in a head that differs elsewhere
+    changed = CHANGES[change](PREVIOUS_HEADS['nginx-like'])
+    return None if changed is None else with_request_id(changed, 1)
+
+
+SAME_ID_CHANGES = [
+    change for change in CHANGES
+    if with_second_request_id(change) not in
+    (None, FIRST_CHANGES['request id'](PREVIOUS_HEADS['nginx-like']))
+]
+
+
+@pytest.mark.parametrize('change', SAME_ID_CHANGES)
+async def test_the_last_request_id_again_in_a_head_changed_elsewhere_gives_what_a_full_parse_gives(
+        change: str) -> None:
+    # After a head taken as the one before but for its request id, the next is tried so first,
+    # and found to be the last head again when its request id is: only if every other byte is.
+    first = PREVIOUS_HEADS['nginx-like']
+    second = FIRST_CHANGES['request id'](first)
+    third = with_second_request_id(change)
+    assert second is not None and third is not None
+    await check_responses([first, second, third, second, third, third, second, second])
+
+
+@pytest.mark.parametrize('last_id', [1, 3, 4])
+async def test_a_head_after_request_ids_taken_so_is_parsed_like_the_last_one(
+        last_id: int) -> None:
+    # After heads taken with new request ids, one that changes elsewhere (the date) is parsed
+    # like the head just before it, whichever request id it has: the last one's, an earlier
+    # one's, a new one
+    first = PREVIOUS_HEADS['nginx-like']
+    later = date_and(ID_LINE)(first)
+    assert later is not None
+    await check_responses([first] + [with_request_id(first, number) for number in (1, 2, 3)] +
+                          [with_request_id(later, last_id), with_request_id(later, 5)])
+
+
+async def test_a_head_after_a_head_request_among_request_ids_is_parsed_in_full() -> None:
+    # A response to HEAD between heads taken with new request ids: the next GET's head, one
+    # of an earlier request id, is not taken as the last head
+    first = PREVIOUS_HEADS['nginx-like']
+    heads = [first] + [with_request_id(first, number) for number in (1, 2, 3, 1, 1)]
+    methods = [b'GET', b'GET', b'GET', b'HEAD', b'GET', b'GET']
+    expected = [full_parse(head)[0] for head in heads]
+
+    async def answer(conn: Connection) -> None:
+        for head, parsed, method in zip(heads, expected, methods):
+            assert parsed is not None and await conn.read_request()
+            conn.write(head + (body_for(parsed[4])[0] if method == b'GET' else b''))
+            await conn.drain()
+
+    async with scripted_server(answer) as server:
+        request, close = Pool(socket_timeout=2)
+        try:
+            for parsed, method in zip(expected, methods):
+                assert parsed is not None
+                code, headers, body = await request(method, server.url())
+                assert (code, tuple(headers), headers.reason, headers.http_version) == \
+                    parsed[:4]
+                assert await buffered(body) == (body_for(parsed[4])[1] if method == b'GET'
+                                                else b'')
+        finally:
+            await close()
+        assert not server.errors
+
+
+# The whitespace after the colon in the request-id line of the head the Pool remembers
+REMEMBERED_OWS = {'none': b'', 'a space': b' ', 'a tab and a space': b'\t ', 'two spaces': b'  '}
+
+# What the next head has in its place and the value's (the same length: 32 bytes more)
+NEXT_VALUES: Dict[str, Callable[[bytes], bytes]] = {
+    'hex digits': lambda ows: ows + b'fedcba9876543210fedcba9876543210',
+    'letters and digits': lambda ows: ows + b'FEDCBA9876543210zyxwvutsrqponmlk',
+    'a space first': lambda ows: ows + b' edcba9876543210fedcba9876543210',
+    'a tab first': lambda ows: ows + b'\tedcba9876543210fedcba9876543210',
+    'a space last': lambda ows: ows + b'fedcba9876543210fedcba987654321 ',
+    'a tab last': lambda ows: ows + b'fedcba9876543210fedcba987654321\t',
+    'spaces only': lambda ows: ows + b' ' * 32,
+    'dashes': lambda ows: ows + b'fedcba98-7654-3210-fedc-ba987654',
+    'an inner space': lambda ows: ows + b'fedcba9876543210 edcba9876543210',
+    'obs-text': lambda ows: ows + b'\xffedcba9876543210fedcba9876543210',
+    'NUL': lambda ows: ows + b'fedcba9876543210\x00edcba9876543210',
+    'DEL': lambda ows: ows + b'fedcba9876543210\x7fedcba9876543210',
+    'other whitespace after the colon': lambda ows: b'\t' * len(ows) +
+    b'fedcba9876543210fedcba9876543210',
+    'a letter after the colon': lambda ows: b'x' * len(ows) + b'fedcba9876543210fedcba9876543210',
+}
+
+
+@pytest.mark.parametrize('next_value', NEXT_VALUES)
+@pytest.mark.parametrize('ows', REMEMBERED_OWS)
+async def test_a_new_request_id_with_or_without_whitespace_gives_what_a_full_parse_gives(
+        ows: str, next_value: str) -> None:
+    # The Pool remembers where the value starts past the whitespace after the colon, and takes
+    # one of letters and digits there as it is: any other is checked and stripped as any line.
+    first = PREVIOUS_HEADS['nginx-like']
+    second = first.replace(ID_LINE, b'x-request-id:' + REMEMBERED_OWS[ows] + b'%032x' % (1,))
+    third = first.replace(ID_LINE, b'x-request-id:' + NEXT_VALUES[next_value](
+        REMEMBERED_OWS[ows]))
+    assert len(second) == len(third) and second != third
+    await check_responses([first, second, third, second, third])
+
+
 @pytest.mark.parametrize('first_change', FIRST_CHANGES)
 @pytest.mark.parametrize('chunk_size', [1, 7, 64])
 async def test_a_head_changing_where_the_last_one_changed_may_arrive_in_pieces(
