@@ -1599,8 +1599,8 @@ class _Connection(asyncio.Protocol):
     @property
     def ended_cleanly(self) -> bool:
         """The peer closed its side in order (FIN, or TLS close_notify), not with a reset.
-        asyncio before 3.11 reports a close_notify as the connection lost without an error,
-        and never as an end of file: that counts too."""
+        A connection lost without an error counts too: a transport may report an orderly
+        close only so (asyncio's own TLS before 3.11 did, for a close_notify)."""
         return self._lost_exception is None and (self._eof_received or self._lost)
 
     @property
