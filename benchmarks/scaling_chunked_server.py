@@ -1,0 +1,95 @@
+"""Chunked-response server for benchmarks/scaling's chunk-size curve.
+
+`GET /chunked/SIZE` answers 200 with `transfer-encoding: chunked`: the LENGTH-byte text (64-byte
+lines) in chunks of exactly SIZE bytes, then the last chunk. Each whole response is built once per
+SIZE and handed to the transport in one write, so the kernel sends it in full segments and the
+client reads as much as its socket holds, as from any server that does not send chunk by chunk.
+
+Why not nginx (as the curve first did): its `sub_filter` sends a chunked response with four system
+calls per chunk (`pread` of the file, `writev` of the size line, `sendfile` of the data, `writev`
+of the CRLF), each put on the wire at once (`tcp_nodelay`). At 1 KiB chunks the server is then
+slower per chunk than the client, which wakes up and reads for every few KiB that arrive (3-7 KiB
+per read measured, when another process shared the client's core; on a quiet machine, closer to
+one chunk per wake-up): all three clients, the floor included, paid 7-15 us per 1 KiB chunk, the
+cost of a wake-up and a read, and the curve measured the server's pacing. From this server the
+client reads full 124 KiB pieces at every chunk size, and the curve measures its cost per chunk.
+
+Run: python scaling_chunked_server.py LENGTH  ->  prints the port it listens on (127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from typing import Dict, Optional
+
+import uvloop
+
+LINE = b'lowhaio scaling chunked body: sixty-four bytes per line, texts.\n'
+NOT_FOUND = b'HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n'
+RESPONSES: Dict[int, bytes] = {}
+
+
+def chunked_response(length: int, size: int) -> bytes:
+    """The whole response: head, `length` bytes of text in chunks of `size`, last chunk."""
+    text = LINE * (length // len(LINE)) + LINE[: length % len(LINE)]
+    chunks = [b'%x\r\n%s\r\n' % (len(piece), piece)
+              for piece in (text[i : i + size] for i in range(0, length, size))]
+    head = b'HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n'
+    return head + b''.join(chunks) + b'0\r\n\r\n'
+
+
+class ChunkedSender(asyncio.Protocol):
+    length = 0
+
+    def __init__(self) -> None:
+        self.transport: Optional[asyncio.Transport] = None
+        self.buf = b''
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while b'\r\n\r\n' in self.buf:
+            head, _, self.buf = self.buf.partition(b'\r\n\r\n')
+            self.answer(head.split(b' ', 2)[1])
+            if b'\r\nconnection: close' in head.lower():
+                self.transport.close()  # type: ignore[union-attr]  # once the write is sent
+                return
+
+    def answer(self, path: bytes) -> None:
+        assert self.transport is not None
+        prefix, _, size = path.rpartition(b'/')
+        if prefix != b'/chunked' or not size.isdigit() or int(size) == 0:
+            self.transport.write(NOT_FOUND)
+            return
+        response = RESPONSES.get(int(size))
+        if response is None:
+            response = RESPONSES[int(size)] = chunked_response(self.length, int(size))
+        self.transport.write(response)
+
+
+async def serve(length: int) -> None:
+    ChunkedSender.length = length
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(ChunkedSender, '127.0.0.1', 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    stop = loop.create_future()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set_result, None)
+
+    def stop_when_harness_is_gone() -> None:
+        # The harness holds our stdin open: end of file means it died
+        if not os.read(sys.stdin.fileno(), 1) and not stop.done():
+            stop.set_result(None)
+
+    loop.add_reader(sys.stdin.fileno(), stop_when_harness_is_gone)
+    await stop
+    server.close()
+
+
+if __name__ == '__main__':
+    uvloop.run(serve(int(sys.argv[1])))
