@@ -18,7 +18,6 @@ import asyncio
 import base64
 import contextlib
 import errno
-import functools
 import ipaddress
 import logging
 import re
@@ -3061,6 +3060,14 @@ def _dns_layer(loop: asyncio.AbstractEventLoop, dns_resolve: Callable[..., Any])
     return resolve, dns_answers, end_lookups
 
 
+def _makes_plain_futures(loop_class: type) -> bool:
+    """Whether the loop's create_future is asyncio's or uvloop's: asyncio.Future(loop=self)."""
+    create_future = getattr(loop_class, 'create_future', None)
+    return create_future is asyncio.BaseEventLoop.create_future or (
+        getattr(create_future, '__module__', None) == 'uvloop.loop' and
+        getattr(create_future, '__qualname__', None) == 'Loop.create_future')
+
+
 def Pool(
         get_dns_resolver: Callable[..., Any] = Resolver,
         get_sock: Callable[..., socket.socket] = get_nonblocking_sock,
@@ -3133,12 +3140,12 @@ def Pool(
     header_sender = send_header or send_header_tuples_of_bytes
     body_sender = send_body or send_body_async_gen_bytes
     get_sock_takes_family = _accepts_argument(get_sock)
-    # asyncio's own loops make their futures in a Python method: the same future, made
-    # without that call (a loop with a create_future of its own, uvloop's say, keeps it)
+    # asyncio's own loops make their futures in a Python method, and uvloop's passes itself
+    # by keyword (as a partial would): the same future, asyncio.Future(loop=loop), made with
+    # no argument, which takes the running loop in C, the pool's, on which request() runs. (A
+    # loop with a create_future of its own keeps it.)
     new_future: Callable[[], 'asyncio.Future[None]'] = \
-        functools.partial(asyncio.Future, loop=loop) \
-        if getattr(type(loop), 'create_future', None) is asyncio.BaseEventLoop.create_future \
-        else loop.create_future
+        asyncio.Future if _makes_plain_futures(type(loop)) else loop.create_future
     # Likewise their clock, read in a Python method: the same clock without the call
     clock: Callable[[], float] = time.monotonic \
         if getattr(loop.time, '__func__', None) is asyncio.BaseEventLoop.time else loop.time
