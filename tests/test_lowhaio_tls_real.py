@@ -21,22 +21,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import pathlib
 import random
 import re
-import shutil
-from typing import AsyncIterator, List, Optional, Tuple
+import weakref
+from typing import AsyncIterator, Callable, Tuple
 
 import pytest
 
 import support
 
-pytestmark = [
-    pytest.mark.timeout(60),
-    pytest.mark.skipif(shutil.which('openssl') is None and not os.environ.get('CI'),
-                       reason='openssl is not installed (scripts/test installs it)'),
-]
+# openssl is installed by scripts/test (and .ci/run): without it these tests fail, not skip
+pytestmark = pytest.mark.timeout(60)
 
 # Every wait in these tests has this limit: a hang fails the test rather than stalling it
 PATIENCE = 20.0
@@ -47,9 +43,11 @@ PATIENCE = 20.0
 BODY_ALPHABET = b'0123456789abdefghijlmnotuvwxyzABDEFGHIJLMNOTUVWXYZ'
 
 
+_TO_ALPHABET = bytes(BODY_ALPHABET[i % len(BODY_ALPHABET)] for i in range(256))
+
+
 def body_bytes(size: int, seed: int) -> bytes:
-    rng = random.Random(seed)
-    return bytes(rng.choices(BODY_ALPHABET, k=size))
+    return random.Random(seed).randbytes(size).translate(_TO_ALPHABET)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,20 +199,26 @@ async def wait_for_the_clients_part(server: SServer, event: str, times: int) -> 
     # (RFC 8446 4.6.3): OpenSSL sends it with the next write, not at once
 
 
-async def wait_until(condition: 'object') -> None:
+async def wait_until(condition: Callable[[], bool], interval: float = 0.005) -> None:
     async def met() -> None:
-        while not condition():  # type: ignore[operator]
-            await asyncio.sleep(0.005)
+        while not condition():
+            await asyncio.sleep(interval)
     await asyncio.wait_for(met(), PATIENCE)
 
 
-def assert_the_client_answered(server: SServer, event: str, times: int) -> None:
+def assert_the_client_answered(server: SServer, event: str, times: int, *,
+                               wrote_since: bool = True) -> None:
+    """What the server received of the client's part in `times` such events on its first
+    connection (each later one adds a handshake of its own); `wrote_since`: whether the
+    client sent a request on that connection after them."""
+    handshakes = server.connections
     if event == 'renegotiation':
-        assert server.received(b'ClientHello') == 1 + times
-        assert server.received(b'Finished') == 1 + times
+        assert server.received(b'ClientHello') == handshakes + times
+        assert server.received(b'Finished') == handshakes + times
     elif event == 'KeyUpdate requesting one':
-        # Once before its next data, however many requests came before it
-        assert 1 <= server.received(b'KeyUpdate') <= times
+        # At least once before its next data (RFC 8446 4.6.3), and at most once per
+        # request: OpenSSL answers with its next write, or when the next KeyUpdate comes
+        assert (1 if wrote_since else 0) <= server.received(b'KeyUpdate') <= times
     else:
         # Not requested: the client must not answer (RFC 8446 4.6.3)
         assert server.received(b'KeyUpdate') == 0
@@ -223,10 +227,6 @@ def assert_the_client_answered(server: SServer, event: str, times: int) -> None:
 def request_head(method: bytes, path: bytes) -> bytes:
     return method + b' ' + path + b' HTTP/1.1\r\n'
 
-
-async def response_head_sent(server: SServer, path: bytes) -> None:
-    await server.wait_for(request_head(b'GET', path) + b'host: ', 1)
-    await server.wait_for(b'\r\n\r\n', 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,4 +270,162 @@ async def test_an_event_on_an_idle_pooled_connection_keeps_it_usable(
             assert await get_answered(request, server, b'/2', HELLO) == b'hello'
             assert server.connections == 1
             assert_the_client_answered(server, event, times)
+    assert await support.wait_for_sockets(sockets) <= sockets
+
+
+# ---------------------------------------------------------------------------------------------
+# In the middle of a response body
+# ---------------------------------------------------------------------------------------------
+
+FRAMINGS = ['content-length', 'chunked', 'close-delimited']
+RESPONSE_BODY = body_bytes(200_000, 1)
+BEFORE_THE_EVENT = 64_000
+CHUNK = 16_000  # 3e80 in hex: no chunk-size line is one of s_server's commands
+
+
+def chunked(data: bytes) -> bytes:
+    return b''.join(b'%x\r\n%s\r\n' % (len(data[i:i + CHUNK]), data[i:i + CHUNK])
+                    for i in range(0, len(data), CHUNK))
+
+
+def response_in_two(framing: str, body: bytes, split: int) -> Tuple[bytes, bytes]:
+    """The response to `body`, cut where `split` bytes of the body are in the first part."""
+    if framing == 'content-length':
+        head = b'HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n' % len(body)
+        return head + body[:split], body[split:]
+    if framing == 'chunked':
+        head = b'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n'
+        return head + chunked(body[:split]), chunked(body[split:]) + b'0\r\n\r\n'
+    head = b'HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n'
+    return head + body[:split], body[split:]
+
+
+@pytest.mark.parametrize('times', [1, 3])
+@pytest.mark.parametrize('framing', FRAMINGS)
+@pytest.mark.parametrize('event', list(EVENTS))
+async def test_an_event_in_the_middle_of_a_response_body_leaves_it_intact(
+        event: str, framing: str, times: int, tmp_path: pathlib.Path) -> None:
+    version, _ = EVENTS[event]
+    first, rest = response_in_two(framing, RESPONSE_BODY, BEFORE_THE_EVENT)
+    sockets = support.open_sockets()
+    async with s_server(version, tmp_path) as server:
+        async with pool() as request:
+            async def answer() -> None:
+                await server.wait_for(request_head(b'GET', b'/body'))
+                await server.send(first)
+            answering = asyncio.ensure_future(answer())
+            _, _, body = await asyncio.wait_for(
+                request(b'GET', 'https://127.0.0.1:%d/body' % server.port), PATIENCE)
+            await answering
+            received = bytearray()
+
+            async def read_body() -> None:
+                async for piece in body:
+                    received.extend(piece)
+                    if len(received) == BEFORE_THE_EVENT:
+                        # All the first part is in: nothing else is in s_server's stdin
+                        await cause(server, event, times)
+                        await server.send(rest)
+                    if framing == 'close-delimited' and len(received) == len(RESPONSE_BODY):
+                        await server.close_connection()
+            await asyncio.wait_for(read_body(), PATIENCE)
+            assert hashlib.sha256(received).hexdigest() == \
+                hashlib.sha256(RESPONSE_BODY).hexdigest()
+
+            assert await get_answered(request, server, b'/next', HELLO) == b'hello'
+            assert server.connections == (2 if framing == 'close-delimited' else 1)
+            assert_the_client_answered(server, event, times,
+                                       wrote_since=framing != 'close-delimited')
+    assert await support.wait_for_sockets(sockets) <= sockets
+
+
+# ---------------------------------------------------------------------------------------------
+# In the middle of an upload
+# ---------------------------------------------------------------------------------------------
+
+UPLOAD = body_bytes(8 * 2 ** 20, 2)
+UPLOAD_CHUNK = 65536
+EVENT_AT_CHUNKS = (16, 48, 80)  # 1, 3 and 5 MiB into the upload: the client is writing
+# The most of the caller's upload lowhaio may hold at once: two of its 64 KiB write buffer's
+# worth and a chunk, with room to spare. (What the kernel holds is not counted.)
+MOST_HELD = 1 * 2 ** 20
+
+
+class Chunk(bytearray):
+    """A piece of an upload whose lifetime is watched: alive while anything holds it."""
+
+
+class Upload:
+    """An upload in Chunks, that knows how many bytes of it are alive (held) at each yield."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.alive = 0
+        self.most_alive = 0
+
+    def chunk(self, start: int) -> Chunk:
+        chunk = Chunk(self.data[start:start + UPLOAD_CHUNK])
+        self.alive += len(chunk)
+        weakref.finalize(chunk, self._freed, len(chunk))
+        return chunk
+
+    def _freed(self, size: int) -> None:
+        self.alive -= size
+
+    def note(self) -> None:
+        self.most_alive = max(self.most_alive, self.alive)
+
+
+def uploaded(server: SServer, path: bytes) -> bytes:
+    """The body of the POST to `path` as the server received it."""
+    plaintext = server.plaintext()
+    start = plaintext.index(request_head(b'POST', path))
+    body_start = plaintext.index(b'\r\n\r\n', start) + 4
+    return plaintext[body_start:body_start + len(UPLOAD)]
+
+
+@pytest.mark.parametrize('times', [1, 3])
+@pytest.mark.parametrize('event', list(EVENTS))
+async def test_an_event_in_the_middle_of_an_upload_leaves_it_intact(
+        event: str, times: int, tmp_path: pathlib.Path) -> None:
+    version, letter = EVENTS[event]
+    sockets = support.open_sockets()
+    watched = Upload(UPLOAD)
+
+    async with s_server(version, tmp_path) as server:
+        async def upload() -> AsyncIterator[bytes]:
+            for number, start in enumerate(range(0, len(UPLOAD), UPLOAD_CHUNK)):
+                watched.note()
+                if number in EVENT_AT_CHUNKS[:times]:
+                    # Each event once the client has done its part of the last
+                    done = EVENT_AT_CHUNKS.index(number)
+                    await wait_for_the_clients_part(server, event, done)
+                    await server.command(letter)
+                yield watched.chunk(start)
+
+        async def serve() -> None:
+            await server.wait_for_size(len(UPLOAD))
+            await wait_until(lambda: len(uploaded(server, b'/upload')) == len(UPLOAD), 0.05)
+            await server.send(HELLO)
+
+        async with pool() as request:
+            serving = asyncio.ensure_future(serve())
+            try:
+                _, _, body = await asyncio.wait_for(request(
+                    b'POST', 'https://127.0.0.1:%d/upload' % server.port, body=upload,
+                    headers=((b'content-length', b'%d' % len(UPLOAD)),)), PATIENCE)
+                assert b''.join([piece async for piece in body]) == b'hello'
+            finally:
+                await asyncio.wait_for(serving, PATIENCE)
+            assert hashlib.sha256(uploaded(server, b'/upload')).hexdigest() == \
+                hashlib.sha256(UPLOAD).hexdigest()
+            # Backpressure held throughout, renegotiations included
+            assert watched.most_alive <= MOST_HELD
+            assert await get_answered(request, server, b'/next', HELLO) == b'hello'
+            assert server.connections == 1
+            if event == 'KeyUpdate requesting one':
+                # Each answered, since the client was writing when each came
+                assert server.received(b'KeyUpdate') == times
+            else:
+                assert_the_client_answered(server, event, times)
     assert await support.wait_for_sockets(sockets) <= sockets
