@@ -138,14 +138,15 @@ class SServer:
 
 
 @contextlib.asynccontextmanager
-async def s_server(version: str, tmp_path: pathlib.Path) -> AsyncIterator[SServer]:
+async def s_server(version: str, tmp_path: pathlib.Path, *options: str
+                   ) -> AsyncIterator[SServer]:
     cert = support.server_cert()
     pem = tmp_path / 'server.pem'
     cert.private_key_and_cert_chain_pem.write_to_path(str(pem))
     # stdbuf: its remarks unbuffered, so that they come in order with what it received
     process = await asyncio.create_subprocess_exec(
         'stdbuf', '-o0', 'openssl', 's_server', '-accept', '127.0.0.1:0', '-cert', str(pem),
-        '-tls' + version.replace('.', '_'), '-msg', '-ign_eof',
+        '-tls' + version.replace('.', '_'), '-msg', '-ign_eof', *options,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT)
     server = SServer(process)
@@ -173,17 +174,27 @@ def pool(**options: object) -> contextlib.AbstractAsyncContextManager:
 # The events, and what each must leave in the server's record
 # ---------------------------------------------------------------------------------------------
 
-# Event -> (TLS version, s_server's command)
+# Event -> (TLS version, s_server's command, s_server's options)
 EVENTS = {
-    'renegotiation': ('1.2', 'r'),
-    'KeyUpdate': ('1.3', 'k'),
-    'KeyUpdate requesting one': ('1.3', 'K'),
+    # The client resumes its session: an abbreviated handshake
+    'renegotiation': ('1.2', 'r', ()),
+    # No session to resume: a full handshake, and a certificate asked of the client, which
+    # has none and answers with an empty one (s_server goes on without)
+    'full renegotiation asking for a certificate': ('1.2', 'R', ('-no_cache', '-no_ticket')),
+    'KeyUpdate': ('1.3', 'k', ()),
+    'KeyUpdate requesting one': ('1.3', 'K', ()),
 }
+
+
+def start_s_server(event: str, tmp_path: pathlib.Path
+                   ) -> contextlib.AbstractAsyncContextManager[SServer]:
+    version, _, options = EVENTS[event]
+    return s_server(version, tmp_path, *options)
 
 
 async def cause(server: SServer, event: str, times: int = 1) -> None:
     """`times` such events in a row, each once the client has done its part of the last."""
-    _, letter = EVENTS[event]
+    _, letter, _ = EVENTS[event]
     for time in range(1, times + 1):
         await server.command(letter)
         await wait_for_the_clients_part(server, event, time)
@@ -191,7 +202,7 @@ async def cause(server: SServer, event: str, times: int = 1) -> None:
 
 async def wait_for_the_clients_part(server: SServer, event: str, times: int) -> None:
     """Until the client has done its part of `times` such events (all it must do at once)."""
-    if event == 'renegotiation':
+    if 'renegotiation' in event:
         # A ClientHello for the first handshake and one for each renegotiation
         await wait_until(lambda: server.received(b'ClientHello') == 1 + times
                          and server.received(b'Finished') == 1 + times)
@@ -212,9 +223,12 @@ def assert_the_client_answered(server: SServer, event: str, times: int, *,
     connection (each later one adds a handshake of its own); `wrote_since`: whether the
     client sent a request on that connection after them."""
     handshakes = server.connections
-    if event == 'renegotiation':
+    if 'renegotiation' in event:
         assert server.received(b'ClientHello') == handshakes + times
         assert server.received(b'Finished') == handshakes + times
+        if 'certificate' in event:
+            # (empty: it has none), once only: s_server asks with SSL_VERIFY_CLIENT_ONCE
+            assert server.received(b'Certificate') == 1
     elif event == 'KeyUpdate requesting one':
         # At least once before its next data (RFC 8446 4.6.3), and at most once per
         # request: OpenSSL answers with its next write, or when the next KeyUpdate comes
@@ -259,9 +273,8 @@ async def get_answered(request: object, server: SServer, path: bytes, response: 
 @pytest.mark.parametrize('event', list(EVENTS))
 async def test_an_event_on_an_idle_pooled_connection_keeps_it_usable(
         event: str, times: int, tmp_path: pathlib.Path) -> None:
-    version, _ = EVENTS[event]
     sockets = support.open_sockets()
-    async with s_server(version, tmp_path) as server:
+    async with start_s_server(event, tmp_path) as server:
         async with pool() as request:
             assert await get_answered(request, server, b'/1', HELLO) == b'hello'
             await cause(server, event, times)
@@ -305,10 +318,9 @@ def response_in_two(framing: str, body: bytes, split: int) -> Tuple[bytes, bytes
 @pytest.mark.parametrize('event', list(EVENTS))
 async def test_an_event_in_the_middle_of_a_response_body_leaves_it_intact(
         event: str, framing: str, times: int, tmp_path: pathlib.Path) -> None:
-    version, _ = EVENTS[event]
     first, rest = response_in_two(framing, RESPONSE_BODY, BEFORE_THE_EVENT)
     sockets = support.open_sockets()
-    async with s_server(version, tmp_path) as server:
+    async with start_s_server(event, tmp_path) as server:
         async with pool() as request:
             async def answer() -> None:
                 await server.wait_for(request_head(b'GET', b'/body'))
@@ -388,11 +400,11 @@ def uploaded(server: SServer, path: bytes) -> bytes:
 @pytest.mark.parametrize('event', list(EVENTS))
 async def test_an_event_in_the_middle_of_an_upload_leaves_it_intact(
         event: str, times: int, tmp_path: pathlib.Path) -> None:
-    version, letter = EVENTS[event]
+    _, letter, _ = EVENTS[event]
     sockets = support.open_sockets()
     watched = Upload(UPLOAD)
 
-    async with s_server(version, tmp_path) as server:
+    async with start_s_server(event, tmp_path) as server:
         async def upload() -> AsyncIterator[bytes]:
             for number, start in enumerate(range(0, len(UPLOAD), UPLOAD_CHUNK)):
                 watched.note()
