@@ -21,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import pathlib
 import random
 import re
 import weakref
-from typing import AsyncIterator, Callable, Tuple
+from typing import AsyncIterator, Awaitable, Callable, Dict, Iterator, Tuple
 
 import pytest
 
@@ -440,4 +441,144 @@ async def test_an_event_in_the_middle_of_an_upload_leaves_it_intact(
                 assert server.received(b'KeyUpdate') == times
             else:
                 assert_the_client_answered(server, event, times)
+    assert await support.wait_for_sockets(sockets) <= sockets
+
+
+# ---------------------------------------------------------------------------------------------
+# nginx: each TLS version and AEAD, connections it closes, a large body read slowly
+# ---------------------------------------------------------------------------------------------
+
+# Server block name -> (TLS version, what pins the cipher)
+NGINX_TLS = {
+    '1.2 AES-GCM': ('TLSv1.2', 'ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256;'),
+    '1.2 ChaCha20': ('TLSv1.2', 'ssl_ciphers ECDHE-ECDSA-CHACHA20-POLY1305;'),
+    '1.3 AES-GCM': ('TLSv1.3', 'ssl_conf_command Ciphersuites TLS_AES_256_GCM_SHA384;'),
+    '1.3 ChaCha20': ('TLSv1.3', 'ssl_conf_command Ciphersuites TLS_CHACHA20_POLY1305_SHA256;'),
+}
+NGINX_CIPHERS = {
+    '1.2 AES-GCM': 'ECDHE-ECDSA-AES128-GCM-SHA256',
+    '1.2 ChaCha20': 'ECDHE-ECDSA-CHACHA20-POLY1305',
+    '1.3 AES-GCM': 'TLS_AES_256_GCM_SHA384',
+    '1.3 ChaCha20': 'TLS_CHACHA20_POLY1305_SHA256',
+}
+
+_NGINX_SERVER = '''
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {tmp}/server.pem;
+        ssl_certificate_key {tmp}/server.pem;
+        ssl_protocols {protocol};
+        {cipher}
+        root {root};
+        # Which connection, which request on it, and the TLS the server chose
+        location = /who {{
+            default_type text/plain;
+            return 200 "$connection $connection_requests $ssl_protocol $ssl_cipher";
+        }}
+    }}
+'''
+
+_NGINX_TLS_CONF = '''\
+{user}
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{
+    worker_connections 1024;
+}}
+http {{
+    access_log off;
+    default_type application/octet-stream;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    # After its third response on a connection, nginx closes it (with close_notify)
+    keepalive_requests 3;
+    keepalive_timeout 75s;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 404; }}
+    }}
+{servers}
+}}
+'''
+
+
+class TlsNginx(support.Nginx):
+    """support.Nginx with a server block (a port of its own) for each of NGINX_TLS."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ports: Dict[str, int] = {}
+
+    def _write_config(self) -> None:
+        self.ports = {name: support._free_port() for name in NGINX_TLS}
+        # The first is the one support.Nginx waits for (nginx binds every port before it
+        # accepts on any)
+        self.tls_port = self.ports['1.2 AES-GCM']
+        servers = ''.join(_NGINX_SERVER.format(
+            port=self.ports[name], tmp=self.tmp, root=self.root, protocol=protocol,
+            cipher=cipher) for name, (protocol, cipher) in NGINX_TLS.items())
+        (self.tmp / 'nginx.conf').write_text(_NGINX_TLS_CONF.format(
+            user='user root;' if os.geteuid() == 0 else '', tmp=self.tmp, port=self.port,
+            servers=servers))
+
+    def tls_url_of(self, name: str, path: str) -> str:
+        return 'https://127.0.0.1:%d%s' % (self.ports[name], path)
+
+
+LARGE_FILE = body_bytes(6 * 2 ** 20, 3)
+
+
+@pytest.fixture(scope='module')
+def tls_nginx() -> Iterator[TlsNginx]:
+    if support.nginx_binary() is None:
+        pytest.fail('nginx is not installed; scripts/test installs it')
+    with TlsNginx() as nginx:
+        (nginx.root / 'large').write_bytes(LARGE_FILE)
+        yield nginx
+
+
+@pytest.mark.parametrize('tls', list(NGINX_TLS))
+async def test_nginx_closing_after_its_third_response_costs_no_request(
+        tls: str, tls_nginx: TlsNginx) -> None:
+    sockets = support.open_sockets()
+    async with pool() as request:
+        answers = [(await get(request, tls_nginx.tls_url_of(tls, '/who'))).split()
+                   for _ in range(7)]
+    protocol, _ = NGINX_TLS[tls]
+    assert {(answer[2], answer[3]) for answer in answers} == {
+        (protocol.encode(), NGINX_CIPHERS[tls].encode())}
+    # Three on each connection, each connection new after nginx closed the last
+    assert [answer[1] for answer in answers] == [b'1', b'2', b'3', b'1', b'2', b'3', b'1']
+    connections = [answer[0] for answer in answers]
+    assert len(set(connections)) == 3
+    assert connections[0] == connections[2] != connections[3] == connections[5] != connections[6]
+    assert await support.wait_for_sockets(sockets) <= sockets
+
+
+async def read_slowly(request: Callable[..., Awaitable], url: str) -> str:
+    """The sha256 of the body at `url`, read with a pause after each piece: long enough for
+    lowhaio to pause reading and for nginx to wait."""
+    _, _, body = await request(b'GET', url)
+    hashed = hashlib.sha256()
+    async for piece in body:
+        hashed.update(piece)
+        await asyncio.sleep(0.005)
+    return hashed.hexdigest()
+
+
+@pytest.mark.parametrize('tls', list(NGINX_TLS))
+async def test_nginx_a_large_body_read_slowly_arrives_whole(tls: str, tls_nginx: TlsNginx
+                                                            ) -> None:
+    sockets = support.open_sockets()
+    async with pool() as request:
+        for _ in range(2):  # the second on the same connection
+            digest = await asyncio.wait_for(
+                read_slowly(request, tls_nginx.tls_url_of(tls, '/large')), PATIENCE)
+            assert digest == hashlib.sha256(LARGE_FILE).hexdigest()
+        answer = (await get(request, tls_nginx.tls_url_of(tls, '/who'))).split()
+        assert answer[1] == b'3'  # the two bodies and this on one connection
     assert await support.wait_for_sockets(sockets) <= sockets
