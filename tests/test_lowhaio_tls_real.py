@@ -32,7 +32,8 @@ import pytest
 
 import support
 
-# openssl is installed by scripts/test (and .ci/run): without it these tests fail, not skip
+# openssl and gnutls-serv are installed by scripts/test (which .ci/run runs): without them
+# these tests fail, not skip
 pytestmark = pytest.mark.timeout(60)
 
 # Every wait in these tests has this limit: a hang fails the test rather than stalling it
@@ -159,12 +160,7 @@ async def s_server(version: str, tmp_path: pathlib.Path, *options: str
         server.port = int(match.group(1))
         yield server
     finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
-        server._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await server._reader
+        await stopped(server)
 
 
 def pool(**options: object) -> contextlib.AbstractAsyncContextManager:
@@ -581,4 +577,83 @@ async def test_nginx_a_large_body_read_slowly_arrives_whole(tls: str, tls_nginx:
             assert digest == hashlib.sha256(LARGE_FILE).hexdigest()
         answer = (await get(request, tls_nginx.tls_url_of(tls, '/who'))).split()
         assert answer[1] == b'3'  # the two bodies and this on one connection
+    assert await support.wait_for_sockets(sockets) <= sockets
+
+
+# ---------------------------------------------------------------------------------------------
+# gnutls-serv: a TLS stack that shares no code with OpenSSL
+# ---------------------------------------------------------------------------------------------
+
+# Name -> (GnuTLS priority string, how gnutls-serv describes the session)
+GNUTLS = {
+    '1.2 AES-GCM': ('NORMAL:-VERS-ALL:+VERS-TLS1.2:-CIPHER-ALL:+AES-128-GCM',
+                    b'(TLS1.2-X.509)-(ECDHE-X25519)-(ECDSA-SHA256)-(AES-128-GCM)'),
+    '1.2 ChaCha20': ('NORMAL:-VERS-ALL:+VERS-TLS1.2:-CIPHER-ALL:+CHACHA20-POLY1305',
+                     b'(TLS1.2-X.509)-(ECDHE-X25519)-(ECDSA-SHA256)-(CHACHA20-POLY1305)'),
+    '1.3 AES-GCM': ('NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-256-GCM',
+                    b'(TLS1.3-X.509)-(ECDHE-X25519)-(ECDSA-SECP256R1-SHA256)-(AES-256-GCM)'),
+    '1.3 ChaCha20': ('NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+CHACHA20-POLY1305',
+                     b'(TLS1.3-X.509)-(ECDHE-X25519)-(ECDSA-SECP256R1-SHA256)-'
+                     b'(CHACHA20-POLY1305)'),
+}
+GNUTLS_BODY = body_bytes(3 * 2 ** 20, 4)
+
+
+@contextlib.asynccontextmanager
+async def gnutls_serv(priority: str, tmp_path: pathlib.Path) -> AsyncIterator[SServer]:
+    """gnutls-serv answering each request with GNUTLS_BODY (HTTP/1.0: then it closes)."""
+    cert = support.server_cert()
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / 'cert.pem'))
+    cert.private_key_pem.write_to_path(str(tmp_path / 'key.pem'))
+    (tmp_path / 'body').write_bytes(GNUTLS_BODY)
+    server = await started_gnutls_serv(priority, tmp_path)
+    try:
+        yield server
+    finally:
+        await stopped(server)
+
+
+async def started_gnutls_serv(priority: str, tmp_path: pathlib.Path) -> SServer:
+    for _ in range(10):
+        # It cannot bind port 0 and tell which it got: a port free a moment ago, else another
+        port = support._free_port()
+        process = await asyncio.create_subprocess_exec(
+            'stdbuf', '-o0', 'gnutls-serv', '--http', '--httpdata', str(tmp_path / 'body'),
+            '--x509certfile', str(tmp_path / 'cert.pem'),
+            '--x509keyfile', str(tmp_path / 'key.pem'), '--priority', priority,
+            '--port', str(port),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        server = SServer(process)
+        server.port = port
+        try:
+            await server.wait_for(b'IPv4 0.0.0.0 port %d...done' % port)
+            return server
+        except AssertionError:
+            await stopped(server)
+    raise AssertionError('gnutls-serv did not start')
+
+
+async def stopped(server: SServer) -> None:
+    if server.process.returncode is None:
+        server.process.kill()
+    await server.process.wait()
+    server._reader.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await server._reader
+
+
+@pytest.mark.parametrize('tls', list(GNUTLS))
+async def test_gnutls_bodies_arrive_whole_fast_or_read_slowly(tls: str, tmp_path: pathlib.Path
+                                                              ) -> None:
+    priority, description = GNUTLS[tls]
+    expected = hashlib.sha256(GNUTLS_BODY).hexdigest()
+    sockets = support.open_sockets()
+    async with gnutls_serv(priority, tmp_path) as server, pool() as request:
+        url = 'https://127.0.0.1:%d/' % server.port
+        assert hashlib.sha256(await get(request, url)).hexdigest() == expected
+        # HTTP/1.0 and closed by the server: a new connection
+        assert await asyncio.wait_for(read_slowly(request, url), PATIENCE) == expected
+        await server.wait_for(description, 2)
+        assert server.output.count(b'Accepted connection') == 2
     assert await support.wait_for_sockets(sockets) <= sockets
