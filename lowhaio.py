@@ -1872,7 +1872,9 @@ class _TlsLayer(asyncio.Protocol):
         self.transport.write(self._outgoing.read())
 
     def _hold_back(self, data: Any) -> None:
-        self._backlog.append(data)
+        # A copy, unless immutable: the caller may refill a buffer once it is written (a
+        # reader of a file with readinto does), and this holds it past that
+        self._backlog.append(data if type(data) is bytes else bytes(data))
         self._backlog_size += len(data)
         if self._backlog_size > self.transport.get_write_buffer_limits()[1]:
             self._pause_above()

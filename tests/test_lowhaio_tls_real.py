@@ -440,6 +440,41 @@ async def test_an_event_in_the_middle_of_an_upload_leaves_it_intact(
     assert await support.wait_for_sockets(sockets) <= sockets
 
 
+
+@pytest.mark.parametrize('event', [event for event in EVENTS if 'renegotiation' in event])
+async def test_a_buffer_the_caller_refills_after_each_chunk_is_sent_as_it_was(
+        event: str, tmp_path: pathlib.Path) -> None:
+    # A generator may yield one bytearray, refilled once lowhaio has taken it (as a reader
+    # of a file does with readinto). What a renegotiation makes lowhaio hold back must be
+    # what the caller had yielded, not what the buffer holds later.
+    _, letter, _ = EVENTS[event]
+    async with start_s_server(event, tmp_path) as server:
+        async def upload() -> AsyncIterator[bytearray]:
+            buffer = bytearray(UPLOAD_CHUNK)
+            for number, start in enumerate(range(0, len(UPLOAD), UPLOAD_CHUNK)):
+                if number == EVENT_AT_CHUNKS[0]:
+                    await server.command(letter)
+                buffer[:] = UPLOAD[start:start + UPLOAD_CHUNK]
+                yield buffer
+
+        async def serve() -> None:
+            await server.wait_for_size(len(UPLOAD))
+            await wait_until(lambda: len(uploaded(server, b'/upload')) == len(UPLOAD), 0.05)
+            await server.send(HELLO)
+
+        async with pool() as request:
+            serving = asyncio.ensure_future(serve())
+            try:
+                _, _, body = await asyncio.wait_for(request(
+                    b'POST', 'https://127.0.0.1:%d/upload' % server.port, body=upload,
+                    headers=((b'content-length', b'%d' % len(UPLOAD)),)), PATIENCE)
+                assert b''.join([piece async for piece in body]) == b'hello'
+            finally:
+                await asyncio.wait_for(serving, PATIENCE)
+            await wait_for_the_clients_part(server, event, 1)
+            assert hashlib.sha256(uploaded(server, b'/upload')).hexdigest() == \
+                hashlib.sha256(UPLOAD).hexdigest()
+
 # ---------------------------------------------------------------------------------------------
 # nginx: each TLS version and AEAD, connections it closes, a large body read slowly
 # ---------------------------------------------------------------------------------------------
