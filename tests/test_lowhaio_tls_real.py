@@ -66,8 +66,8 @@ REMARKS = re.compile(rb'SSL_do_handshake -> -?\d+\n|Read BLOCK\n|Write BLOCK\n')
 
 
 class SServer:
-    """One `openssl s_server` on 127.0.0.1 pinned to one TLS version, serving one
-    connection at a time."""
+    """A TLS server run as a subprocess, its output read as it comes: `openssl s_server`
+    (serving one connection at a time, driven through its stdin) or gnutls-serv."""
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
