@@ -1718,7 +1718,8 @@ class _TlsLayer(asyncio.Protocol):
     """TLS, with ssl's in-memory SSLObject, over `transport` for `protocol`."""
 
     __slots__ = ('loop', 'transport', 'protocol', '_sslobj', '_incoming', '_outgoing',
-                 '_handshake', '_backlog', '_closing', '_error', '_context')
+                 '_handshake', '_backlog', '_backlog_size', '_paused_beneath',
+                 '_paused_above', '_closing', '_error', '_context')
 
     def __init__(self, loop: asyncio.AbstractEventLoop, transport: Any, protocol: Any,
                  context: ssl.SSLContext, server_hostname: str) -> None:
@@ -1734,6 +1735,14 @@ class _TlsLayer(asyncio.Protocol):
         self._handshake: Optional['asyncio.Future[None]'] = None
         # Plaintext the SSLObject could not take yet (a TLS 1.2 renegotiation in progress)
         self._backlog: List[bytes] = []
+        self._backlog_size = 0
+        # The protocol above is told to pause while the transport beneath is paused, or while
+        # the backlog is above the high-water mark: without the latter, an upload whose
+        # writer never waits would pile up in the backlog for as long as the renegotiation
+        # takes (a renegotiation's ClientHello waits behind all the ciphertext already sent,
+        # megabytes on loopback: the rest of a 16 MiB upload was seen held here)
+        self._paused_beneath = False
+        self._paused_above = False
         self._closing = False
         # Why this layer gave up on the connection, for the protocol's connection_lost
         self._error: Optional[BaseException] = None
@@ -1864,10 +1873,23 @@ class _TlsLayer(asyncio.Protocol):
             self.protocol.connection_lost(self._error or exc)
 
     def pause_writing(self) -> None:
-        self.protocol.pause_writing()
+        self._paused_beneath = True
+        self._pause_above()
 
     def resume_writing(self) -> None:
-        self.protocol.resume_writing()
+        self._paused_beneath = False
+        self._resume_above_if_room()
+
+    def _pause_above(self) -> None:
+        if not self._paused_above:
+            self._paused_above = True
+            self.protocol.pause_writing()
+
+    def _resume_above_if_room(self) -> None:
+        if self._paused_above and not self._paused_beneath and \
+                self._backlog_size <= self.transport.get_write_buffer_limits()[0]:
+            self._paused_above = False
+            self.protocol.resume_writing()
 
     def _fail(self, exception: BaseException) -> None:
         # As asyncio does: the connection is dropped, and the error given as the reason
@@ -1881,16 +1903,24 @@ class _TlsLayer(asyncio.Protocol):
         if not data or self._closing:
             return
         if self._backlog:
-            self._backlog.append(data)
+            self._hold_back(data)
             return
         try:
             self._sslobj.write(data)
         except ssl.SSLWantReadError:
-            self._backlog.append(data)
+            self._hold_back(data)
         except Exception as exception:
             self._fail(exception)
             return
         self.transport.write(self._outgoing.read())
+
+    def _hold_back(self, data: Any) -> None:
+        # A copy, unless immutable: the caller may refill a buffer once it is written (a
+        # reader of a file with readinto does), and this holds it past that
+        self._backlog.append(data if type(data) is bytes else bytes(data))
+        self._backlog_size += len(data)
+        if self._backlog_size > self.transport.get_write_buffer_limits()[1]:
+            self._pause_above()
 
     def _write_backlog(self) -> None:
         backlog = self._backlog
@@ -1902,8 +1932,10 @@ class _TlsLayer(asyncio.Protocol):
             except Exception as exception:
                 self._fail(exception)
                 return
+            self._backlog_size -= len(backlog[0])
             del backlog[0]
         self._flush()
+        self._resume_above_if_room()
 
     def is_closing(self) -> bool:
         return self._closing or self.transport.is_closing()
@@ -1932,7 +1964,7 @@ class _TlsLayer(asyncio.Protocol):
 
     def get_write_buffer_size(self) -> int:
         # Ciphertext goes beneath at once: the transport beneath counts it (lower_transports)
-        return sum(map(len, self._backlog)) if self._backlog else 0
+        return self._backlog_size
 
     def set_write_buffer_limits(self, high: Optional[int] = None,
                                 low: Optional[int] = None) -> None:
