@@ -1,8 +1,8 @@
 """lowhaio's TLS: what an https request gives, whatever the server's TLS does.
 
-On asyncio lowhaio runs TLS itself (lowhaio._TlsLayer, an SSLObject over the TCP transport)
-rather than through asyncio's TLS transport; under uvloop it keeps uvloop's. Either way users
-see the same outcomes, asserted here on both loops: each TLS version the server may pin, each
+lowhaio runs TLS itself (lowhaio._TlsLayer, an SSLObject over the TCP transport) rather than
+through the loop's TLS transport, on asyncio and uvloop alike. Users see the same outcomes on
+both loops, asserted here: each TLS version the server may pin, each
 way a response may be framed and the connection end, each way a handshake may fail, uploads,
 and what the server may send between requests on a pooled connection (TLS 1.3 session tickets
 after the handshake, stray bytes, close_notify).
