@@ -10,12 +10,11 @@ Run: python hold_server.py  ->  prints the port it listens on (127.0.0.1, chosen
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import sys
 from typing import List, Optional
 
 import uvloop
+
+from server_lifetime import serve_until_stopped
 
 OK = b'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok'
 HELD: List[asyncio.Transport] = []
@@ -53,21 +52,7 @@ class Holder(asyncio.Protocol):
 
 
 async def serve() -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(Holder, '127.0.0.1', 0, backlog=16384)
-    print(server.sockets[0].getsockname()[1], flush=True)
-    stop = loop.create_future()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set_result, None)
-
-    def stop_when_harness_is_gone() -> None:
-        # The harness holds our stdin open: end of file means it died
-        if not os.read(sys.stdin.fileno(), 1) and not stop.done():
-            stop.set_result(None)
-
-    loop.add_reader(sys.stdin.fileno(), stop_when_harness_is_gone)
-    await stop
-    server.close()
+    await serve_until_stopped(Holder, backlog=16384)
 
 
 if __name__ == '__main__':

@@ -20,12 +20,12 @@ Run: python scaling_chunked_server.py LENGTH  ->  prints the port it listens on 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import sys
 from typing import Dict, Optional
 
 import uvloop
+
+from server_lifetime import serve_until_stopped
 
 LINE = b'lowhaio scaling chunked body: sixty-four bytes per line, texts.\n'
 NOT_FOUND = b'HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n'
@@ -74,21 +74,7 @@ class ChunkedSender(asyncio.Protocol):
 
 async def serve(length: int) -> None:
     ChunkedSender.length = length
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(ChunkedSender, '127.0.0.1', 0)
-    print(server.sockets[0].getsockname()[1], flush=True)
-    stop = loop.create_future()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set_result, None)
-
-    def stop_when_harness_is_gone() -> None:
-        # The harness holds our stdin open: end of file means it died
-        if not os.read(sys.stdin.fileno(), 1) and not stop.done():
-            stop.set_result(None)
-
-    loop.add_reader(sys.stdin.fileno(), stop_when_harness_is_gone)
-    await stop
-    server.close()
+    await serve_until_stopped(ChunkedSender)
 
 
 if __name__ == '__main__':

@@ -12,12 +12,11 @@ Run: python upload_server.py  ->  prints the port it listens on (127.0.0.1, chos
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import sys
 from typing import Optional
 
 import uvloop
+
+from server_lifetime import serve_until_stopped
 
 MAX_HEAD = 65536
 
@@ -132,22 +131,7 @@ class UploadSink(asyncio.Protocol):
 
 
 async def serve() -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(UploadSink, '127.0.0.1', 0, backlog=1024)
-    port = server.sockets[0].getsockname()[1]
-    print(port, flush=True)
-    stop = loop.create_future()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set_result, None)
-
-    def stop_when_harness_is_gone() -> None:
-        # The harness holds our stdin open: end of file means it died, so no server outlives a run
-        if not os.read(sys.stdin.fileno(), 1) and not stop.done():
-            stop.set_result(None)
-
-    loop.add_reader(sys.stdin.fileno(), stop_when_harness_is_gone)
-    await stop
-    server.close()
+    await serve_until_stopped(UploadSink, backlog=1024)
 
 
 if __name__ == '__main__':

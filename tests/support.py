@@ -895,7 +895,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-_NGINX_CONF = '''\
+# How every nginx configuration the tests write starts: one worker, all its files under {tmp},
+# and an http block left open for the rest
+NGINX_PRELUDE = '''\
 {user}
 worker_processes 1;
 pid {tmp}/nginx.pid;
@@ -913,7 +915,9 @@ http {{
     fastcgi_temp_path {tmp}/fastcgi;
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
+'''
 
+_NGINX_CONF = NGINX_PRELUDE + '''
     # Keep-alive connections serve any number of requests, so pooling tests see reuse
     keepalive_requests 1000000;
     keepalive_timeout 75s;

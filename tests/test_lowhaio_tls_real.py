@@ -29,7 +29,7 @@ import pathlib
 import random
 import re
 import weakref
-from typing import AsyncIterator, Awaitable, Callable, Dict, Iterator, Tuple
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterator, Tuple
 
 import pytest
 
@@ -396,6 +396,29 @@ def uploaded(server: SServer, path: bytes) -> bytes:
     return plaintext[body_start:body_start + len(UPLOAD)]
 
 
+async def post_upload(request: Any, server: SServer,
+                      upload: Callable[[], AsyncIterator[Any]]) -> None:
+    """POST `upload` to the server, which answers once it has received all of UPLOAD."""
+    async def serve() -> None:
+        await server.wait_for_size(len(UPLOAD))
+        await wait_until(lambda: len(uploaded(server, b'/upload')) == len(UPLOAD), 0.05)
+        await server.send(HELLO)
+
+    serving = asyncio.ensure_future(serve())
+    try:
+        _, _, body = await asyncio.wait_for(request(
+            b'POST', 'https://127.0.0.1:%d/upload' % server.port, body=upload,
+            headers=((b'content-length', b'%d' % len(UPLOAD)),)), PATIENCE)
+        assert b''.join([piece async for piece in body]) == b'hello'
+    finally:
+        await asyncio.wait_for(serving, PATIENCE)
+
+
+def assert_uploaded_intact(server: SServer) -> None:
+    assert hashlib.sha256(uploaded(server, b'/upload')).hexdigest() == \
+        hashlib.sha256(UPLOAD).hexdigest()
+
+
 @pytest.mark.parametrize('times', [1, 3])
 @pytest.mark.parametrize('event', list(EVENTS))
 async def test_an_event_in_the_middle_of_an_upload_leaves_it_intact(
@@ -415,22 +438,9 @@ async def test_an_event_in_the_middle_of_an_upload_leaves_it_intact(
                     await server.command(letter)
                 yield watched.chunk(start)
 
-        async def serve() -> None:
-            await server.wait_for_size(len(UPLOAD))
-            await wait_until(lambda: len(uploaded(server, b'/upload')) == len(UPLOAD), 0.05)
-            await server.send(HELLO)
-
         async with pool() as request:
-            serving = asyncio.ensure_future(serve())
-            try:
-                _, _, body = await asyncio.wait_for(request(
-                    b'POST', 'https://127.0.0.1:%d/upload' % server.port, body=upload,
-                    headers=((b'content-length', b'%d' % len(UPLOAD)),)), PATIENCE)
-                assert b''.join([piece async for piece in body]) == b'hello'
-            finally:
-                await asyncio.wait_for(serving, PATIENCE)
-            assert hashlib.sha256(uploaded(server, b'/upload')).hexdigest() == \
-                hashlib.sha256(UPLOAD).hexdigest()
+            await post_upload(request, server, upload)
+            assert_uploaded_intact(server)
             # Backpressure held throughout, renegotiations included
             assert watched.most_alive <= MOST_HELD
             assert await get_answered(request, server, b'/next', HELLO) == b'hello'
@@ -460,23 +470,10 @@ async def test_a_buffer_the_caller_refills_after_each_chunk_is_sent_as_it_was(
                 buffer[:] = UPLOAD[start:start + UPLOAD_CHUNK]
                 yield buffer
 
-        async def serve() -> None:
-            await server.wait_for_size(len(UPLOAD))
-            await wait_until(lambda: len(uploaded(server, b'/upload')) == len(UPLOAD), 0.05)
-            await server.send(HELLO)
-
         async with pool() as request:
-            serving = asyncio.ensure_future(serve())
-            try:
-                _, _, body = await asyncio.wait_for(request(
-                    b'POST', 'https://127.0.0.1:%d/upload' % server.port, body=upload,
-                    headers=((b'content-length', b'%d' % len(UPLOAD)),)), PATIENCE)
-                assert b''.join([piece async for piece in body]) == b'hello'
-            finally:
-                await asyncio.wait_for(serving, PATIENCE)
+            await post_upload(request, server, upload)
             await wait_for_the_clients_part(server, event, 1)
-            assert hashlib.sha256(uploaded(server, b'/upload')).hexdigest() == \
-                hashlib.sha256(UPLOAD).hexdigest()
+            assert_uploaded_intact(server)
 
 # ---------------------------------------------------------------------------------------------
 # nginx: each TLS version and AEAD, connections it closes, a large body read slowly
@@ -512,22 +509,7 @@ _NGINX_SERVER = '''
     }}
 '''
 
-_NGINX_TLS_CONF = '''\
-{user}
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{
-    worker_connections 1024;
-}}
-http {{
-    access_log off;
-    default_type application/octet-stream;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
+_NGINX_TLS_CONF = support.NGINX_PRELUDE + '''\
     # After its third response on a connection, nginx closes it (with close_notify)
     keepalive_requests 3;
     keepalive_timeout 75s;
