@@ -10,31 +10,20 @@ Run: python hold_server.py  ->  prints the port it listens on (127.0.0.1, chosen
 from __future__ import annotations
 
 import asyncio
-from typing import List, Optional
+from typing import List
 
 import uvloop
 
-from server_lifetime import serve_until_stopped
+from server_lifetime import GetsByPath, serve_until_stopped
 
 OK = b'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok'
 HELD: List[asyncio.Transport] = []
 
 
-class Holder(asyncio.Protocol):
-    def __init__(self) -> None:
-        self.transport: Optional[asyncio.Transport] = None
-        self.buf = b''
+class Holder(GetsByPath):
+    closes_when_asked = False  # a held request is answered later, if ever
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        while b'\r\n\r\n' in self.buf:
-            head, _, self.buf = self.buf.partition(b'\r\n\r\n')
-            self.handle(head.split(b' ', 2)[1])
-
-    def handle(self, path: bytes) -> None:
+    def answer(self, path: bytes) -> None:
         assert self.transport is not None
         if path == b'/count':
             body = b'%d' % len(HELD)

@@ -19,13 +19,12 @@ Run: python scaling_chunked_server.py LENGTH  ->  prints the port it listens on 
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from typing import Dict, Optional
+from typing import Dict
 
 import uvloop
 
-from server_lifetime import serve_until_stopped
+from server_lifetime import GetsByPath, serve_until_stopped
 
 LINE = b'lowhaio scaling chunked body: sixty-four bytes per line, texts.\n'
 NOT_FOUND = b'HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n'
@@ -41,24 +40,8 @@ def chunked_response(length: int, size: int) -> bytes:
     return head + b''.join(chunks) + b'0\r\n\r\n'
 
 
-class ChunkedSender(asyncio.Protocol):
+class ChunkedSender(GetsByPath):
     length = 0
-
-    def __init__(self) -> None:
-        self.transport: Optional[asyncio.Transport] = None
-        self.buf = b''
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        while b'\r\n\r\n' in self.buf:
-            head, _, self.buf = self.buf.partition(b'\r\n\r\n')
-            self.answer(head.split(b' ', 2)[1])
-            if b'\r\nconnection: close' in head.lower():
-                self.transport.close()  # type: ignore[union-attr]  # once the write is sent
-                return
 
     def answer(self, path: bytes) -> None:
         assert self.transport is not None

@@ -1,6 +1,7 @@
-"""How the benchmark's own servers (upload_server.py, hold_server.py, scaling_chunked_server.py)
-run: on 127.0.0.1 at a port the kernel chooses, printed for the harness to read, until SIGTERM or
-SIGINT, or until the harness that started them is gone, so that no server outlives a run."""
+"""What the benchmark's own servers (upload_server.py, hold_server.py, scaling_chunked_server.py)
+share: how they run (on 127.0.0.1 at a port the kernel chooses, printed for the harness to read,
+until SIGTERM or SIGINT, or until the harness that started them is gone, so that no server
+outlives a run), and, for the two that answer GETs only, how they read requests."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import asyncio
 import os
 import signal
 import sys
-from typing import Callable
+from typing import Callable, Optional
 
 
 async def serve_until_stopped(protocol_factory: Callable[[], asyncio.BaseProtocol],
@@ -28,3 +29,30 @@ async def serve_until_stopped(protocol_factory: Callable[[], asyncio.BaseProtoco
     loop.add_reader(sys.stdin.fileno(), stop_when_harness_is_gone)
     await stop
     server.close()
+
+
+class GetsByPath(asyncio.Protocol):
+    """A server of GET requests without bodies: `answer(path)` for each request head, in order;
+    with `closes_when_asked`, the connection is closed after the answer when the request asks
+    for that."""
+
+    closes_when_asked = True
+
+    def __init__(self) -> None:
+        self.transport: Optional[asyncio.Transport] = None
+        self.buf = b''
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while b'\r\n\r\n' in self.buf:
+            head, _, self.buf = self.buf.partition(b'\r\n\r\n')
+            self.answer(head.split(b' ', 2)[1])
+            if self.closes_when_asked and b'\r\nconnection: close' in head.lower():
+                self.transport.close()  # type: ignore[union-attr]  # once the write is sent
+                return
+
+    def answer(self, path: bytes) -> None:
+        raise NotImplementedError
