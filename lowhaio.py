@@ -1448,6 +1448,8 @@ class _Connection(asyncio.Protocol):
         data = queue.popleft()
         if queue:
             self._queued -= len(data)
+            # Handed on without the loop's turn, as read_now's reads are: counted with them
+            self._reads_now += 1
             return data
         self._queued = 0
         self._last_full = len(data) >= _READ_SIZE
