@@ -1437,6 +1437,27 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
+    def take_piece(self) -> Optional[bytes]:
+        """As take(), but the oldest read alone while several wait, for a body: each read is
+        handed on as it came rather than copied into one. (uvloop reads 256,000 bytes at a
+        time, several times a turn: joining them copied 95% of a 1 GiB download.) Reading
+        resumes once all are taken, so no more than the high-water mark and a read wait."""
+        queue = self._queue
+        if not queue:
+            return b'' if self._eof else None
+        data = queue.popleft()
+        if queue:
+            self._queued -= len(data)
+            # Handed on without the loop's turn, as read_now's reads are: counted with them
+            self._reads_now += 1
+            return data
+        self._queued = 0
+        self._last_full = len(data) >= _READ_SIZE
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
+
     def read_now(self) -> Optional[bytes]:
         """The bytes the socket holds already, read at once rather than on the event loop's
         next turn, or None: if there are none, if the last read did not fill its buffer (the
@@ -2668,7 +2689,7 @@ class _ResponseBody:
             else:
                 conn = self._conn
                 assert conn is not None
-                taken = conn.take()
+                taken = conn.take_piece()
                 if taken is None:
                     taken = conn.read_now()
                 if taken is None:
@@ -2682,7 +2703,7 @@ class _ResponseBody:
                             raise HttpTimeoutError('Timed out reading the response body') \
                                 from exception
                         raise
-                    taken = conn.take()
+                    taken = conn.take_piece()
                 data = taken or self._at_end_of_stream()
             if self._framing.kind == CONTENT_LENGTH and len(data) < self._remaining:
                 self._remaining -= len(data)
