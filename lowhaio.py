@@ -1443,19 +1443,12 @@ class _Connection(asyncio.Protocol):
         time, several times a turn: joining them copied 95% of a 1 GiB download.) Reading
         resumes once all are taken, so no more than the high-water mark and a read wait."""
         queue = self._queue
-        if not queue:
-            return b'' if self._eof else None
+        if len(queue) < 2:
+            return self.take()
         data = queue.popleft()
-        if queue:
-            self._queued -= len(data)
-            # Handed on without the loop's turn, as read_now's reads are: counted with them
-            self._reads_now += 1
-            return data
-        self._queued = 0
-        self._last_full = len(data) >= _READ_SIZE
-        if self._reading_paused:
-            self._reading_paused = False
-            self.transport.resume_reading()
+        self._queued -= len(data)
+        # Handed on without the loop's turn, as read_now's reads are: counted with them
+        self._reads_now += 1
         return data
 
     def read_now(self) -> Optional[bytes]:
