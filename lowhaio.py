@@ -2749,6 +2749,10 @@ class _ResponseBody:
         conn = self._conn
         if conn is not None:
             self._conn = None
+            # What the body's reads said is not true of the next body's: its head was taken
+            # without them (see request()), and its reads start their own count
+            conn._last_full = False
+            conn._reads_now = 0
             self._release(conn, reusable and self._framing.keep_alive)
 
     async def aclose(self) -> None:

@@ -9,6 +9,7 @@ framing, loop, and how the body is driven:
 - a connection reset in the middle of a body is an error, never an orderly end;
 - an orderly close ends a body read until close, with all its bytes;
 - a server that is not ahead costs no extra read (the fast path is not tried after a short read).
+- nor does the next body on the connection after a fast download (nothing is carried over).
 """
 
 from __future__ import annotations
@@ -256,3 +257,50 @@ class CountingSocket:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+
+def fills_whole_reads(n: int) -> int:
+    # A body size whose response is n whole reads: if the server is ahead, the last read is full
+    head = b'HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n' % (n * lowhaio._READ_SIZE)
+    return n * lowhaio._READ_SIZE - len(head)
+
+
+SIZES_AFTER_A_FAST_DOWNLOAD = [fills_whole_reads(n) + delta
+                               for n in (2, 3, 4, 8) for delta in (0, 0, -64, 64)]
+
+
+async def test_a_fast_download_leaves_no_hint_for_the_next_body() -> None:
+    # A body whose last read filled its buffer must not send the connection's next body to
+    # read its socket before the loop says there is anything: that read would only meet an
+    # empty socket. Each download's sizes differ, so its last read ends in different places.
+    async def downloads_then_trickles(conn: Connection) -> None:
+        for size in SIZES_AFTER_A_FAST_DOWNLOAD:
+            await conn.read_request()
+            conn.write(b'HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n' % size + BODY[:size])
+            await conn.drain()
+            await conn.read_request()
+            conn.write(b'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n')
+            await conn.drain()
+            await asyncio.sleep(0.05)
+            conn.write(b'y' * 100)
+            await conn.drain()
+
+    async with scripted_server(downloads_then_trickles) as server, open_pool() as request:
+        for size in SIZES_AFTER_A_FAST_DOWNLOAD:
+            _, _, body = await request(b'GET', server.url())
+            assert b''.join(await read_body(body, 'async for', 0.05)) == BODY[:size]
+            _, _, body = await request(b'GET', server.url())
+            recvs = {'calls': 0}
+            with counted_data_received() as counts:
+                if not on_uvloop():
+                    transport = body._conn.transport
+                    transport._sock = CountingSocket(transport._sock, recvs)
+                assert b''.join([piece async for piece in body]) == b'y' * 100
+                if not on_uvloop():
+                    transport._sock = transport._sock._sock
+            if not on_uvloop():
+                # Every read of the socket got bytes, and handed them over (uvloop's transport
+                # keeps its socket, and no body reads it)
+                assert recvs['calls'] <= counts['calls'] == 1, (size, recvs, counts)
+    assert server.connections == 1
+    assert server.errors == []
