@@ -19,9 +19,12 @@ The servers are driven as in test_lowhaio_tls_real (whose helpers these tests us
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import pathlib
+import re
+import ssl
 import struct
 import termios
 from typing import Any, AsyncIterator, List
@@ -32,7 +35,7 @@ import lowhaio
 import support
 from test_lowhaio_tls_real import (
     EVENTS, FRAMINGS, HELLO, PATIENCE, SServer, assert_the_client_answered, body_bytes,
-    chunked, get_answered, pool, request_head, start_s_server, wait_until,
+    chunked, get, get_answered, pool, request_head, s_server, start_s_server, wait_until,
     wait_for_the_clients_part)
 
 pytestmark = pytest.mark.timeout(90)
@@ -167,4 +170,136 @@ async def test_an_event_while_the_client_has_stopped_reading_leaves_the_body_int
     failures = [outcome for outcome in outcomes if outcome is not None]
     if failures:
         raise failures[0]
+    assert await support.wait_for_sockets(sockets) <= sockets
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS 1.3 post-handshake authentication
+# ---------------------------------------------------------------------------------------------
+
+def client_certificate_der() -> bytes:
+    """The certificate support.client_ssl_context(with_client_cert=True) presents."""
+    pem = support._client_cert().cert_chain_pems[0].bytes().decode()
+    return ssl.PEM_cert_to_DER_cert(pem)
+
+
+def received_certificates(server: SServer) -> List[bytes]:
+    """Each TLS Certificate message the server received, as its bytes."""
+    return [bytes.fromhex(hexdump.decode().replace('\n', ' '))
+            for hexdump in re.findall(
+                rb'<<< TLS 1\.3, Handshake \[length [0-9a-f]+\], Certificate\n'
+                rb'((?:    [0-9a-f]{2}(?: [0-9a-f]{2})* *\n)*)', server.output)]
+
+
+@contextlib.asynccontextmanager
+async def s_server_verifying(version: str, tmp_path: pathlib.Path, *options: str
+                             ) -> AsyncIterator[SServer]:
+    """s_server that trusts the CA of the client certificate (it checks any it gets)."""
+    support.ca.cert_pem.write_to_path(str(tmp_path / 'ca.pem'))
+    async with s_server(version, tmp_path, '-verifyCAfile', str(tmp_path / 'ca.pem'),
+                        *options) as server:
+        yield server
+
+
+async def ask_for_a_certificate(server: SServer) -> None:
+    """s_server's `c`: a CertificateRequest after the handshake, if the client offered to
+    answer one."""
+    done = server.output.count(b'SSL_do_handshake -> ') + server.output.count(
+        b'Failed to initiate request')
+    await server.send(b'c\n')
+    await wait_until(lambda: server.output.count(b'SSL_do_handshake -> ') + server.output.count(
+        b'Failed to initiate request') > done)
+
+
+async def test_a_client_that_does_not_offer_post_handshake_authentication_is_not_asked(
+        tmp_path: pathlib.Path) -> None:
+    # The default: the client's context does not offer it (Python's post_handshake_auth is
+    # False), so a server may not ask (RFC 8446 4.6.2) and OpenSSL's will not
+    sockets = support.open_sockets()
+    async with s_server_verifying('1.3', tmp_path) as server, pool() as request:
+        assert await get_answered(request, server, b'/1', HELLO) == b'hello'
+        await ask_for_a_certificate(server)
+        assert b'extension not received' in server.output
+        assert b'CertificateRequest' not in server.output
+        assert await get_answered(request, server, b'/2', HELLO) == b'hello'
+        assert server.connections == 1
+        assert received_certificates(server) == []
+    assert await support.wait_for_sockets(sockets) <= sockets
+
+
+def offering_post_handshake_authentication(with_client_cert: bool) -> ssl.SSLContext:
+    context = support.client_ssl_context(with_client_cert=with_client_cert)
+    context.post_handshake_auth = True
+    return context
+
+
+def certificate_request_moments() -> List[str]:
+    return ['between two requests', 'in the middle of a response body']
+
+
+@pytest.mark.parametrize('with_client_cert', [True, False], ids=['certificate', 'none'])
+@pytest.mark.parametrize('moment', certificate_request_moments())
+async def test_a_context_offering_post_handshake_authentication_answers_the_request(
+        moment: str, with_client_cert: bool, tmp_path: pathlib.Path) -> None:
+    # The server asks once the handshake is over; the client answers as it reads the
+    # request, with its certificate or an empty one (s_server goes on without)
+    body = body_bytes(200_000, 5)
+    first, rest = (b'HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s' % (
+        len(body), body[:64_000]), body[64_000:])
+    sockets = support.open_sockets()
+    async with s_server_verifying('1.3', tmp_path) as server, support.open_pool(
+            get_ssl_context=lambda: offering_post_handshake_authentication(with_client_cert)
+    ) as request:
+        if moment == 'between two requests':
+            assert await get_answered(request, server, b'/1', HELLO) == b'hello'
+            await ask_for_a_certificate(server)
+            assert await get_answered(request, server, b'/2', HELLO) == b'hello'
+        else:
+            async def answer() -> None:
+                await server.wait_for(request_head(b'GET', b'/1'))
+                await server.send(first)
+            answering = asyncio.ensure_future(answer())
+            _, _, response_body = await asyncio.wait_for(
+                request(b'GET', 'https://127.0.0.1:%d/1' % server.port), PATIENCE)
+            await asyncio.wait_for(answering, PATIENCE)
+            received = bytearray()
+            async for piece in response_body:
+                received.extend(piece)
+                if len(received) == 64_000:
+                    await ask_for_a_certificate(server)
+                    await wait_until(lambda: server.received(b'Finished') == 2)
+                    await server.send(rest)
+            assert bytes(received) == body
+            assert await get_answered(request, server, b'/2', HELLO) == b'hello'
+
+        assert b'>>> TLS 1.3, Handshake [length 004d], CertificateRequest' in server.output
+        # The client's answer: its certificate (or none), then Finished
+        certificates = received_certificates(server)
+        assert len(certificates) == 1
+        assert (client_certificate_der() in certificates[0]) is with_client_cert
+        await wait_until(lambda: server.received(b'Finished') == 2)
+        if with_client_cert:
+            assert server.received(b'CertificateVerify') == 1
+            assert b'verify return:1' in server.output
+        assert server.connections == 1
+    assert await support.wait_for_sockets(sockets) <= sockets
+
+
+@pytest.mark.parametrize('attempt', range(3))
+@pytest.mark.parametrize('version', ['1.2', '1.3'])
+async def test_a_server_requiring_a_certificate_the_client_lacks_gives_a_clear_error(
+        version: str, attempt: int, tmp_path: pathlib.Path) -> None:
+    # Under TLS 1.2 the server refuses during the handshake: nothing was sent. Under TLS 1.3
+    # the client's handshake is over before the server has its (empty) certificate, so the
+    # request has gone when the server's alert comes
+    expected = lowhaio.HttpTlsError if version == '1.2' else lowhaio.HttpDataError
+    sockets = support.open_sockets()
+    async with s_server_verifying(version, tmp_path, '-Verify', '1') as server, \
+            pool() as request:
+        with pytest.raises(expected) as raised:
+            await get(request, 'https://127.0.0.1:%d/' % server.port)
+        await server.wait_for(b'peer did not return a certificate')
+    assert isinstance(raised.value.__cause__, ssl.SSLError), repr(raised.value.__cause__)
+    alert = 'HANDSHAKE_FAILURE' if version == '1.2' else 'CERTIFICATE_REQUIRED'
+    assert alert in str(raised.value.__cause__).upper()
     assert await support.wait_for_sockets(sockets) <= sockets
