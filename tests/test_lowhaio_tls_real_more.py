@@ -303,3 +303,71 @@ async def test_a_server_requiring_a_certificate_the_client_lacks_gives_a_clear_e
     alert = 'HANDSHAKE_FAILURE' if version == '1.2' else 'CERTIFICATE_REQUIRED'
     assert alert in str(raised.value.__cause__).upper()
     assert await support.wait_for_sockets(sockets) <= sockets
+
+
+# ---------------------------------------------------------------------------------------------
+# Uploads in small chunks
+# ---------------------------------------------------------------------------------------------
+
+RECORD = 16 * 1024  # the most plaintext one TLS record holds
+# Chunk size -> how many chunks the upload is made of
+UPLOAD_CHUNKS = {1: 1000, 100: 1000, RECORD - 1: 40, RECORD: 40, RECORD + 1: 40,
+                 64 * 1024: 16}
+RECEIVED_RECORD = re.compile(
+    rb'<<< TLS 1\.2, RecordHeader \[length 0005\]\n    ([0-9a-f]{2}) [0-9a-f]{2} [0-9a-f]{2}'
+    rb' ([0-9a-f]{2}) ([0-9a-f]{2}) *\n'
+    rb'(?:<<< TLS 1\.3, InnerContent \[length 0001\]\n    ([0-9a-f]{2}) *\n)?')
+APPLICATION_DATA = b'17'
+
+
+def application_data_records(server: SServer) -> List[int]:
+    """The plaintext length, or under TLS 1.3 the ciphertext length, of each record of
+    application data the server received after the handshake."""
+    after_handshake = bytes(server.output[server.output.index(b'CIPHER is '):])
+    return [int(high + low, 16) for outer, high, low, inner in
+            RECEIVED_RECORD.findall(after_handshake)
+            if (inner or outer) == APPLICATION_DATA]
+
+
+def uploaded_body(server: SServer, path: bytes, size: int) -> bytes:
+    plaintext = server.plaintext()
+    start = plaintext.index(request_head(b'POST', path))
+    body_start = plaintext.index(b'\r\n\r\n', start) + 4
+    return plaintext[body_start:body_start + size]
+
+
+@pytest.mark.parametrize('chunk_size', list(UPLOAD_CHUNKS))
+@pytest.mark.parametrize('version', ['1.2', '1.3'])
+async def test_an_upload_in_small_chunks_arrives_intact_in_no_more_records_than_chunks(
+        version: str, chunk_size: int, tmp_path: pathlib.Path) -> None:
+    chunks = UPLOAD_CHUNKS[chunk_size]
+    upload = body_bytes(chunk_size * chunks, chunk_size)
+    sockets = support.open_sockets()
+    async with s_server(version, tmp_path) as server, pool() as request:
+        async def body() -> AsyncIterator[bytes]:
+            for start in range(0, len(upload), chunk_size):
+                yield upload[start:start + chunk_size]
+
+        async def answer() -> None:
+            await server.wait_for(request_head(b'POST', b'/upload'))
+            await wait_until(lambda: len(uploaded_body(server, b'/upload', len(upload)))
+                             == len(upload), 0.05)
+            await server.send(HELLO)
+
+        answering = asyncio.ensure_future(answer())
+        _, _, response_body = await asyncio.wait_for(request(
+            b'POST', 'https://127.0.0.1:%d/upload' % server.port, body=body,
+            headers=((b'content-length', b'%d' % len(upload)),)), PATIENCE)
+        assert b''.join([piece async for piece in response_body]) == b'hello'
+        await asyncio.wait_for(answering, PATIENCE)
+
+        assert hashlib.sha256(uploaded_body(server, b'/upload', len(upload))).hexdigest() \
+            == hashlib.sha256(upload).hexdigest()
+        records = application_data_records(server)
+        # lowhaio promises no coalescing of the caller's chunks: each write of the SSLObject
+        # is one record or, over 16 KiB, several. So at most one for the head and, for each
+        # chunk, as many as it takes to hold it
+        assert len(records) <= 1 + chunks * -(-chunk_size // RECORD)
+        print('TLS %s, %d chunks of %d bytes: %d records of application data' % (
+            version, chunks, chunk_size, len(records)))
+    assert await support.wait_for_sockets(sockets) <= sockets
