@@ -35,7 +35,7 @@ import lowhaio
 import support
 from test_lowhaio_tls_real import (
     EVENTS, FRAMINGS, HELLO, PATIENCE, SServer, assert_the_client_answered, body_bytes,
-    chunked, get, get_answered, pool, request_head, s_server, start_s_server, wait_until,
+    cause, chunked, get, get_answered, pool, request_head, s_server, start_s_server, wait_until,
     wait_for_the_clients_part)
 
 pytestmark = pytest.mark.timeout(90)
@@ -370,4 +370,80 @@ async def test_an_upload_in_small_chunks_arrives_intact_in_no_more_records_than_
         assert len(records) <= 1 + chunks * -(-chunk_size // RECORD)
         print('TLS %s, %d chunks of %d bytes: %d records of application data' % (
             version, chunks, chunk_size, len(records)))
+    assert await support.wait_for_sockets(sockets) <= sockets
+
+
+# ---------------------------------------------------------------------------------------------
+# An event in the middle of a chunked response's trailers
+# ---------------------------------------------------------------------------------------------
+
+TRAILERS = b'x-checksum: abc\r\nx-more: def\r\n\r\n'
+# Where the trailer section is cut, the event coming between its two parts
+TRAILER_CUTS = {
+    'before the trailers': 0,
+    'in a trailer field': TRAILERS.index(b'abc'),
+    'before the last CRLF': len(TRAILERS) - 2,
+}
+
+
+@pytest.mark.parametrize('cut', list(TRAILER_CUTS))
+@pytest.mark.parametrize('event', list(EVENTS))
+async def test_an_event_in_the_middle_of_the_trailers_leaves_the_connection_usable(
+        event: str, cut: str, tmp_path: pathlib.Path) -> None:
+    body = body_bytes(100_000, 6)
+    split = TRAILER_CUTS[cut]
+    first = b'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n%s0\r\n%s' % (
+        chunked(body), TRAILERS[:split])
+    rest = TRAILERS[split:]
+    sockets = support.open_sockets()
+    async with start_s_server(event, tmp_path) as server, pool() as request:
+        async def answer() -> None:
+            await server.wait_for(request_head(b'GET', b'/trailers'))
+            await server.send(first)
+            await wait_until(lambda: stdin_is_empty(server))
+            await cause(server, event)
+            await server.send(rest)
+
+        answering = asyncio.ensure_future(answer())
+        assert await get(request, 'https://127.0.0.1:%d/trailers' % server.port) == body
+        await asyncio.wait_for(answering, PATIENCE)
+        assert await get_answered(request, server, b'/next', HELLO) == b'hello'
+        assert server.connections == 1
+        assert_the_client_answered(server, event, 1)
+    assert await support.wait_for_sockets(sockets) <= sockets
+
+
+# ---------------------------------------------------------------------------------------------
+# close_notify after a response on a kept-alive connection
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('attempt', range(3))
+@pytest.mark.parametrize('when', ['once the client is idle', 'right after the response'])
+@pytest.mark.parametrize('version', ['1.2', '1.3'])
+async def test_a_server_closing_with_close_notify_after_a_response_costs_no_request(
+        version: str, when: str, attempt: int, tmp_path: pathlib.Path) -> None:
+    sockets = support.open_sockets()
+    async with s_server(version, tmp_path) as server, pool() as request:
+        for number in range(3):
+            path = b'/%d' % number
+            if when == 'once the client is idle':
+                assert await get_answered(request, server, path, HELLO) == b'hello'
+                await server.close_connection()
+                await asyncio.sleep(0.1)
+            else:
+                # The close_notify and the end of the connection follow the response at
+                # once, and the next request goes as soon as the response is read: whichever
+                # comes first, the next request goes over a new connection
+                async def answer_and_close(path: bytes) -> None:
+                    await server.wait_for(request_head(b'GET', path))
+                    await server.send(HELLO)
+                    await wait_until(lambda: stdin_is_empty(server))
+                    await server.close_connection()
+                closing = asyncio.ensure_future(answer_and_close(path))
+                assert await get(request, 'https://127.0.0.1:%d%s' % (
+                    server.port, path.decode())) == b'hello'
+                await asyncio.wait_for(closing, PATIENCE)
+        assert server.connections == 3
+        # The last connection, closed too, leaves the pool
+        await wait_until(lambda: all(entry['idle'] == 0 for entry in request.status().values()))
     assert await support.wait_for_sockets(sockets) <= sockets
