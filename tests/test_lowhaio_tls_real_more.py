@@ -447,3 +447,65 @@ async def test_a_server_closing_with_close_notify_after_a_response_costs_no_requ
         # The last connection, closed too, leaves the pool
         await wait_until(lambda: all(entry['idle'] == 0 for entry in request.status().values()))
     assert await support.wait_for_sockets(sockets) <= sockets
+
+
+# ---------------------------------------------------------------------------------------------
+# The server closes while the client has stopped reading
+# ---------------------------------------------------------------------------------------------
+
+async def a_close_while_the_consumer_stops(event: str, framing: str, pause: float,
+                                           tmp_path: pathlib.Path) -> None:
+    body = body_bytes(PART, 7)
+    response, = response_in_parts(framing, body, 1)
+    version, letter, options = EVENTS.get(event, ('1.3', '', ()))
+    async with s_server(version, tmp_path, *options) as server, pool() as request:
+        async def answer() -> None:
+            await server.wait_for(request_head(b'GET', b'/body'))
+            await server.send(response)
+        answering = asyncio.ensure_future(answer())
+        _, _, response_body = await asyncio.wait_for(
+            request(b'GET', 'https://127.0.0.1:%d/body' % server.port), PATIENCE)
+        await asyncio.wait_for(answering, PATIENCE)
+        conn = response_body._conn
+        pieces = response_body.__aiter__()
+        received = bytearray()
+        await read_until(pieces, received, 1)
+        await wait_until(lambda: conn._reading_paused)
+        await wait_until(lambda: stdin_is_empty(server))
+        if letter:
+            await server.command(letter)
+        # close_notify, then the connection closed: behind the rest of the body, unread
+        await server.close_connection()
+        await asyncio.sleep(pause)
+        assert conn._reading_paused
+        await read_until(pieces, received, len(body))
+        with pytest.raises(StopAsyncIteration):
+            received.extend(await asyncio.wait_for(pieces.__anext__(), PATIENCE))
+        assert hashlib.sha256(received).hexdigest() == hashlib.sha256(body).hexdigest()
+        assert await get_answered(request, server, b'/next', HELLO) == b'hello'
+        assert server.connections == 2
+
+
+@pytest.mark.parametrize('event', ['nothing', *EVENTS])
+async def test_a_close_while_the_client_has_stopped_reading_leaves_the_body_whole(
+        event: str, tmp_path: pathlib.Path) -> None:
+    # The server ends the connection (after `event`) with the end of the body still
+    # unread behind the client's paused reading: the whole body, then the end
+    cases = [(framing, pause) for framing in FRAMINGS for pause in PAUSES]
+    sockets = support.open_sockets()
+
+    async def case(framing: str, pause: float) -> None:
+        directory = tmp_path / ('%s-%s' % (framing, pause))
+        directory.mkdir()
+        try:
+            await a_close_while_the_consumer_stops(event, framing, pause, directory)
+        except BaseException as exception:
+            raise AssertionError('%s, consumer away %s s: %r' % (
+                framing, pause, exception)) from exception
+
+    outcomes = await asyncio.gather(*(case(framing, pause) for framing, pause in cases),
+                                    return_exceptions=True)
+    failures = [outcome for outcome in outcomes if outcome is not None]
+    if failures:
+        raise failures[0]
+    assert await support.wait_for_sockets(sockets) <= sockets
