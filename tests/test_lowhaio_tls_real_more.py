@@ -233,44 +233,78 @@ def offering_post_handshake_authentication(with_client_cert: bool) -> ssl.SSLCon
     return context
 
 
-def certificate_request_moments() -> List[str]:
-    return ['between two requests', 'in the middle of a response body']
+async def asked_between_two_requests(request: Any, server: SServer) -> None:
+    assert await get_answered(request, server, b'/1', HELLO) == b'hello'
+    await ask_for_a_certificate(server)
+    assert await get_answered(request, server, b'/2', HELLO) == b'hello'
+
+
+async def asked_in_the_middle_of_a_response_body(request: Any, server: SServer) -> None:
+    body = body_bytes(200_000, 5)
+    first = b'HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s' % (len(body), body[:64_000])
+
+    async def answer() -> None:
+        await server.wait_for(request_head(b'GET', b'/1'))
+        await server.send(first)
+    answering = asyncio.ensure_future(answer())
+    _, _, response_body = await asyncio.wait_for(
+        request(b'GET', 'https://127.0.0.1:%d/1' % server.port), PATIENCE)
+    await asyncio.wait_for(answering, PATIENCE)
+    received = bytearray()
+    async for piece in response_body:
+        received.extend(piece)
+        if len(received) == 64_000:
+            await ask_for_a_certificate(server)
+            await wait_until(lambda: server.received(b'Finished') == 2)
+            await server.send(body[64_000:])
+    assert bytes(received) == body
+    assert await get_answered(request, server, b'/2', HELLO) == b'hello'
+
+
+async def asked_in_the_middle_of_an_upload(request: Any, server: SServer) -> None:
+    upload = body_bytes(2 * 2 ** 20, 8)
+    chunk_size = 65536
+
+    async def body() -> AsyncIterator[bytes]:
+        for number, start in enumerate(range(0, len(upload), chunk_size)):
+            if number == 8:
+                await ask_for_a_certificate(server)
+            yield upload[start:start + chunk_size]
+
+    async def answer() -> None:
+        await server.wait_for(request_head(b'POST', b'/upload'))
+        await wait_until(lambda: len(uploaded_body(server, b'/upload', len(upload)))
+                         == len(upload), 0.05)
+        await server.send(HELLO)
+    answering = asyncio.ensure_future(answer())
+    _, _, response_body = await asyncio.wait_for(request(
+        b'POST', 'https://127.0.0.1:%d/upload' % server.port, body=body,
+        headers=((b'content-length', b'%d' % len(upload)),)), PATIENCE)
+    assert b''.join([piece async for piece in response_body]) == b'hello'
+    await asyncio.wait_for(answering, PATIENCE)
+    assert hashlib.sha256(uploaded_body(server, b'/upload', len(upload))).hexdigest() \
+        == hashlib.sha256(upload).hexdigest()
+    assert await get_answered(request, server, b'/2', HELLO) == b'hello'
+
+
+CERTIFICATE_REQUEST_MOMENTS = {
+    'between two requests': asked_between_two_requests,
+    'in the middle of a response body': asked_in_the_middle_of_a_response_body,
+    'in the middle of an upload': asked_in_the_middle_of_an_upload,
+}
 
 
 @pytest.mark.parametrize('with_client_cert', [True, False], ids=['certificate', 'none'])
-@pytest.mark.parametrize('moment', certificate_request_moments())
+@pytest.mark.parametrize('moment', list(CERTIFICATE_REQUEST_MOMENTS))
 async def test_a_context_offering_post_handshake_authentication_answers_the_request(
         moment: str, with_client_cert: bool, tmp_path: pathlib.Path) -> None:
     # The server asks once the handshake is over; the client answers as it reads the
     # request, with its certificate or an empty one (s_server goes on without)
-    body = body_bytes(200_000, 5)
-    first, rest = (b'HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s' % (
-        len(body), body[:64_000]), body[64_000:])
     sockets = support.open_sockets()
     async with s_server_verifying('1.3', tmp_path) as server, support.open_pool(
             get_ssl_context=lambda: offering_post_handshake_authentication(with_client_cert)
     ) as request:
-        if moment == 'between two requests':
-            assert await get_answered(request, server, b'/1', HELLO) == b'hello'
-            await ask_for_a_certificate(server)
-            assert await get_answered(request, server, b'/2', HELLO) == b'hello'
-        else:
-            async def answer() -> None:
-                await server.wait_for(request_head(b'GET', b'/1'))
-                await server.send(first)
-            answering = asyncio.ensure_future(answer())
-            _, _, response_body = await asyncio.wait_for(
-                request(b'GET', 'https://127.0.0.1:%d/1' % server.port), PATIENCE)
-            await asyncio.wait_for(answering, PATIENCE)
-            received = bytearray()
-            async for piece in response_body:
-                received.extend(piece)
-                if len(received) == 64_000:
-                    await ask_for_a_certificate(server)
-                    await wait_until(lambda: server.received(b'Finished') == 2)
-                    await server.send(rest)
-            assert bytes(received) == body
-            assert await get_answered(request, server, b'/2', HELLO) == b'hello'
+        await CERTIFICATE_REQUEST_MOMENTS[moment](request, server)
 
         assert b'>>> TLS 1.3, Handshake [length 004d], CertificateRequest' in server.output
         # The client's answer: its certificate (or none), then Finished
@@ -329,8 +363,12 @@ def application_data_records(server: SServer) -> List[int]:
             if (inner or outer) == APPLICATION_DATA]
 
 
+# What s_server writes of each certificate it checks, wherever it is in what it received
+VERIFIED = re.compile(rb'depth=\d+ [^\n]*\nverify return:\d+\n')
+
+
 def uploaded_body(server: SServer, path: bytes, size: int) -> bytes:
-    plaintext = server.plaintext()
+    plaintext = VERIFIED.sub(b'', server.plaintext())
     start = plaintext.index(request_head(b'POST', path))
     body_start = plaintext.index(b'\r\n\r\n', start) + 4
     return plaintext[body_start:body_start + size]
