@@ -129,6 +129,9 @@ async def an_event_while_the_consumer_stops(
             # It waited with no more than it may hold, and did not read on by itself
             assert held_in_client(conn) <= lowhaio._READ_HIGH_WATER + LONGEST_READ
             assert conn._reading_paused
+            if 'renegotiation' in event:
+                # The server's request for one waits unread, unanswered
+                assert server.received(b'ClientHello') == time
             await read_until(pieces, received, PART * time)
             # A renegotiation is answered now the client reads again
             await wait_for_the_clients_part(server, event, time)
