@@ -3,15 +3,19 @@
 - A renegotiation or KeyUpdate that arrives while the client has stopped reading (its body's
   consumer is slow, the connection is over its read-ahead limit, the transport beneath is
   paused): the handshake bytes wait unread in the socket until the consumer reads again. The
-  body must then arrive byte-exact, a renegotiation be answered, nothing hang, no more be
-  held than the read-ahead limit and one read, and the connection be reused.
+  body must then arrive byte-exact, a renegotiation be answered (and not before), nothing
+  hang, no more be held than the read-ahead limit and one read, and the connection be
+  reused. The same with the server closing (close_notify, then FIN) behind the unread end.
 - TLS 1.3 post-handshake authentication: a client that does not offer it (the default) is
   never asked, and a server that requires a certificate the client lacks gives a clear
-  HttpDataError; a context that offers it and holds a certificate answers the request and the
-  server sees the certificate.
+  HttpError (HttpTlsError under 1.2, HttpDataError under 1.3, the ssl error as its cause); a
+  context that offers it answers a request between requests, in a response body or in an
+  upload, and the server sees its certificate.
 - Uploads in small chunks, under TLS 1.2 and 1.3: intact at the server, and how many TLS
-  records they take (each write becomes its own record: never more records than chunks).
-- A server that closes with close_notify after a response on a kept-alive connection.
+  records they take (each chunk becomes a record of its own, the head going in the first:
+  never more records than chunks need).
+- An event in the middle of a chunked response's trailers; a server that closes with
+  close_notify after a response on a kept-alive connection.
 
 The servers are driven as in test_lowhaio_tls_real (whose helpers these tests use).
 """
