@@ -1664,6 +1664,17 @@ class _Connection(asyncio.Protocol):
     def lost_exception(self) -> Optional[BaseException]:
         return self._lost_exception
 
+    @property
+    def tls_reason(self) -> str:
+        """For an error's message: what TLS said when it ended the connection, if it did
+        (' (TLS: TLSV13_ALERT_CERTIFICATE_REQUIRED)'), else ''. Under TLS 1.3 a server may
+        refuse the client only after the request has gone, so its alert ends a connection that
+        looks, without this, like one merely closed."""
+        exception = self._lost_exception
+        if isinstance(exception, ssl.SSLError):
+            return ' (TLS: %s)' % (exception.reason or exception,)
+        return ''
+
     def is_reusable(self) -> bool:
         """Whether an idle connection still looks open and silent. A zero-timeout poll catches
         a FIN (or stray bytes) that the kernel has but the event loop has not yet reported."""
@@ -2717,7 +2728,8 @@ class _ResponseBody:
         raise HttpConnectionClosedError(
             'Connection closed before the end of the response body' +
             (' (%d bytes missing)' % self._remaining if kind == CONTENT_LENGTH else
-             ' (no last chunk)' if kind == CHUNKED else ' (reset, not an orderly close)')
+             ' (no last chunk)' if kind == CHUNKED else ' (reset, not an orderly close)') +
+            conn.tls_reason
         ) from conn.lost_exception
 
     def _take(self, data: bytes) -> bytes:
@@ -3914,7 +3926,8 @@ def Pool(
                 'Reused connection closed before any byte of the response; the server did '
                 'not process the request') from conn.lost_exception
         raise HttpConnectionClosedError(
-            'Connection closed before any byte of the response head') from conn.lost_exception
+            'Connection closed before any byte of the response head' + conn.tls_reason) \
+            from conn.lost_exception
 
     async def read_more(conn: _Connection, head_deadline: float, received_total: int) -> bytes:
         """The next bytes of a response head, by the head's deadline."""
@@ -3927,7 +3940,7 @@ def Pool(
         if not received:
             raise HttpConnectionClosedError(
                 'Connection closed before the response head was complete (%d bytes received)'
-                % (received_total,)) from conn.lost_exception
+                % (received_total,) + conn.tls_reason) from conn.lost_exception
         return received
 
     # The target, encoded headers and request head of a request without params nor proxy (a

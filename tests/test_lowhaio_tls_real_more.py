@@ -343,6 +343,8 @@ async def test_a_server_requiring_a_certificate_the_client_lacks_gives_a_clear_e
     assert isinstance(raised.value.__cause__, ssl.SSLError), repr(raised.value.__cause__)
     alert = 'HANDSHAKE_FAILURE' if version == '1.2' else 'CERTIFICATE_REQUIRED'
     assert alert in str(raised.value.__cause__).upper()
+    # The message itself says why, not only "closed"
+    assert alert in str(raised.value).upper(), str(raised.value)
     assert await support.wait_for_sockets(sockets) <= sockets
 
 
