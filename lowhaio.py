@@ -4029,11 +4029,13 @@ def Pool(
                     (after_changing := parse_like_changing(data)) is not None:
                 # The head just before but for a request id, again: two comparisons
                 parsed, rest = last_parsed, after_changing
-            elif last_head and data.startswith(last_head) and method != b'HEAD' and \
-                    method != b'CONNECT':
+            elif last_head and (after_last := data.removeprefix(last_head)) is not data and \
+                    method != b'HEAD' and method != b'CONNECT':
                 # The head just before, again (a head ends at its first blank line, and
-                # last_head is one whole head): a comparison instead of a search and a hash
-                parsed, rest = last_parsed, data[len(last_head):]
+                # last_head is one whole head): a comparison instead of a search and a hash,
+                # which also cuts off what follows (a new object only if it was there: data
+                # is bytes, as transports hand them on)
+                parsed, rest = last_parsed, after_last
             else:
                 if try_changing and changing_value is not None:
                     # The last head, in full, for what follows (the comparison with last_head
