@@ -3765,16 +3765,22 @@ def Pool(
         if changing_value is not None:
             before, after, start, end, head_length, name, fields, index, headers_class, \
                 code, framing = changing_value
-            if data[:start] != before or data[end:head_length] != after:
+            # The head, if it is that one with as many bytes between: data starts with it
+            # only if so (a value cut short by data's end leaves no room for `after`), and
+            # removeprefix then also cuts off what follows (one slice, a join and a comparison,
+            # instead of three slices: each costs about as much as the join)
+            value = data[start:end]
+            head = b''.join((before, value, after))
+            rest = data.removeprefix(head)
+            if rest is data:  # (data is bytes, as transports hand them on)
                 return None
             # The value of one field, after the same name, colon and whitespace, checked as
             # _parse_field_line checks a value. Neither the field nor the one it replaces
             # frames the response: the name is the same, and was not one of those.
-            value = data[start:end]
             if value == changing_last:  # the last head again: the next is compared with it
                 try_changing = False
-                last_head, last_lines = data[:head_length], None
-                return data[head_length:]
+                last_head, last_lines = head, None
+                return rest
             field_value = value
             # Letters and digits only, as most request ids: nothing to check nor strip
             if not value.isalnum():
@@ -3786,7 +3792,7 @@ def Pool(
             changing_last = value
             fields[index] = (name, field_value)
             last_parsed = (code, headers_class(fields), framing)
-            return data[head_length:]
+            return rest
         assert changing_lines is not None
         before, after, start, end, previous_lines, first, previous = changing_lines
         head_length = end + len(after)
