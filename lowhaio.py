@@ -3781,16 +3781,22 @@ def Pool(
         if changing_value is not None:
             before, after, start, end, head_length, name, fields, index, headers_class, \
                 code, framing = changing_value
-            if data[:start] != before or data[end:head_length] != after:
+            # The head, if it is that one with as many bytes between: data starts with it
+            # only if so (a value cut short by data's end leaves no room for `after`), and
+            # removeprefix then also cuts off what follows (one slice, a join and a comparison,
+            # instead of three slices: each costs about as much as the join)
+            value = data[start:end]
+            head = b''.join((before, value, after))
+            rest = data.removeprefix(head)
+            if rest is data:  # (data is bytes, as transports hand them on)
                 return None
             # The value of one field, after the same name, colon and whitespace, checked as
             # _parse_field_line checks a value. Neither the field nor the one it replaces
             # frames the response: the name is the same, and was not one of those.
-            value = data[start:end]
             if value == changing_last:  # the last head again: the next is compared with it
                 try_changing = False
-                last_head, last_lines = data[:head_length], None
-                return data[head_length:]
+                last_head, last_lines = head, None
+                return rest
             field_value = value
             # Letters and digits only, as most request ids: nothing to check nor strip
             if not value.isalnum():
@@ -3802,7 +3808,7 @@ def Pool(
             changing_last = value
             fields[index] = (name, field_value)
             last_parsed = (code, headers_class(fields), framing)
-            return data[head_length:]
+            return rest
         assert changing_lines is not None
         before, after, start, end, previous_lines, first, previous = changing_lines
         head_length = end + len(after)
@@ -4046,11 +4052,13 @@ def Pool(
                     (after_changing := parse_like_changing(data)) is not None:
                 # The head just before but for a request id, again: two comparisons
                 parsed, rest = last_parsed, after_changing
-            elif last_head and data.startswith(last_head) and method != b'HEAD' and \
-                    method != b'CONNECT':
+            elif last_head and (after_last := data.removeprefix(last_head)) is not data and \
+                    method != b'HEAD' and method != b'CONNECT':
                 # The head just before, again (a head ends at its first blank line, and
-                # last_head is one whole head): a comparison instead of a search and a hash
-                parsed, rest = last_parsed, data[len(last_head):]
+                # last_head is one whole head): a comparison instead of a search and a hash,
+                # which also cuts off what follows (a new object only if it was there: data
+                # is bytes, as transports hand them on)
+                parsed, rest = last_parsed, after_last
             else:
                 if try_changing and changing_value is not None:
                     # The last head, in full, for what follows (the comparison with last_head

@@ -10,11 +10,13 @@ parse of the head on its own.
 
 from __future__ import annotations
 
+import asyncio
 import re
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
+import lowhaio
 from lowhaio import Pool, buffered
 from support import Connection, scripted_server
 from test_lowhaio_head_like_last import (
@@ -266,3 +268,65 @@ async def test_heads_a_server_alternates_between_are_each_found_again() -> None:
     heads = [one, other] * 5
     got = await check_responses(heads)
     assert all(got[index] is got[index - 2] for index in range(4, len(heads)))
+
+
+# Where a head with a new request id and its body are cut into writes, as offsets from where
+# the value starts and ends and from the head's end: the Pool compares the bytes around the
+# value as they arrive, and must take them only when they hold the whole head, and then read
+# the body from exactly the head's end
+ID_CUTS: Dict[str, Callable[[int, int, int], List[int]]] = {
+    'in one write': lambda start, end, length: [],
+    'the head, then the body': lambda start, end, length: [length],
+    'the head and a byte of the body, then the rest': lambda start, end, length: [length + 1],
+    'all but the head\'s last byte, then the rest': lambda start, end, length: [length - 1],
+    'inside the value': lambda start, end, length: [start + 5],
+    'before the value': lambda start, end, length: [start],
+    'after the value': lambda start, end, length: [end],
+    'after the value\'s line': lambda start, end, length: [end + 2],
+}
+
+
+@pytest.mark.parametrize('cut', ID_CUTS)
+async def test_a_new_request_id_gives_what_a_full_parse_gives_however_it_arrives(
+        cut: str, monkeypatch: Any) -> None:
+    parsed_in_full: List[bytes] = []
+    parse = lowhaio._parse_response_head_ending_at
+
+    def counting(data: bytes, end: int, max_header_count: int) -> lowhaio.ResponseHead:
+        parsed_in_full.append(data[:end + 4])
+        return parse(data, end, max_header_count)
+
+    first = PREVIOUS_HEADS['nginx-like']
+    # The second is taken as the first but for its request id, the others as the second
+    heads = [first] + [with_request_id(first, number) for number in (1, 2, 3, 2, 2, 4)]
+    expected = [full_parse(head)[0] for head in heads]
+    monkeypatch.setattr(lowhaio, '_parse_response_head_ending_at', counting)
+    value_start = first.index(ID_LINE) + len(b'x-request-id: ')
+    cuts = ID_CUTS[cut](value_start, value_start + 32, len(first))
+
+    async def answer(conn: Connection) -> None:
+        for number, (head, parsed) in enumerate(zip(heads, expected)):
+            assert parsed is not None and await conn.read_request()
+            data = head + body_for(parsed[4])[0]
+            offsets = [0] + (cuts if number >= 2 else []) + [len(data)]
+            for start, end in zip(offsets, offsets[1:]):
+                conn.write(data[start:end])
+                await conn.drain()
+                await asyncio.sleep(0.01)
+
+    async with scripted_server(answer) as server:
+        request, close = Pool(socket_timeout=2)
+        try:
+            for parsed in expected:
+                assert parsed is not None
+                code, headers, body = await request(b'GET', server.url())
+                assert (code, tuple(headers), headers.reason, headers.http_version) == \
+                    parsed[:4]
+                assert await buffered(body) == body_for(parsed[4])[1]
+            assert request.status().totals['in_use'] == 0
+        finally:
+            await close()
+        assert not server.errors
+    if not cuts or cuts[0] >= len(first):
+        # Read whole at first: each taken as the one before but for its request id
+        assert parsed_in_full == [first]

@@ -9,6 +9,7 @@ full parse (`parse_response_head` and `response_framing`) of the head on its own
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
@@ -195,3 +196,55 @@ async def test_a_head_differing_in_its_request_id_is_not_parsed_again(
     monkeypatch.setattr(lowhaio, '_parse_response_head_ending_at', counting)
     await check_responses_are(expected, heads)
     assert parsed_in_full == [first]
+
+
+# Where a repeated head and its body are cut into writes (offsets, from the head's length): the
+# Pool compares what it read first with the last head, and must take it only when it holds the
+# whole head, and then read the body from exactly the head's end
+CUTS: Dict[str, Callable[[int], List[int]]] = {
+    'in one write': lambda length: [],
+    'the head, then the body': lambda length: [length],
+    'the head and a byte of the body, then the rest': lambda length: [length + 1],
+    'all but the head\'s last byte, then the rest': lambda length: [length - 1],
+    'the first byte, then the rest': lambda length: [1],
+    'the head in halves, then the body': lambda length: [length // 2, length],
+}
+
+
+@pytest.mark.parametrize('cut', CUTS)
+@pytest.mark.parametrize('previous', PREVIOUS_HEADS)
+async def test_a_repeated_head_gives_what_a_full_parse_gives_however_it_arrives(
+        previous: str, cut: str) -> None:
+    head = PREVIOUS_HEADS[previous]
+    parsed, error = full_parse(head)
+    assert parsed is not None and error is None
+    payload, body_bytes = body_for(parsed[4])
+    cuts = CUTS[cut](len(head))
+
+    async def answer(conn: Connection) -> None:
+        for number in range(4):
+            assert await conn.read_request()
+            # The first in one write: the head the others repeat
+            offsets = [0] + (cuts if number else []) + [len(head + payload)]
+            for start, end in zip(offsets, offsets[1:]):
+                conn.write((head + payload)[start:end])
+                await conn.drain()
+                await asyncio.sleep(0.01)
+
+    async with scripted_server(answer) as server:
+        request, close = Pool(socket_timeout=2)
+        try:
+            got = []
+            for _ in range(4):
+                code, headers, body = await request(b'GET', server.url())
+                assert (code, tuple(headers), headers.reason, headers.http_version) == \
+                    parsed[:4]
+                assert await buffered(body) == body_bytes
+                got.append(headers)
+            if not cuts or cuts[0] >= len(head):
+                # Read whole at first: taken as the last head, whose headers it has
+                assert all(headers is got[0] for headers in got)
+            assert request.status().totals['in_use'] == 0
+        finally:
+            await close()
+        assert not server.errors
