@@ -1298,6 +1298,12 @@ class _Connection(asyncio.Protocol):
             self._poll.register(self.fd, select.POLLIN)
 
     def data_received(self, data: bytes) -> None:
+        if type(data) is not bytes:
+            # Windows' proactor loop hands over bytearray slices on Python 3.9 to 3.11 (and
+            # another transport may too): everything above keeps and compares immutable bytes,
+            # heads are looked up by them, and a buffer the transport reuses must not change
+            # under a body not yet taken
+            data = bytes(data)
         if self.idle:
             # RFC 9112 §9.3: nothing may arrive on an idle connection. Whatever it is, it
             # would be read as the start of the next response, so the connection is dropped.
