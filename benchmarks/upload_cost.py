@@ -1,24 +1,28 @@
 """Per-chunk cost of the upload workload, counted rather than timed: callgrind instructions,
-system calls (strace -c -f) and task-clock (perf stat), each for two upload sizes whose difference
-cancels start-up, imports and the warm-up request.
+system calls (strace -c -f, and perf stat's syscall tracepoints at full speed) and task-clock, each
+from two upload sizes whose difference cancels start-up, imports and the warm-up request.
 
 Run with the benchmark's virtualenv (bash benchmarks/run prepares it):
 
     benchmarks/.venv/bin/python benchmarks/upload_cost.py [--clients lowhaio,lowhaio-0.0.89,floor]
-        [--sizes 16,48] [--tools callgrind,strace,perf]
+        [--sizes 8,72] [--timed-sizes 64,512] [--tools callgrind,strace,perf] [--reps N] [--tls]
 
-It starts upload_server.py on CPU 0, runs clients.py's `upload` workload (64 KiB chunks from an async
-generator, content-length) on CPU 1 with the working tree's lowhaio*.py, and prints a markdown table
-of the cost per 64 KiB chunk. Under callgrind the client is ~50x slower than the sink, so the socket
-almost always takes each chunk whole: it counts the client's own work per chunk, not waits.
+It starts upload_server.py on CPU 0 (behind TLS with --tls, a trustme certificate), runs
+clients.py's `upload` workload (64 KiB chunks from an async generator, content-length) on CPU 1
+with the working tree's lowhaio*.py, and prints a markdown table of the cost per 64 KiB chunk;
+`--reps N` adds the medians of N interleaved timed uploads. Under callgrind the client is ~50x
+slower than the sink, so the socket nearly always takes each chunk whole: it counts the client's
+own work per chunk, and a few waits (each adds ~100,000 instructions, mostly one-off).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,23 +32,60 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 CHUNK = 64 * 1024
 MiB = 1 << 20
-CA_FILE = '/etc/ssl/certs/ca-certificates.crt'  # only loaded: the upload is plain HTTP
+CA_FILE = '/etc/ssl/certs/ca-certificates.crt'  # for plain HTTP it is only loaded
 
 
-def start_sink() -> Tuple[subprocess.Popen, int]:
-    sink = subprocess.Popen(
-        ['taskset', '-c', '0', sys.executable, os.path.join(HERE, 'upload_server.py')],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-    )
+def serve_tls(cert_file: str) -> None:
+    """upload_server.py's sink behind TLS (the key is in cert_file): `--tls-sink CERT` runs it."""
+    import ssl
+
+    import uvloop
+    from server_lifetime import serve_until_stopped
+    from upload_server import UploadSink
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert_file)
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        create_server = loop.create_server
+
+        async def create_tls_server(factory, host, port, **kwargs):  # type: ignore
+            return await create_server(factory, host, port, ssl=ctx, **kwargs)
+
+        loop.create_server = create_tls_server  # type: ignore[method-assign]
+        await serve_until_stopped(UploadSink)
+
+    uvloop.run(serve())
+
+
+def start_sink(tls_dir: str = '') -> Tuple[subprocess.Popen, int]:
+    """The upload sink on CPU 0, behind TLS with a certificate for 127.0.0.1 if tls_dir is given
+    (its CA then in tls_dir/ca.pem)."""
+    command = [sys.executable, os.path.join(HERE, 'upload_server.py')]
+    if tls_dir:
+        import trustme
+
+        ca = trustme.CA()
+        ca.cert_pem.write_to_path(os.path.join(tls_dir, 'ca.pem'))
+        cert = os.path.join(tls_dir, 'server.pem')
+        ca.issue_cert('127.0.0.1').private_key_and_cert_chain_pem.write_to_path(cert)
+        command = [sys.executable, os.path.abspath(__file__), '--tls-sink', cert]
+    sink = subprocess.Popen(['taskset', '-c', '0', *command],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=HERE)
     assert sink.stdout is not None
     return sink, int(sink.stdout.readline())
 
 
-def run_client(client: str, port: int, size: int, wrapper: List[str], tmp: str) -> Tuple[str, dict]:
+def run_client(client: str, port: int, size: int, wrapper: List[str], tmp: str,
+               tls_dir: str = '') -> Tuple[str, dict]:
+    base = f'https://127.0.0.1:{port}' if tls_dir else f'http://127.0.0.1:{port}'
     spec = {
         'client': client, 'workload': 'upload', 'kind': 'upload', 'n': 1, 'concurrency': 1,
-        'ca_file': CA_FILE, 'url': f'http://127.0.0.1:{port}/upload', 'size': size,
-        'chunk_size': CHUNK, 'warm_url': f'http://127.0.0.1:{port}/warm', 'warm_expected_len': 1,
+        # for plain HTTP the CA is only loaded
+        'ca_file': os.path.join(tls_dir, 'ca.pem') if tls_dir else CA_FILE,
+        'url': f'{base}/upload', 'size': size, 'chunk_size': CHUNK,
+        'warm_url': f'{base}/warm', 'warm_expected_len': 1,
     }
     out = os.path.join(tmp, 'result.json')
     # A fixed hash seed: with a random one, the cost of dict look-ups during start-up varies by
@@ -102,10 +143,12 @@ TOOLS = {
 }
 
 
-def per_chunk(client: str, port: int, tool: str, sizes: Tuple[int, int], tmp: str) -> Dict[str, str]:
+def per_chunk(client: str, port: int, tool: str, sizes: Tuple[int, int], tmp: str,
+              tls_dir: str) -> Dict[str, str]:
     """One tool's cost per chunk: the difference between the two sizes, over their chunks."""
     wrapper, parse = TOOLS[tool]
-    (err_a, res_a), (err_b, res_b) = (run_client(client, port, size, wrapper, tmp) for size in sizes)
+    (err_a, res_a), (err_b, res_b) = (run_client(client, port, size, wrapper, tmp, tls_dir)
+                                      for size in sizes)
     chunks = (sizes[1] - sizes[0]) / CHUNK
     if tool == 'callgrind':
         per = (parse(err_b) - parse(err_a)) / chunks
@@ -125,34 +168,74 @@ def per_chunk(client: str, port: int, tool: str, sizes: Tuple[int, int], tmp: st
                 for k, v in sorted(per.items()))}
 
 
+def timed_reps(clients: List[str], port: int, size: int, reps: int, tmp: str,
+               tls_dir: str) -> Dict[str, Dict[str, str]]:
+    """Medians of `reps` timed uploads each, interleaved (the first client rotating), of the
+    measured request's CPU (process time) per GB and its MB/s: timed, so only as good as the
+    number of reps on a busy machine."""
+    cpu: Dict[str, List[float]] = {client: [] for client in clients}
+    speed: Dict[str, List[float]] = {client: [] for client in clients}
+    for rep in range(reps):
+        for client in clients[rep % len(clients):] + clients[:rep % len(clients)]:
+            _, result = run_client(client, port, size, [], tmp, tls_dir)
+            cpu[client].append(result['cpu_s'] / size * 1e9)
+            speed[client].append(size / result['wall_s'] / 1e6)
+    rows = {}
+    for client in clients:
+        quartiles = statistics.quantiles(cpu[client], n=4) if reps > 1 else cpu[client] * 3
+        rows[client] = {
+            f'CPU s/GB, median of {reps}': f'{statistics.median(cpu[client]):.3f} '
+                                           f'({quartiles[0]:.3f}-{quartiles[2]:.3f})',
+            f'MB/s, median of {reps}': f'{statistics.median(speed[client]):,.0f}',
+        }
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.partition('\n\n')[0])
     parser.add_argument('--clients', default='lowhaio,lowhaio-0.0.89,floor')
     parser.add_argument('--sizes', default='8,72',
                         help='two upload sizes in MiB for callgrind (slow: ~50x)')
     parser.add_argument('--timed-sizes', default='64,512',
-                        help='two upload sizes in MiB for strace and perf, which run near full speed')
+                        help='two upload sizes in MiB for strace and perf (near full speed)')
     parser.add_argument('--tools', default='callgrind,strace,perf')
+    parser.add_argument('--reps', type=int, default=0,
+                        help='then this many timed uploads of the larger timed size per client')
+    parser.add_argument('--tls', action='store_true', help='upload over TLS')
+    parser.add_argument('--tls-sink', metavar='CERT', help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tls_sink:
+        serve_tls(args.tls_sink)
+        return
     sizes = {
         'callgrind': tuple(int(s) * MiB for s in args.sizes.split(',')),
         'strace': tuple(int(s) * MiB for s in args.timed_sizes.split(',')),
     }
     sizes['perf'] = sizes['strace']
-    sink, port = start_sink()
     rows: Dict[str, Dict[str, str]] = {}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        tls_dir = tmp if args.tls else ''
+        sink, port = start_sink(tls_dir)
+        try:
             for client in args.clients.split(','):
                 row = rows.setdefault(client, {})
-                for tool in args.tools.split(','):
-                    row.update(per_chunk(client, port, tool, sizes[tool], tmp))  # type: ignore
+                if not args.tools:
+                    continue
+                for tool in args.tools.split(','):  # '' for none
+                    row.update(per_chunk(client, port, tool, sizes[tool], tmp,  # type: ignore
+                                         tls_dir))
                 print(client, row, file=sys.stderr, flush=True)
-    finally:
-        sink.terminate()
-        sink.wait()
+            if args.reps:
+                for client, timed in timed_reps(list(rows), port, sizes['perf'][1], args.reps,
+                                                tmp, tls_dir).items():
+                    rows[client].update(timed)
+        finally:
+            sink.terminate()
+            sink.wait()
     columns = ['instructions', 'M instr/GiB', 'syscalls', 'syscalls at full speed',
                'task-clock µs', 'CPU s/GiB']
+    columns += [f'CPU s/GB, median of {args.reps}', f'MB/s, median of {args.reps}']
+    columns = [c for c in columns if any(c in row for row in rows.values())]
     print('| client (per 64 KiB chunk) | ' + ' | '.join(columns) + ' |')
     print('|---' * (len(columns) + 1) + '|')
     for client, row in rows.items():
