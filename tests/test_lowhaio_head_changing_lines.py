@@ -16,7 +16,6 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
-import lowhaio
 from lowhaio import Pool, buffered
 from support import Connection, scripted_server
 from test_lowhaio_head_like_last import (
@@ -26,6 +25,7 @@ from test_lowhaio_head_like_last import (
     PREVIOUS_HEADS,
     body_for,
     check_responses,
+    count_full_parses,
     date_and,
     full_parse,
     id_line_as,
@@ -209,17 +209,23 @@ async def test_a_head_changing_where_the_last_one_changed_may_arrive_in_pieces(
             await conn.write_slowly(head + body_for(parsed[4])[0], chunk_size, delay=0)
 
     async with scripted_server(answer) as server:
-        request, close = Pool(socket_timeout=2)
-        try:
-            for parsed in expected:
-                assert parsed is not None
-                code, headers, body = await request(b'GET', server.url())
-                assert (code, tuple(headers), headers.reason, headers.http_version) == \
-                    parsed[:4]
-                assert await buffered(body) == body_for(parsed[4])[1]
-        finally:
-            await close()
-        assert not server.errors
+        await check_each_response_as_parsed(server, expected)
+
+
+async def check_each_response_as_parsed(server: Any, expected: List[Any]) -> None:
+    """A GET for each of `expected` (full parses, in the order the server answers) gives its
+    status line, headers and body, and leaves no connection in use."""
+    request, close = Pool(socket_timeout=2)
+    try:
+        for parsed in expected:
+            assert parsed is not None
+            code, headers, body = await request(b'GET', server.url())
+            assert (code, tuple(headers), headers.reason, headers.http_version) == parsed[:4]
+            assert await buffered(body) == body_for(parsed[4])[1]
+        assert request.status().totals['in_use'] == 0
+    finally:
+        await close()
+    assert not server.errors
 
 
 @pytest.mark.parametrize('changing', ['date', 'request id'])
@@ -289,18 +295,11 @@ ID_CUTS: Dict[str, Callable[[int, int, int], List[int]]] = {
 @pytest.mark.parametrize('cut', ID_CUTS)
 async def test_a_new_request_id_gives_what_a_full_parse_gives_however_it_arrives(
         cut: str, monkeypatch: Any) -> None:
-    parsed_in_full: List[bytes] = []
-    parse = lowhaio._parse_response_head_ending_at
-
-    def counting(data: bytes, end: int, max_header_count: int) -> lowhaio.ResponseHead:
-        parsed_in_full.append(data[:end + 4])
-        return parse(data, end, max_header_count)
-
     first = PREVIOUS_HEADS['nginx-like']
     # The second is taken as the first but for its request id, the others as the second
     heads = [first] + [with_request_id(first, number) for number in (1, 2, 3, 2, 2, 4)]
     expected = [full_parse(head)[0] for head in heads]
-    monkeypatch.setattr(lowhaio, '_parse_response_head_ending_at', counting)
+    parsed_in_full = count_full_parses(monkeypatch)
     value_start = first.index(ID_LINE) + len(b'x-request-id: ')
     cuts = ID_CUTS[cut](value_start, value_start + 32, len(first))
 
@@ -315,18 +314,7 @@ async def test_a_new_request_id_gives_what_a_full_parse_gives_however_it_arrives
                 await asyncio.sleep(0.01)
 
     async with scripted_server(answer) as server:
-        request, close = Pool(socket_timeout=2)
-        try:
-            for parsed in expected:
-                assert parsed is not None
-                code, headers, body = await request(b'GET', server.url())
-                assert (code, tuple(headers), headers.reason, headers.http_version) == \
-                    parsed[:4]
-                assert await buffered(body) == body_for(parsed[4])[1]
-            assert request.status().totals['in_use'] == 0
-        finally:
-            await close()
-        assert not server.errors
+        await check_each_response_as_parsed(server, expected)
     if not cuts or cuts[0] >= len(first):
         # Read whole at first: each taken as the one before but for its request id
         assert parsed_in_full == [first]

@@ -31,7 +31,7 @@ import re
 import ssl
 import struct
 import termios
-from typing import Any, AsyncIterator, List
+from typing import Any, AsyncIterator, Callable, List
 
 import pytest
 
@@ -278,6 +278,14 @@ async def asked_in_the_middle_of_an_upload(request: Any, server: SServer) -> Non
                 await ask_for_a_certificate(server)
             yield upload[start:start + chunk_size]
 
+    await post_intact(request, server, upload, body)
+    assert await get_answered(request, server, b'/2', HELLO) == b'hello'
+
+
+async def post_intact(request: Any, server: SServer, upload: bytes,
+                      body: Callable[[], AsyncIterator[bytes]]) -> None:
+    """POST `body`, which yields `upload`, to s_server, which answers once it has all of it:
+    the response is read, and the server got the upload intact."""
     async def answer() -> None:
         await server.wait_for(request_head(b'POST', b'/upload'))
         await wait_until(lambda: len(uploaded_body(server, b'/upload', len(upload)))
@@ -291,7 +299,6 @@ async def asked_in_the_middle_of_an_upload(request: Any, server: SServer) -> Non
     await asyncio.wait_for(answering, PATIENCE)
     assert hashlib.sha256(uploaded_body(server, b'/upload', len(upload))).hexdigest() \
         == hashlib.sha256(upload).hexdigest()
-    assert await get_answered(request, server, b'/2', HELLO) == b'hello'
 
 
 CERTIFICATE_REQUEST_MOMENTS = {
@@ -395,21 +402,7 @@ async def test_an_upload_in_small_chunks_arrives_intact_in_no_more_records_than_
             for start in range(0, len(upload), chunk_size):
                 yield upload[start:start + chunk_size]
 
-        async def answer() -> None:
-            await server.wait_for(request_head(b'POST', b'/upload'))
-            await wait_until(lambda: len(uploaded_body(server, b'/upload', len(upload)))
-                             == len(upload), 0.05)
-            await server.send(HELLO)
-
-        answering = asyncio.ensure_future(answer())
-        _, _, response_body = await asyncio.wait_for(request(
-            b'POST', 'https://127.0.0.1:%d/upload' % server.port, body=body,
-            headers=((b'content-length', b'%d' % len(upload)),)), PATIENCE)
-        assert b''.join([piece async for piece in response_body]) == b'hello'
-        await asyncio.wait_for(answering, PATIENCE)
-
-        assert hashlib.sha256(uploaded_body(server, b'/upload', len(upload))).hexdigest() \
-            == hashlib.sha256(upload).hexdigest()
+        await post_intact(request, server, upload, body)
         records = application_data_records(server)
         # lowhaio promises no coalescing of the caller's chunks: each write of the SSLObject
         # is one record or, over 16 KiB, several. So at most one for the head and, for each
