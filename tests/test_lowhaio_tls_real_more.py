@@ -31,7 +31,7 @@ import re
 import ssl
 import struct
 import termios
-from typing import Any, AsyncIterator, Callable, List
+from typing import Any, AsyncIterator, Awaitable, Callable, List
 
 import pytest
 
@@ -158,8 +158,16 @@ async def an_event_while_the_consumer_stops(
 @pytest.mark.parametrize('event', list(EVENTS))
 async def test_an_event_while_the_client_has_stopped_reading_leaves_the_body_intact(
         event: str, times: int, tmp_path: pathlib.Path) -> None:
-    # Every framing and pause at once, each against its own s_server (one would take
-    # nine times as long): a failure names its case
+    await each_framing_and_pause_at_once(
+        tmp_path, lambda framing, pause, directory: an_event_while_the_consumer_stops(
+            event, framing, times, pause, directory))
+
+
+async def each_framing_and_pause_at_once(
+        tmp_path: pathlib.Path,
+        run: Callable[[str, float, pathlib.Path], Awaitable[None]]) -> None:
+    """`run` for every framing and pause at once, each against its own s_server (one after
+    another would take nine times as long); a failure names its case; no socket left open."""
     cases = [(framing, pause) for framing in FRAMINGS for pause in PAUSES]
     sockets = support.open_sockets()
 
@@ -167,7 +175,7 @@ async def test_an_event_while_the_client_has_stopped_reading_leaves_the_body_int
         directory = tmp_path / ('%s-%s' % (framing, pause))
         directory.mkdir()
         try:
-            await an_event_while_the_consumer_stops(event, framing, times, pause, directory)
+            await run(framing, pause, directory)
         except BaseException as exception:
             raise AssertionError('%s, consumer away %s s: %r' % (
                 framing, pause, exception)) from exception
@@ -531,21 +539,6 @@ async def test_a_close_while_the_client_has_stopped_reading_leaves_the_body_whol
         event: str, tmp_path: pathlib.Path) -> None:
     # The server ends the connection (after `event`) with the end of the body still
     # unread behind the client's paused reading: the whole body, then the end
-    cases = [(framing, pause) for framing in FRAMINGS for pause in PAUSES]
-    sockets = support.open_sockets()
-
-    async def case(framing: str, pause: float) -> None:
-        directory = tmp_path / ('%s-%s' % (framing, pause))
-        directory.mkdir()
-        try:
-            await a_close_while_the_consumer_stops(event, framing, pause, directory)
-        except BaseException as exception:
-            raise AssertionError('%s, consumer away %s s: %r' % (
-                framing, pause, exception)) from exception
-
-    outcomes = await asyncio.gather(*(case(framing, pause) for framing, pause in cases),
-                                    return_exceptions=True)
-    failures = [outcome for outcome in outcomes if outcome is not None]
-    if failures:
-        raise failures[0]
-    assert await support.wait_for_sockets(sockets) <= sockets
+    await each_framing_and_pause_at_once(
+        tmp_path, lambda framing, pause, directory: a_close_while_the_consumer_stops(
+            event, framing, pause, directory))
