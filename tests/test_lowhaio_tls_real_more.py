@@ -31,7 +31,7 @@ import re
 import ssl
 import struct
 import termios
-from typing import Any, AsyncIterator, Awaitable, Callable, List
+from typing import Any, AsyncIterator, Awaitable, Callable, List, Tuple
 
 import pytest
 
@@ -105,21 +105,27 @@ async def read_until(pieces: AsyncIterator[bytes], received: bytearray, size: in
         received.extend(await asyncio.wait_for(pieces.__anext__(), PATIENCE))
 
 
+async def get_body_started(request: Any, server: SServer,
+                           first: bytes) -> Tuple[Any, AsyncIterator[bytes]]:
+    """GET /body, answered with `first` (the head and the start of the body): the response's
+    connection, and its body's iterator."""
+    async def answer() -> None:
+        await server.wait_for(request_head(b'GET', b'/body'))
+        await server.send(first)
+    answering = asyncio.ensure_future(answer())
+    _, _, response_body = await asyncio.wait_for(
+        request(b'GET', 'https://127.0.0.1:%d/body' % server.port), PATIENCE)
+    await asyncio.wait_for(answering, PATIENCE)
+    return response_body._conn, response_body.__aiter__()
+
+
 async def an_event_while_the_consumer_stops(
         event: str, framing: str, times: int, pause: float, tmp_path: pathlib.Path) -> None:
     _, letter, _ = EVENTS[event]
     body = body_bytes(PART * (times + 1), times)
     parts = response_in_parts(framing, body, times + 1)
     async with start_s_server(event, tmp_path) as server, pool() as request:
-        async def answer() -> None:
-            await server.wait_for(request_head(b'GET', b'/body'))
-            await server.send(parts[0])
-        answering = asyncio.ensure_future(answer())
-        _, _, response_body = await asyncio.wait_for(
-            request(b'GET', 'https://127.0.0.1:%d/body' % server.port), PATIENCE)
-        await asyncio.wait_for(answering, PATIENCE)
-        conn = response_body._conn
-        pieces = response_body.__aiter__()
+        conn, pieces = await get_body_started(request, server, parts[0])
         received = bytearray()
 
         for time in range(1, times + 1):
@@ -507,15 +513,7 @@ async def a_close_while_the_consumer_stops(event: str, framing: str, pause: floa
     response, = response_in_parts(framing, body, 1)
     version, letter, options = EVENTS.get(event, ('1.3', '', ()))
     async with s_server(version, tmp_path, *options) as server, pool() as request:
-        async def answer() -> None:
-            await server.wait_for(request_head(b'GET', b'/body'))
-            await server.send(response)
-        answering = asyncio.ensure_future(answer())
-        _, _, response_body = await asyncio.wait_for(
-            request(b'GET', 'https://127.0.0.1:%d/body' % server.port), PATIENCE)
-        await asyncio.wait_for(answering, PATIENCE)
-        conn = response_body._conn
-        pieces = response_body.__aiter__()
+        conn, pieces = await get_body_started(request, server, response)
         received = bytearray()
         await read_until(pieces, received, 1)
         await wait_until(lambda: conn._reading_paused)
