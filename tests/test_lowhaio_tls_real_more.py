@@ -256,8 +256,21 @@ def offering_post_handshake_authentication(with_client_cert: bool) -> ssl.SSLCon
 
 async def asked_between_two_requests(request: Any, server: SServer) -> None:
     assert await get_answered(request, server, b'/1', HELLO) == b'hello'
+    start = len(server.output)
     await ask_for_a_certificate(server)
+    # Once the client has answered, s_server sends it new session tickets. The next request
+    # waits until they are sent (s_server reads again), and so read by the client: a record
+    # still unread in an idle connection's socket makes the check before reuse drop it (it
+    # cannot tell a ticket from a close_notify without reading), and this test is of one
+    # connection
+    await wait_until(lambda: tickets_then_a_read(server.output[start:]))
     assert await get_answered(request, server, b'/2', HELLO) == b'hello'
+
+
+def tickets_then_a_read(output: bytes) -> bool:
+    """Whether s_server sent its two NewSessionTickets, then waited to read."""
+    return re.search(rb'(?:>>> TLS 1\.3, Handshake \[length [0-9a-f]+\], NewSessionTicket\n'
+                     rb'(?:(?!Read BLOCK).*\n)*?){2}Read BLOCK\n', output) is not None
 
 
 async def asked_in_the_middle_of_a_response_body(request: Any, server: SServer) -> None:
