@@ -39,7 +39,7 @@ import lowhaio
 import support
 from test_lowhaio_tls_real import (
     EVENTS, FRAMINGS, HELLO, PATIENCE, SServer, assert_the_client_answered, body_bytes,
-    cause, chunked, get, get_answered, pool, request_head, s_server, start_s_server, wait_until,
+    chunked, get, get_answered, pool, request_head, s_server, start_s_server, wait_until,
     wait_for_the_clients_part)
 
 pytestmark = pytest.mark.timeout(90)
@@ -158,15 +158,6 @@ async def an_event_while_the_consumer_stops(
         assert server.connections == (2 if framing == 'close-delimited' else 1)
         assert_the_client_answered(server, event, times,
                                    wrote_since=framing != 'close-delimited')
-
-
-@pytest.mark.parametrize('times', [1, 3])
-@pytest.mark.parametrize('event', list(EVENTS))
-async def test_an_event_while_the_client_has_stopped_reading_leaves_the_body_intact(
-        event: str, times: int, tmp_path: pathlib.Path) -> None:
-    await each_framing_and_pause_at_once(
-        tmp_path, lambda framing, pause, directory: an_event_while_the_consumer_stops(
-            event, framing, times, pause, directory))
 
 
 async def each_framing_and_pause_at_once(
@@ -453,33 +444,6 @@ TRAILER_CUTS = {
 }
 
 
-@pytest.mark.parametrize('cut', list(TRAILER_CUTS))
-@pytest.mark.parametrize('event', list(EVENTS))
-async def test_an_event_in_the_middle_of_the_trailers_leaves_the_connection_usable(
-        event: str, cut: str, tmp_path: pathlib.Path) -> None:
-    body = body_bytes(100_000, 6)
-    split = TRAILER_CUTS[cut]
-    first = b'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n%s0\r\n%s' % (
-        chunked(body), TRAILERS[:split])
-    rest = TRAILERS[split:]
-    sockets = support.open_sockets()
-    async with start_s_server(event, tmp_path) as server, pool() as request:
-        async def answer() -> None:
-            await server.wait_for(request_head(b'GET', b'/trailers'))
-            await server.send(first)
-            await wait_until(lambda: stdin_is_empty(server))
-            await cause(server, event)
-            await server.send(rest)
-
-        answering = asyncio.ensure_future(answer())
-        assert await get(request, 'https://127.0.0.1:%d/trailers' % server.port) == body
-        await asyncio.wait_for(answering, PATIENCE)
-        assert await get_answered(request, server, b'/next', HELLO) == b'hello'
-        assert server.connections == 1
-        assert_the_client_answered(server, event, 1)
-    assert await support.wait_for_sockets(sockets) <= sockets
-
-
 # ---------------------------------------------------------------------------------------------
 # close_notify after a response on a kept-alive connection
 # ---------------------------------------------------------------------------------------------
@@ -545,11 +509,3 @@ async def a_close_while_the_consumer_stops(event: str, framing: str, pause: floa
         assert server.connections == 2
 
 
-@pytest.mark.parametrize('event', ['nothing', *EVENTS])
-async def test_a_close_while_the_client_has_stopped_reading_leaves_the_body_whole(
-        event: str, tmp_path: pathlib.Path) -> None:
-    # The server ends the connection (after `event`) with the end of the body still
-    # unread behind the client's paused reading: the whole body, then the end
-    await each_framing_and_pause_at_once(
-        tmp_path, lambda framing, pause, directory: a_close_while_the_consumer_stops(
-            event, framing, pause, directory))
