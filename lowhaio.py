@@ -3699,13 +3699,13 @@ def Pool(
     last_lines: Optional[List[bytes]] = None
     # What changed from one head to the next, the last time a head was parsed like the one
     # before it (see parse_like_last). A server that sends a request id changes the same line
-    # each time: the next head is then checked against this by two comparisons, with no
+    # each time: the next head is then checked against this by one comparison, with no
     # search, split nor hash of it. One line changed: its value alone, after a name and colon
     # the next head must repeat; remembered are the bytes before and after it, where it starts
-    # and ends, where the head ends, the field's name, the fields (a list, of which that
-    # field's is replaced each time: the headers are made from it with no tuple between) and
-    # its index there, the headers' class, the code and the framing.
-    changing_value: Optional[Tuple[bytes, bytes, int, int, int, bytes, List[Tuple[bytes, bytes]],
+    # and ends, the field's name, the fields (a list, of which that field's is replaced each
+    # time: the headers are made from it with no tuple between) and its index there, the
+    # headers' class, the code and the framing.
+    changing_value: Optional[Tuple[bytes, bytes, int, int, bytes, List[Tuple[bytes, bytes]],
                                    int, type[ResponseHeaders], bytes, Tuple[int, int, bool]]] = None
     # More lines changed: the bytes before and after them, where they start and end, those
     # lines, the index of the field of the first, and that head's parse
@@ -3782,11 +3782,11 @@ def Pool(
         nonlocal last_head, last_parsed, last_lines, changing_lines, changing_last, try_changing
         # The bytes up to what changed, then from its end to the end of the head: the head then
         # has the same length, ends at the same blank line (nothing changed holds a CR or LF:
-        # see _parse_field_line), and has the same lines elsewhere. (Slices compared: cheaper
-        # than startswith, whose arguments are parsed by format.)
+        # see _parse_field_line), and has the same lines elsewhere. (Several lines: slices
+        # compared, cheaper than startswith, whose arguments are parsed by format.)
         if changing_value is not None:
-            before, after, start, end, head_length, name, fields, index, headers_class, \
-                code, framing = changing_value
+            before, after, start, end, name, fields, index, headers_class, code, framing = \
+                changing_value
             # The head, if it is that one with as many bytes between: data starts with it
             # only if so (a value cut short by data's end leaves no room for `after`), and
             # removeprefix then also cuts off what follows (one slice, a join and a comparison,
@@ -3888,9 +3888,8 @@ def Pool(
             index = first + first_changed
             changing_last = head_bytes[value_start:changed_end]
             changing_value = (head_bytes[:value_start], head_bytes[changed_end:], value_start,
-                              changed_end, len(head_bytes), headers[index][0], list(headers),
-                              index, cast('type[ResponseHeaders]', type(headers)), code,
-                              framing)
+                              changed_end, headers[index][0], list(headers), index,
+                              cast('type[ResponseHeaders]', type(headers)), code, framing)
             changing_lines = None
             return
         changed_lines = lines[first_changed:last_changed + 1]
