@@ -20,6 +20,7 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import os
 import re
 import select
 import socket
@@ -1688,11 +1689,39 @@ class _Connection(asyncio.Protocol):
             return False
         try:
             if self._poll is not None:
-                return not self._poll.poll(0)
+                return not self._poll.poll(0) or self.only_tls_records_were_waiting()
             readable, _, _ = select.select((self.fd,), (), (), 0)
         except (OSError, ValueError):
             return False
         return not readable
+
+    def only_tls_records_were_waiting(self) -> bool:
+        """For a connection, not in use, whose socket has something to read: under TLS, read
+        it now through the TLS layers (as the loop would, only sooner) and tell whether all of
+        it was TLS's own records, which carry no data and which a server may send at any time
+        (RFC 8446 4.6: TLS 1.3 session tickets, KeyUpdate; RFC 5246 7.4.1.1: a TLS 1.2
+        renegotiation's HelloRequest, answered here as it would be later). Data, a close_notify
+        or a FIN still mean the connection is done with. Without this, a server's record that
+        arrived just before a reuse, unread as yet by the loop, would cost a new connection.
+        Plain TCP: nothing may arrive (RFC 9112 9.3), so False. The socket is read directly:
+        the transport beneath hands each read to its protocol as it makes it, and keeps none."""
+        if not self.lower_transports or self._poll is None:
+            return False
+        beneath = self.lower_transports[0]
+        tls = beneath.get_protocol()
+        try:
+            while self._poll.poll(0):
+                data = os.read(self.fd, _READ_SIZE)
+                if not data:
+                    return False  # a FIN
+                tls.data_received(data)
+                if self._eof or self._lost or self._queue or beneath.is_closing():
+                    return False
+        except (BlockingIOError, InterruptedError):
+            pass  # nothing after all: the poll saw an event that was gone by the read
+        except (OSError, ValueError):
+            return False
+        return True
 
     def close(self) -> None:
         """Close at once (no TLS close_notify wait), so that the file descriptor is freed."""
@@ -3407,7 +3436,7 @@ def Pool(
             # Inline of conn.is_reusable(), on the path of every reuse
             if not (conn._eof or conn._queue) and conn._poll is not None:
                 try:
-                    reusable = not conn._poll.poll(0)
+                    reusable = not conn._poll.poll(0) or conn.only_tls_records_were_waiting()
                 except (OSError, ValueError):
                     reusable = False
             else:

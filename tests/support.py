@@ -868,6 +868,24 @@ def open_sockets() -> int:
     return count
 
 
+def fd_of_the_socket_connected_to(address: Tuple[str, int]) -> int:
+    """The descriptor of this process's one socket connected to `address` (a client's end
+    of its one connection to a server)."""
+    found = []
+    for fd in os.listdir('/proc/self/fd'):
+        with contextlib.suppress(OSError):
+            if not os.readlink('/proc/self/fd/' + fd).startswith('socket:'):
+                continue
+            sock = socket.socket(fileno=int(fd))
+            try:
+                if sock.getpeername()[:2] == address:
+                    found.append(int(fd))
+            finally:
+                sock.detach()  # it stays open: it is not this function's to close
+    assert len(found) == 1, 'sockets connected to %r: %r' % (address, found)
+    return found[0]
+
+
 async def wait_for_sockets(expected: int, timeout: float = 2.0) -> int:
     """Wait until at most `expected` sockets are open, or `timeout`; return the final count."""
     deadline = time.monotonic() + timeout

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
+import select
 import socket
 import ssl
 import struct
@@ -390,6 +392,64 @@ async def test_what_arrives_on_an_idle_connection_retires_it(version: str, sent:
         # The next request goes on a new connection, and never gets the stray bytes
         assert await outcome(request, server.url()) == ('ok', b'ok')
         assert server.connections == 2
+
+
+# What reaches an idle connection's socket just as the next request takes the connection,
+# before the loop has read it: the check before reuse finds the socket readable and, under
+# TLS, reads it then, since TLS's own records carry no data and are no reason to drop the
+# connection (test_lowhaio_tls_real: KeyUpdate and renegotiation from s_server; a Python
+# server cannot send those, nor session tickets once it has sent data: records keep their
+# order). What is a reason still retires it: data, a close_notify, a FIN. The server is made to
+# write by the test itself, with no await between that and the request, so that no loop can
+# read it first.
+AT_REUSE = ['application data', 'close_notify', 'close_notify and a fin', 'fin']
+
+
+def send_at_once(peer: TlsPeer, sent: str) -> None:
+    """Make `peer` send `sent` without awaiting anything: into the kernel at once."""
+    if 'application data' in sent:
+        peer.sslobj.write(b'HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstray')
+        peer.writer.write(peer.outgoing.read())
+    if 'close_notify' in sent:
+        with contextlib.suppress(ssl.SSLError):
+            peer.sslobj.unwrap()
+        peer.writer.write(peer.outgoing.read())
+    if 'fin' in sent:
+        # On a duplicate of the descriptor: uvloop's transport sockets have no shutdown
+        sock = peer.writer.get_extra_info('socket')
+        with socket.socket(fileno=os.dup(sock.fileno())) as duplicate:
+            duplicate.shutdown(socket.SHUT_WR)
+    assert peer.writer.transport.get_write_buffer_size() == 0
+
+
+@pytest.mark.parametrize('version', ['1.2', '1.3'])
+@pytest.mark.parametrize('sent', AT_REUSE)
+async def test_what_arrives_just_as_an_idle_connection_is_reused_retires_it(
+        version: str, sent: str) -> None:
+    peers: List[TlsPeer] = []
+
+    async def handler(peer: TlsPeer) -> None:
+        peers.append(peer)
+        await peer.handshake()
+        while await peer.read_request():
+            await peer.send(b'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok')
+
+    sockets = support.open_sockets()
+    async with tls_server(handler, server_context(version)) as server:
+        for _ in range(10):  # each time anew: two pools, two servers' connections
+            peers.clear()
+            server.connections = 0
+            async with pool() as request:
+                assert await outcome(request, server.url()) == ('ok', b'ok')
+                client = support.fd_of_the_socket_connected_to(('127.0.0.1', server.port))
+                send_at_once(peers[0], sent)
+                readable, _, _ = select.select([client], [], [], 5)
+                assert readable
+                # The request coroutine is awaited directly: it takes the idle connection
+                # before the loop runs again
+                assert await outcome(request, server.url()) == ('ok', b'ok')
+                assert server.connections == 2  # the stray bytes never seen
+    assert await support.wait_for_sockets(sockets) <= sockets
 
 
 # ---------------------------------------------------------------------------------------------

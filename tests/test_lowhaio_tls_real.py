@@ -10,8 +10,9 @@ request for one back) and reads on its stdout what it received (requests and upl
 for byte) and, with -msg, every TLS message, so that the client's answers are seen to leave.
 
 The matrix: each event (renegotiation under TLS 1.2, KeyUpdate not requesting and requesting
-under TLS 1.3), at each moment (between two requests on a pooled connection, in the middle of
-a response body of each framing, in the middle of a large upload), once and several times in
+under TLS 1.3), at each moment (between two requests on a pooled connection, just as that
+connection is reused, in the middle of a response body of each framing, in the middle of a
+large upload), once and several times in
 a row. Every case: bodies byte-exact, the connection reused when it should be, no hang, no
 socket left open.
 
@@ -28,6 +29,7 @@ import os
 import pathlib
 import random
 import re
+import select
 import weakref
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterator, Tuple
 
@@ -283,6 +285,48 @@ async def test_an_event_on_an_idle_pooled_connection_keeps_it_usable(
             # Whatever the client is to read of the event, it reads while idle: let it
             await asyncio.sleep(0.2)
             assert await get_answered(request, server, b'/2', HELLO) == b'hello'
+            assert server.connections == 1
+            assert_the_client_answered(server, event, times)
+    assert await support.wait_for_sockets(sockets) <= sockets
+
+
+async def reuse_at_once(request: Any, server: SServer, path: bytes) -> bytes:
+    """GET `path`, answered with HELLO, the request coroutine awaited directly (not through
+    wait_for, which may make it a task of its own): it takes a connection before the loop runs
+    again."""
+    async def answer() -> None:
+        await server.wait_for(request_head(b'GET', path))
+        await server.send(HELLO)
+    answering = asyncio.ensure_future(answer())
+    _, _, body = await request(b'GET', 'https://127.0.0.1:%d%s' % (server.port, path.decode()))
+    await asyncio.wait_for(answering, PATIENCE)
+    return b''.join([piece async for piece in body])
+
+
+@pytest.mark.parametrize('times', [1, 3])
+@pytest.mark.parametrize('event', list(EVENTS))
+async def test_an_event_that_arrives_as_the_connection_is_reused_keeps_it_usable(
+        event: str, times: int, tmp_path: pathlib.Path) -> None:
+    # The event's record reaches the idle connection's socket just before the next request
+    # takes the connection, with the loop not yet having read it: the check before reuse sees
+    # something to read. A record of TLS's own is no reason to drop the connection (a close
+    # or data would be: test_lowhaio_tls_layer). The loop is kept from reading the record by
+    # blocking it from the command until the record is there; then the request takes the
+    # connection before the loop runs again
+    _, letter, _ = EVENTS[event]
+    sockets = support.open_sockets()
+    async with start_s_server(event, tmp_path) as server:
+        async with pool() as request:
+            assert await get_answered(request, server, b'/0', HELLO) == b'hello'
+            client = support.fd_of_the_socket_connected_to(('127.0.0.1', server.port))
+            for time in range(1, times + 1):
+                stdin = server.process.stdin
+                assert stdin is not None
+                stdin.write(letter.encode() + b'\n')  # written at once: the pipe was empty
+                readable, _, _ = select.select([client], [], [], PATIENCE)
+                assert readable, 'the event did not reach the client'
+                assert await reuse_at_once(request, server, b'/%d' % time) == b'hello'
+                await wait_for_the_clients_part(server, event, time)
             assert server.connections == 1
             assert_the_client_answered(server, event, times)
     assert await support.wait_for_sockets(sockets) <= sockets
