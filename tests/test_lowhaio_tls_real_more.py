@@ -1,14 +1,21 @@
 """lowhaio's TLS layer against `openssl s_server`: the cases test_lowhaio_tls_real leaves out.
 
+- A renegotiation or KeyUpdate that arrives while the client has stopped reading (its body's
+  consumer is slow, the connection is over its read-ahead limit, the transport beneath is
+  paused): the handshake bytes wait unread in the socket until the consumer reads again. The
+  body must then arrive byte-exact, a renegotiation be answered (and not before), nothing
+  hang, no more be held than the read-ahead limit and one read, and the connection be
+  reused. The same with the server closing (close_notify, then FIN) behind the unread end.
 - TLS 1.3 post-handshake authentication: a client that does not offer it (the default) is
   never asked, and a server that requires a certificate the client lacks gives a clear
-  HttpError (HttpTlsError under 1.2, HttpDataError under 1.3, the ssl error as its cause and
-  its alert in the message); a context that offers it answers a request between requests, in
-  a response body or in an upload, and the server sees its certificate.
+  HttpError (HttpTlsError under 1.2, HttpDataError under 1.3, the ssl error as its cause); a
+  context that offers it answers a request between requests, in a response body or in an
+  upload, and the server sees its certificate.
 - Uploads in small chunks, under TLS 1.2 and 1.3: intact at the server, and how many TLS
   records they take (each chunk becomes a record of its own, the head going in the first:
   never more records than chunks need).
-- A server that closes with close_notify after a response on a kept-alive connection.
+- An event in the middle of a chunked response's trailers; a server that closes with
+  close_notify after a response on a kept-alive connection.
 
 The servers are driven as in test_lowhaio_tls_real (whose helpers these tests use).
 """
@@ -19,20 +26,23 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import os
 import pathlib
 import re
 import ssl
+import stat
 import struct
 import termios
-from typing import Any, AsyncIterator, Callable, List
+from typing import Any, AsyncIterator, Awaitable, Callable, List, Tuple
 
 import pytest
 
 import lowhaio
 import support
 from test_lowhaio_tls_real import (
-    HELLO, PATIENCE, SServer, body_bytes,
-    get, get_answered, pool, request_head, s_server, wait_until)
+    EVENTS, FRAMINGS, HELLO, PATIENCE, SServer, assert_the_client_answered, body_bytes,
+    cause, chunked, get, get_answered, pool, request_head, s_server, start_s_server, wait_until,
+    wait_for_the_clients_part)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -45,13 +55,149 @@ def stdin_is_empty(server: SServer) -> bool:
     transport: Any = stdin.transport
     if transport.get_write_buffer_size():
         return False
+    # The kind of file is asked of the file itself: asyncio gives a child's stdin as a socket
+    # pair on Python 3.9 (a pipe from 3.10) and uvloop as a socket pair, and on a socket
+    # FIONREAD counts what this end could read (always nothing), not what the child has not
     pipe = transport.get_extra_info('pipe')
-    if pipe is not None:  # asyncio: a pipe, and what it holds unread
-        request, fd = termios.FIONREAD, pipe.fileno()
-    else:  # uvloop: a socket pair, and what the other end has not read (SIOCOUTQ)
-        request, fd = termios.TIOCOUTQ, transport.get_extra_info('socket').fileno()
+    fd = pipe.fileno() if pipe is not None else transport.get_extra_info('socket').fileno()
+    if stat.S_ISSOCK(os.fstat(fd).st_mode):
+        request = termios.TIOCOUTQ  # SIOCOUTQ: what the other end has not read
+    else:
+        request = termios.FIONREAD  # a pipe: what it holds unread
     unread: int = struct.unpack('i', fcntl.ioctl(fd, request, b'\0\0\0\0'))[0]
     return unread == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# An event while the client has stopped reading
+# ---------------------------------------------------------------------------------------------
+
+# Each part of the body is sent once the client has read all the last: large enough that the
+# client, its consumer having taken one piece, goes over its read-ahead limit (asyncio reads
+# 128 KiB at a time, uvloop 256,000 bytes) and pauses reading with part of it still to come
+PART = 1024 * 1024
+LONGEST_READ = 256 * 1024
+# How long the consumer stays away after the server acted: the three run side by side
+PAUSES = (0.0, 0.2, 0.5)
+
+
+def response_in_parts(framing: str, body: bytes, parts: int) -> List[bytes]:
+    """The response to `body`, in `parts` parts of PART bytes of body each."""
+    pieces = [body[i:i + PART] for i in range(0, len(body), PART)]
+    assert len(pieces) == parts
+    if framing == 'content-length':
+        head = b'HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n' % len(body)
+        return [head + pieces[0], *pieces[1:]]
+    if framing == 'chunked':
+        head = b'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n'
+        framed = [chunked(piece) for piece in pieces]
+        framed[0] = head + framed[0]
+        framed[-1] += b'0\r\n\r\n'
+        return framed
+    head = b'HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n'
+    return [head + pieces[0], *pieces[1:]]
+
+
+def held_in_client(conn: Any) -> int:
+    """What of the response the client holds: what waits for the consumer, and what the TLS
+    layer has and has not decrypted."""
+    layer = conn.transport
+    assert isinstance(layer, lowhaio._TlsLayer)
+    return conn._queued + layer._incoming.pending + layer._sslobj.pending()
+
+
+async def read_until(pieces: AsyncIterator[bytes], received: bytearray, size: int) -> None:
+    while len(received) < size:
+        received.extend(await asyncio.wait_for(pieces.__anext__(), PATIENCE))
+
+
+async def get_body_started(request: Any, server: SServer,
+                           first: bytes) -> Tuple[Any, AsyncIterator[bytes]]:
+    """GET /body, answered with `first` (the head and the start of the body): the response's
+    connection, and its body's iterator."""
+    async def answer() -> None:
+        await server.wait_for(request_head(b'GET', b'/body'))
+        await server.send(first)
+    answering = asyncio.ensure_future(answer())
+    _, _, response_body = await asyncio.wait_for(
+        request(b'GET', 'https://127.0.0.1:%d/body' % server.port), PATIENCE)
+    await asyncio.wait_for(answering, PATIENCE)
+    return response_body._conn, response_body.__aiter__()
+
+
+async def an_event_while_the_consumer_stops(
+        event: str, framing: str, times: int, pause: float, tmp_path: pathlib.Path) -> None:
+    _, letter, _ = EVENTS[event]
+    body = body_bytes(PART * (times + 1), times)
+    parts = response_in_parts(framing, body, times + 1)
+    async with start_s_server(event, tmp_path) as server, pool() as request:
+        conn, pieces = await get_body_started(request, server, parts[0])
+        received = bytearray()
+
+        for time in range(1, times + 1):
+            # The consumer takes a piece of this part, then stays away: the client reads on
+            # until over its limit, then stops
+            await read_until(pieces, received, len(received) + 1)
+            await wait_until(lambda: conn._reading_paused)
+            await wait_until(lambda: stdin_is_empty(server))
+            await server.command(letter)
+            await asyncio.sleep(pause)
+            # It waited with no more than it may hold, and did not read on by itself
+            assert held_in_client(conn) <= lowhaio._READ_HIGH_WATER + LONGEST_READ
+            assert conn._reading_paused
+            if 'renegotiation' in event:
+                # The server's request for one waits unread, unanswered
+                assert server.received(b'ClientHello') == time
+            await read_until(pieces, received, PART * time)
+            # A renegotiation is answered now the client reads again
+            await wait_for_the_clients_part(server, event, time)
+            await server.send(parts[time])
+
+        await read_until(pieces, received, len(body))
+        if framing == 'close-delimited':
+            await server.close_connection()
+        with pytest.raises(StopAsyncIteration):
+            received.extend(await asyncio.wait_for(pieces.__anext__(), PATIENCE))
+        assert hashlib.sha256(received).hexdigest() == hashlib.sha256(body).hexdigest()
+
+        assert await get_answered(request, server, b'/next', HELLO) == b'hello'
+        assert server.connections == (2 if framing == 'close-delimited' else 1)
+        assert_the_client_answered(server, event, times,
+                                   wrote_since=framing != 'close-delimited')
+
+
+@pytest.mark.parametrize('times', [1, 3])
+@pytest.mark.parametrize('event', list(EVENTS))
+async def test_an_event_while_the_client_has_stopped_reading_leaves_the_body_intact(
+        event: str, times: int, tmp_path: pathlib.Path) -> None:
+    await each_framing_and_pause_at_once(
+        tmp_path, lambda framing, pause, directory: an_event_while_the_consumer_stops(
+            event, framing, times, pause, directory))
+
+
+async def each_framing_and_pause_at_once(
+        tmp_path: pathlib.Path,
+        run: Callable[[str, float, pathlib.Path], Awaitable[None]]) -> None:
+    """`run` for every framing and pause at once, each against its own s_server (one after
+    another would take nine times as long); a failure names its case; no socket left open."""
+    cases = [(framing, pause) for framing in FRAMINGS for pause in PAUSES]
+    sockets = support.open_sockets()
+
+    async def case(framing: str, pause: float) -> None:
+        directory = tmp_path / ('%s-%s' % (framing, pause))
+        directory.mkdir()
+        try:
+            await run(framing, pause, directory)
+        except BaseException as exception:
+            raise AssertionError('%s, consumer away %s s: %r' % (
+                framing, pause, exception)) from exception
+
+    outcomes = await asyncio.gather(*(case(framing, pause) for framing, pause in cases),
+                                    return_exceptions=True)
+    failures = [outcome for outcome in outcomes if outcome is not None]
+    if failures:
+        raise failures[0]
+    assert await support.wait_for_sockets(sockets) <= sockets
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,21 +262,11 @@ def offering_post_handshake_authentication(with_client_cert: bool) -> ssl.SSLCon
 
 async def asked_between_two_requests(request: Any, server: SServer) -> None:
     assert await get_answered(request, server, b'/1', HELLO) == b'hello'
-    start = len(server.output)
     await ask_for_a_certificate(server)
-    # Once the client has answered, s_server sends it new session tickets. The next request
-    # waits until they are sent (s_server reads again), and so read by the client: a record
-    # still unread in an idle connection's socket makes the check before reuse drop it (it
-    # cannot tell a ticket from a close_notify without reading), and this test is of one
-    # connection
-    await wait_until(lambda: tickets_then_a_read(server.output[start:]))
+    # Once the client has answered, s_server sends it new session tickets: they may reach the
+    # client before, as or after the next request takes the connection, which stays in use
+    # whichever it is (the check before reuse reads records that arrived and carry no data)
     assert await get_answered(request, server, b'/2', HELLO) == b'hello'
-
-
-def tickets_then_a_read(output: bytes) -> bool:
-    """Whether s_server sent its two NewSessionTickets, then waited to read."""
-    return re.search(rb'(?:>>> TLS 1\.3, Handshake \[length [0-9a-f]+\], NewSessionTicket\n'
-                     rb'(?:(?!Read BLOCK).*\n)*?){2}Read BLOCK\n', output) is not None
 
 
 async def asked_in_the_middle_of_a_response_body(request: Any, server: SServer) -> None:
@@ -301,6 +437,46 @@ async def test_an_upload_in_small_chunks_arrives_intact_in_no_more_records_than_
 
 
 # ---------------------------------------------------------------------------------------------
+# An event in the middle of a chunked response's trailers
+# ---------------------------------------------------------------------------------------------
+
+TRAILERS = b'x-checksum: abc\r\nx-more: def\r\n\r\n'
+# Where the trailer section is cut, the event coming between its two parts
+TRAILER_CUTS = {
+    'before the trailers': 0,
+    'in a trailer field': TRAILERS.index(b'abc'),
+    'before the last CRLF': len(TRAILERS) - 2,
+}
+
+
+@pytest.mark.parametrize('cut', list(TRAILER_CUTS))
+@pytest.mark.parametrize('event', list(EVENTS))
+async def test_an_event_in_the_middle_of_the_trailers_leaves_the_connection_usable(
+        event: str, cut: str, tmp_path: pathlib.Path) -> None:
+    body = body_bytes(100_000, 6)
+    split = TRAILER_CUTS[cut]
+    first = b'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n%s0\r\n%s' % (
+        chunked(body), TRAILERS[:split])
+    rest = TRAILERS[split:]
+    sockets = support.open_sockets()
+    async with start_s_server(event, tmp_path) as server, pool() as request:
+        async def answer() -> None:
+            await server.wait_for(request_head(b'GET', b'/trailers'))
+            await server.send(first)
+            await wait_until(lambda: stdin_is_empty(server))
+            await cause(server, event)
+            await server.send(rest)
+
+        answering = asyncio.ensure_future(answer())
+        assert await get(request, 'https://127.0.0.1:%d/trailers' % server.port) == body
+        await asyncio.wait_for(answering, PATIENCE)
+        assert await get_answered(request, server, b'/next', HELLO) == b'hello'
+        assert server.connections == 1
+        assert_the_client_answered(server, event, 1)
+    assert await support.wait_for_sockets(sockets) <= sockets
+
+
+# ---------------------------------------------------------------------------------------------
 # close_notify after a response on a kept-alive connection
 # ---------------------------------------------------------------------------------------------
 
@@ -334,3 +510,42 @@ async def test_a_server_closing_with_close_notify_after_a_response_costs_no_requ
         # The last connection, closed too, leaves the pool
         await wait_until(lambda: all(entry['idle'] == 0 for entry in request.status().values()))
     assert await support.wait_for_sockets(sockets) <= sockets
+
+
+# ---------------------------------------------------------------------------------------------
+# The server closes while the client has stopped reading
+# ---------------------------------------------------------------------------------------------
+
+async def a_close_while_the_consumer_stops(event: str, framing: str, pause: float,
+                                           tmp_path: pathlib.Path) -> None:
+    body = body_bytes(PART, 7)
+    response, = response_in_parts(framing, body, 1)
+    version, letter, options = EVENTS.get(event, ('1.3', '', ()))
+    async with s_server(version, tmp_path, *options) as server, pool() as request:
+        conn, pieces = await get_body_started(request, server, response)
+        received = bytearray()
+        await read_until(pieces, received, 1)
+        await wait_until(lambda: conn._reading_paused)
+        await wait_until(lambda: stdin_is_empty(server))
+        if letter:
+            await server.command(letter)
+        # close_notify, then the connection closed: behind the rest of the body, unread
+        await server.close_connection()
+        await asyncio.sleep(pause)
+        assert conn._reading_paused
+        await read_until(pieces, received, len(body))
+        with pytest.raises(StopAsyncIteration):
+            received.extend(await asyncio.wait_for(pieces.__anext__(), PATIENCE))
+        assert hashlib.sha256(received).hexdigest() == hashlib.sha256(body).hexdigest()
+        assert await get_answered(request, server, b'/next', HELLO) == b'hello'
+        assert server.connections == 2
+
+
+@pytest.mark.parametrize('event', ['nothing', *EVENTS])
+async def test_a_close_while_the_client_has_stopped_reading_leaves_the_body_whole(
+        event: str, tmp_path: pathlib.Path) -> None:
+    # The server ends the connection (after `event`) with the end of the body still
+    # unread behind the client's paused reading: the whole body, then the end
+    await each_framing_and_pause_at_once(
+        tmp_path, lambda framing, pause, directory: a_close_while_the_consumer_stops(
+            event, framing, pause, directory))
