@@ -1696,15 +1696,18 @@ class _Connection(asyncio.Protocol):
         return not readable
 
     def only_tls_records_were_waiting(self) -> bool:
-        """For a connection, not in use, whose socket has something to read: under TLS, read
-        it now through the TLS layers (as the loop would, only sooner) and tell whether all of
-        it was TLS's own records, which carry no data and which a server may send at any time
-        (RFC 8446 4.6: TLS 1.3 session tickets, KeyUpdate; RFC 5246 7.4.1.1: a TLS 1.2
-        renegotiation's HelloRequest, answered here as it would be later). Data, a close_notify
-        or a FIN still mean the connection is done with. Without this, a server's record that
-        arrived just before a reuse, unread as yet by the loop, would cost a new connection.
-        Plain TCP: nothing may arrive (RFC 9112 9.3), so False. The socket is read directly:
-        the transport beneath hands each read to its protocol as it makes it, and keeps none."""
+        """For a connection taken for a request, before anything is sent on it, whose socket
+        has something to read: under TLS, read it now through the TLS layers (as the loop
+        would, only sooner) and tell whether all of it was TLS's own records, which carry no
+        data and which a server may send at any time (RFC 8446 4.6: TLS 1.3 session tickets,
+        KeyUpdate; RFC 5246 7.4.1.1: a TLS 1.2 renegotiation's HelloRequest, answered here as
+        it would be later). Data, a close_notify or a FIN still mean the connection is done
+        with. Without this, a server's record that arrived just before a reuse, unread as yet
+        by the loop, would cost a new connection. Plain TCP: nothing may arrive (RFC 9112
+        9.3), so False. The connection must no longer be idle: data read here is then queued
+        (and the caller closes it), not closed on arrival with its slot freed behind the
+        caller's back. The socket is read directly: the transport beneath hands each read to
+        its protocol as it makes it, and keeps none."""
         if not self.lower_transports or self._poll is None:
             return False
         beneath = self.lower_transports[0]

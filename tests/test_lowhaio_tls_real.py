@@ -35,6 +35,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterator, Tupl
 
 import pytest
 
+import lowhaio
 import support
 
 # openssl and gnutls-serv are installed by scripts/test (which .ci/run runs): without them
@@ -255,8 +256,11 @@ HELLO = b'HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello'
 
 
 async def get(request: object, url: str) -> bytes:
-    _, _, body = await asyncio.wait_for(request(b'GET', url), PATIENCE)  # type: ignore
-    return b''.join([piece async for piece in body])
+    # The request coroutine runs in this task (a deadline, not wait_for, which may make it a
+    # task of its own): it takes a pooled connection before the loop runs again
+    async with lowhaio.deadline(PATIENCE):
+        _, _, body = await request(b'GET', url)  # type: ignore
+        return b''.join([piece async for piece in body])
 
 
 async def get_answered(request: object, server: SServer, path: bytes, response: bytes
@@ -290,19 +294,6 @@ async def test_an_event_on_an_idle_pooled_connection_keeps_it_usable(
     assert await support.wait_for_sockets(sockets) <= sockets
 
 
-async def reuse_at_once(request: Any, server: SServer, path: bytes) -> bytes:
-    """GET `path`, answered with HELLO, the request coroutine awaited directly (not through
-    wait_for, which may make it a task of its own): it takes a connection before the loop runs
-    again."""
-    async def answer() -> None:
-        await server.wait_for(request_head(b'GET', path))
-        await server.send(HELLO)
-    answering = asyncio.ensure_future(answer())
-    _, _, body = await request(b'GET', 'https://127.0.0.1:%d%s' % (server.port, path.decode()))
-    await asyncio.wait_for(answering, PATIENCE)
-    return b''.join([piece async for piece in body])
-
-
 @pytest.mark.parametrize('times', [1, 3])
 @pytest.mark.parametrize('event', list(EVENTS))
 async def test_an_event_that_arrives_as_the_connection_is_reused_keeps_it_usable(
@@ -312,7 +303,7 @@ async def test_an_event_that_arrives_as_the_connection_is_reused_keeps_it_usable
     # something to read. A record of TLS's own is no reason to drop the connection (a close
     # or data would be: test_lowhaio_tls_layer). The loop is kept from reading the record by
     # blocking it from the command until the record is there; then the request takes the
-    # connection before the loop runs again
+    # connection before the loop runs again (see get)
     _, letter, _ = EVENTS[event]
     sockets = support.open_sockets()
     async with start_s_server(event, tmp_path) as server:
@@ -325,7 +316,7 @@ async def test_an_event_that_arrives_as_the_connection_is_reused_keeps_it_usable
                 stdin.write(letter.encode() + b'\n')  # written at once: the pipe was empty
                 readable, _, _ = select.select([client], [], [], PATIENCE)
                 assert readable, 'the event did not reach the client'
-                assert await reuse_at_once(request, server, b'/%d' % time) == b'hello'
+                assert await get_answered(request, server, b'/%d' % time, HELLO) == b'hello'
                 await wait_for_the_clients_part(server, event, time)
             assert server.connections == 1
             assert_the_client_answered(server, event, times)
