@@ -1179,8 +1179,9 @@ _DRAIN_CHECKS_PER_TIMEOUT = 8
 _FLUSH_POLL_INTERVAL = 0.005
 # Request body chunks shorter than this are not left queued behind others (see send_request).
 _SMALL_CHUNK = 4096
-# Writes of at least this many bytes over TCP (TLS or not) are corked together while the writer
-# does not give way to the loop: see _Connection.write.
+# Writes of at least this many bytes over TCP (TLS or not), and a body's later chunks of any
+# size, are corked together while the writer does not give way to the loop: see
+# _Connection.write.
 _CORK_MIN = 16 * 1024
 _TCP_CORK: Optional[int] = getattr(socket, 'TCP_CORK', None)  # Linux only
 # Bytes a transport may hold before the writer waits: asyncio's TCP default, and for TLS too,
@@ -1503,13 +1504,16 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter = self.loop.create_future()
         return waiter
 
-    def write(self, data: bytes) -> bool:
+    def write(self, data: bytes, in_a_row: bool = False) -> bool:
         """Whether the writer must now drain() before writing more: most body chunks leave
-        at once, and then no coroutine is made to find that out."""
+        at once, and then no coroutine is made to find that out. `in_a_row`: a body chunk
+        after the request's first write, which may be one of many written without giving
+        way to the loop, so corked whatever its size (see _cork_unless_first)."""
         if self._lost:
             raise ConnectionResetError('Connection lost')
         # Once corked, nothing to do until the burst ends: no call for each chunk of it
-        if self._corked is None and len(data) >= _CORK_MIN and self._cork_sock is not None:
+        if self._corked is None and (in_a_row or len(data) >= _CORK_MIN) and \
+                self._cork_sock is not None:
             self._cork_unless_first()
         sock = self._sock
         # is_closing() without the call: self._sock is set only on asyncio's own transport
@@ -1564,11 +1568,15 @@ class _Connection(asyncio.Protocol):
     def _cork_unless_first(self) -> None:
         # A large chunk rarely fills its last TCP segment, which leaves short when the socket
         # is idle: over loopback (MSS 65,483) a 64 KiB chunk is two packets, one of 53 bytes,
-        # each with the whole send and receive path. From the second large write in a row,
-        # TCP_CORK lets each chunk fill the last segment of the one before (as 0.0.89 corked
-        # whole requests). What it holds back leaves as soon as the writer gives way to the
-        # loop (_end_burst), so nothing waits on the body generator, and a body of one
-        # chunk, or chunks that each wait for the generator, cost no system call.
+        # each with the whole send and receive path. Small chunks are worse: with TCP_NODELAY
+        # each is a packet of its own, and once the peer's buffer is full, a kernel that has
+        # taken thousands of 1-byte segments makes room for more a few at a time (an upload in
+        # 1-byte chunks to a reader that stopped took 12 s to fill the buffers; corked, 0.1 s).
+        # From the second such write in a row, TCP_CORK lets each chunk fill the last segment
+        # of the one before (as 0.0.89 corked whole requests). What it holds back leaves as
+        # soon as the writer gives way to the loop (_end_burst), so nothing waits on the body
+        # generator, and a body of one chunk, or chunks that each wait for the generator,
+        # cost no system call.
         if not self._burst:
             self._burst = True
             self.loop.call_soon(self._end_burst)
@@ -3599,7 +3607,8 @@ def Pool(
                     else:
                         conn.write(pending)
                         pending = b''
-                must_drain = conn.write(chunk)
+                # Not the body's first bytes: corked if more come without a wait
+                must_drain = conn.write(chunk, sent > len(chunk))
                 if one_small_chunk_at_a_time and len(chunk) < _SMALL_CHUNK and \
                         conn.buffered_size():
                     # A small chunk queued behind others is sent before the next is taken:

@@ -1,24 +1,27 @@
-"""Large request body chunks leave in full TCP segments, and nothing waits for the body
-generator (issue 13, section 1).
+"""Request body chunks leave in full TCP segments, and nothing waits for the body generator
+(issue 13, section 1).
 
 A chunk rarely fills its last TCP segment: over loopback, whose MSS is 65,483 bytes, a 64 KiB
-chunk written to an idle socket is two packets, one of 53 bytes. Over TCP on Linux, TLS or not,
-lowhaio corks the socket from the second large write (16 KiB or more) that its writer makes
-without giving way to the loop, so each chunk fills the last segment of the one before, and
-uncorks it as soon as the writer gives way: when it waits for room, for the body generator, or
-for the response. Against a real server on a thread (default socket buffers, reading as fast
-as it can, counting and hashing the body, and counting the data segments it receives):
+chunk written to an idle socket is two packets, one of 53 bytes. A small chunk is a packet of
+its own (TCP_NODELAY), and a thousand 1-byte chunks a thousand packets. Over TCP on Linux, TLS
+or not, lowhaio corks the socket from the second write in a row that its writer makes without
+giving way to the loop (of a body's later chunks, whatever their size; of a request's first
+write, only from 16 KiB), so each chunk fills the last segment of the one before, and uncorks
+it as soon as the writer gives way: when it waits for room, for the body generator, or for the
+response. Against a real server on a thread (default socket buffers, reading as fast as it
+can, counting and hashing the body, and counting the data segments it receives):
 
-- chunks of 20, 64 and 100 KiB from a generator that never waits arrive in about as many
+- chunks of 1 byte to 100 KiB from a generator that never waits arrive in about as many
   segments as the body fills, not one or two a chunk, over TCP and TLS (a server in a process
   of its own, so that its pace is not set by sharing the GIL with the client);
-- bytes held back leave at once when the generator waits, however many large chunks came
-  before in a row: the cork would otherwise hold them for Linux's 200 ms;
-- bodies mixing chunk sizes around the 16 KiB threshold, from generators that wait after
-  every chunk, every third, or never, arrive whole and in order (byte count and SHA-256), over
-  TCP and TLS;
-- a body of one chunk, or of chunks that each wait for the generator, costs no setsockopt;
-  a fast body of many chunks costs two (cork and uncork) each time the writer gives way;
+- bytes held back leave at once when the generator waits, however many chunks, small or
+  large, came before in a row: the cork would otherwise hold them for Linux's 200 ms;
+- bodies mixing chunk sizes, from 1 byte and around the 16 KiB threshold, from generators that
+  wait after every chunk, every third, or never, arrive whole and in order (byte count and
+  SHA-256), over TCP and TLS;
+- a body of one chunk, or of chunks that each wait for the generator, costs no setsockopt,
+  with small chunks or large; a fast body of many chunks costs two (cork and uncork) each time
+  the writer gives way;
 - a server that hangs up mid-upload: the upload fails with HttpDataError, and the uncork that
   comes after the close reports nothing to the loop.
 """
@@ -56,7 +59,10 @@ KIB = 1024
 MIB = 1024 * KIB
 # Loopback's MTU, 65,536 bytes, less the IP and TCP headers with timestamps
 LOOPBACK_MSS = 65483
-LARGE = lowhaio._CORK_MIN  # writes this large or larger cork the ones after them (16 KiB)
+LARGE = lowhaio._CORK_MIN  # a first write this large or larger corks the ones after it (16 KiB)
+# A TLS 1.3 record's overhead (AES-GCM): a 5-byte header, the content type and a 16-byte tag
+TLS_RECORD_OVERHEAD = 22
+TLS_RECORD_MAX = 16 * KIB
 
 # struct tcp_info (linux/tcp.h): tcpi_data_segs_in
 TCP_INFO_DATA_SEGS_IN = 152
@@ -291,11 +297,14 @@ def body_of(pieces: List[bytes], wait_every: int) -> Callable[[], AsyncIterator[
 # of their ciphertext later, uncorked, when the TCP transport has room, and what tells
 # corked from uncorked there is within the spread.
 SEGMENT_CASES = [(64 * KIB, 8, 'tcp'), (20 * KIB, 24, 'tcp'), (100 * KIB, 10, 'tcp'),
-                 (64 * KIB, 16, 'tls'), (20 * KIB, 24, 'tls')]
+                 (1, 30000, 'tcp'), (100, 5000, 'tcp'), (1000, 2000, 'tcp'),
+                 (64 * KIB, 16, 'tls'), (20 * KIB, 24, 'tls'),
+                 (1, 10000, 'tls'), (100, 5000, 'tls'), (1000, 2000, 'tls')]
+SEGMENT_IDS = ['64KiB-tcp', '20KiB-tcp', '100KiB-tcp', '1B-tcp', '100B-tcp', '1000B-tcp',
+               '64KiB-tls', '20KiB-tls', '1B-tls', '100B-tls', '1000B-tls']
 
 
-@pytest.mark.parametrize('chunk_size,count,transport', SEGMENT_CASES,
-                         ids=['64KiB-tcp', '20KiB-tcp', '100KiB-tcp', '64KiB-tls', '20KiB-tls'])
+@pytest.mark.parametrize('chunk_size,count,transport', SEGMENT_CASES, ids=SEGMENT_IDS)
 async def test_chunks_from_a_body_that_never_waits_leave_in_full_segments(
         chunk_size: int, count: int, transport: str) -> None:
     warm_up = pattern(16 * MIB)
@@ -310,11 +319,14 @@ async def test_chunks_from_a_body_that_never_waits_leave_in_full_segments(
                 segments.append(await post(request, url, body_of(chunked(data, [chunk_size]), 0),
                                            data))
     # Corked: what the body fills, at loopback's MSS (TLS adds 22 bytes to each record of up
-    # to 16 KiB); and the head, sent alone before a chunk of 64 KiB or more, the short end of
-    # the first chunk, which is not corked, and one for a wait for room. Uncorked: each 64 KiB
-    # chunk a segment and a short one (16, or 33 for 16 under TLS), each 20 KiB chunk a segment
-    # (24), each 100 KiB chunk two (20). The median allows for the odd retransmission over loopback.
-    full = math.ceil(len(data) * (1 + 22 / (16 * KIB) if transport == 'tls' else 1)
+    # to 16 KiB, a chunk making at least one); and the head, sent alone before a chunk of 64 KiB
+    # or more, the short end of the first chunk, which is not corked, the second chunk (small
+    # chunks: the first in a row is not corked) and one for a wait for room. Uncorked: each
+    # 64 KiB chunk a segment and a short one (16, or 33 for 16 under TLS), each 20 KiB chunk a
+    # segment (24), each 100 KiB chunk two (20), each small chunk one (thousands). The median
+    # allows for the odd retransmission over loopback.
+    records = count * math.ceil(chunk_size / TLS_RECORD_MAX)
+    full = math.ceil((len(data) + (TLS_RECORD_OVERHEAD * records if transport == 'tls' else 0))
                      / LOOPBACK_MSS)
     # Under TLS, the TLS transport sends some ciphertext later, from the loop, uncorked (more
     # often under uvloop): up to half as many again.
@@ -328,8 +340,8 @@ async def test_chunks_from_a_body_that_never_waits_leave_in_full_segments(
 
 @pytest.mark.parametrize('transport', ['tcp', 'tls'])
 @pytest.mark.parametrize('in_a_row', [1, 2, 3])
-@pytest.mark.parametrize('chunk_size', [LARGE, 20 * KIB, 64 * KIB, 100 * KIB],
-                         ids=['16KiB', '20KiB', '64KiB', '100KiB'])
+@pytest.mark.parametrize('chunk_size', [1, 1000, LARGE, 20 * KIB, 64 * KIB, 100 * KIB],
+                         ids=['1B', '1000B', '16KiB', '20KiB', '64KiB', '100KiB'])
 async def test_bytes_held_back_leave_as_soon_as_the_generator_waits(
         chunk_size: int, in_a_row: int, transport: str) -> None:
     rounds = 6
@@ -368,6 +380,8 @@ PATTERNS = {
     'large-small': [64 * KIB, 1000, 100 * KIB, 10],
     'small-large': [1000, 1000, 64 * KIB, 20 * KIB],
     'large-then-tiny': [MIB] + [1] * 5,
+    'tiny': [1, 7, 100],
+    'small-around-large': [100, 64 * KIB, 3, 20 * KIB, 1000],
 }
 
 
@@ -389,14 +403,17 @@ async def test_bodies_mixing_chunk_sizes_arrive_whole(sizes: List[int], wait_eve
 # What it costs
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize('chunk_size', [100, 64 * KIB], ids=['100B', '64KiB'])
 @pytest.mark.parametrize('body_kind', ['one-chunk', 'each-waits', 'never-waits'])
-def test_corking_costs_a_system_call_only_for_writes_in_a_row(body_kind: str) -> None:
+def test_corking_costs_a_system_call_only_for_writes_in_a_row(body_kind: str,
+                                                              chunk_size: int) -> None:
     # On asyncio's loop alone (a plain function, which conftest does not run under uvloop):
     # uvloop calls a socket object of its own, whose calls can't be counted
-    asyncio.run(corking_costs_a_system_call_only_for_writes_in_a_row(body_kind))
+    asyncio.run(corking_costs_a_system_call_only_for_writes_in_a_row(body_kind, chunk_size))
 
 
-async def corking_costs_a_system_call_only_for_writes_in_a_row(body_kind: str) -> None:
+async def corking_costs_a_system_call_only_for_writes_in_a_row(body_kind: str,
+                                                               chunk_size: int) -> None:
     sockets: List[CountingSocket] = []
 
     def get_sock(family: int) -> socket.socket:
@@ -407,7 +424,6 @@ async def corking_costs_a_system_call_only_for_writes_in_a_row(body_kind: str) -
         sockets.append(sock)
         return sock
 
-    chunk_size = 64 * KIB
     data = pattern(chunk_size * (1 if body_kind == 'one-chunk' else 64))
     pieces = chunked(data, [chunk_size])
     with Sink() as server:

@@ -6,10 +6,11 @@ short (no call to find that the socket is corked already, no method call to find
 transport is not closing). These pin down what those shortcuts must not change, on a real TCP
 connection whose server reads the bytes afterwards:
 
-- the cork follows the writer's bursts exactly: none for the first large write after the writer
-  gave way, one setsockopt(TCP_CORK, 1) at the second, none after it however many follow, and
-  one setsockopt(TCP_CORK, 0) when the writer gives way; small writes neither start nor end a
-  burst; every byte arrives, in order;
+- the cork follows the writer's bursts exactly: none for the first write that counts after the
+  writer gave way, one setsockopt(TCP_CORK, 1) at the second, none after it however many
+  follow, and one setsockopt(TCP_CORK, 0) when the writer gives way. A request's first write
+  counts only if large; a body's later chunks (`in_a_row`) count whatever their size. Every byte
+  arrives, in order;
 - bytes written once the transport has begun closing (close or abort) never reach the server,
   whatever their size, and the write raises nothing: they are the transport's to drop.
 """
@@ -93,14 +94,18 @@ BURSTS = {
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='TCP_CORK is Linux-only')
+@pytest.mark.parametrize('in_a_row', [False, True], ids=['first-writes', 'later-chunks'])
 @pytest.mark.parametrize('bursts', list(BURSTS.values()), ids=list(BURSTS))
-def test_the_cork_follows_the_writers_bursts(bursts: List[List[int]]) -> None:
+def test_the_cork_follows_the_writers_bursts(bursts: List[List[int]], in_a_row: bool) -> None:
     # On asyncio's loop alone (a plain function, which conftest does not run under uvloop):
     # uvloop calls a socket object of its own, whose calls can't be counted
-    asyncio.run(the_cork_follows_the_writers_bursts(bursts))
+    asyncio.run(the_cork_follows_the_writers_bursts(bursts, in_a_row))
 
 
-async def the_cork_follows_the_writers_bursts(bursts: List[List[int]]) -> None:
+async def the_cork_follows_the_writers_bursts(bursts: List[List[int]], in_a_row: bool) -> None:
+    def counts(size: int) -> bool:
+        return in_a_row or size >= LARGE
+
     sock = CountingSocket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.corks = []
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -111,21 +116,21 @@ async def the_cork_follows_the_writers_bursts(bursts: List[List[int]]) -> None:
     with listener() as server:
         conn, _ = await connection_to(server, sock)
         for burst in bursts:
-            large_so_far = 0
+            counted_so_far = 0
             for size in burst:
                 data = bytes([len(sent) % 251]) * size
                 sent.append(data)
                 before = list(sock.corks)
-                assert conn.write(data) is False
-                if size >= LARGE:
-                    large_so_far += 1
-                # Corked at the second large write of the burst, and only then
-                assert sock.corks[len(before):] == ([1] if size >= LARGE and large_so_far == 2
+                assert conn.write(data, in_a_row) is False
+                if counts(size):
+                    counted_so_far += 1
+                # Corked at the second write of the burst that counts, and only then
+                assert sock.corks[len(before):] == ([1] if counts(size) and counted_so_far == 2
                                                     else [])
             await asyncio.sleep(0)  # the writer gives way: the burst ends
             assert sock.corks == [1, 0] * sum(
                 1 for burst in bursts[:bursts.index(burst) + 1]
-                if sum(1 for size in burst if size >= LARGE) >= 2)
+                if sum(1 for size in burst if counts(size)) >= 2)
         conn.close()
         await lost(conn)
         received = await asyncio.get_running_loop().run_in_executor(None, read_to_end, server)
