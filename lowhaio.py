@@ -1179,10 +1179,13 @@ _DRAIN_CHECKS_PER_TIMEOUT = 8
 _FLUSH_POLL_INTERVAL = 0.005
 # Request body chunks shorter than this are not left queued behind others (see send_request).
 _SMALL_CHUNK = 4096
-# Writes of at least this many bytes over TCP (TLS or not), and a body's later chunks of any
-# size, are corked together while the writer does not give way to the loop: see
-# _Connection.write.
+# Writes of at least this many bytes over TCP (TLS or not) are corked together while the writer
+# does not give way to the loop: see _Connection.write.
 _CORK_MIN = 16 * 1024
+# A body's later chunks shorter than this, written in a row, are gathered into one write of up
+# to about _GATHER_UP_TO bytes: see _Connection.write.
+_GATHER_BELOW = 16 * 1024
+_GATHER_UP_TO = 64 * 1024
 _TCP_CORK: Optional[int] = getattr(socket, 'TCP_CORK', None)  # Linux only
 # Bytes a transport may hold before the writer waits: asyncio's TCP default, and for TLS too,
 # whose default is 512 KiB (see start_tls_on).
@@ -1207,7 +1210,7 @@ class _Connection(asyncio.Protocol):
         '_eof_received', '_lost', '_lost_exception', '_waiter', '_drain_waiter',
         '_write_paused', '_deadline', '_timer', '_timer_when', '_keep_alive_timeout',
         'received_any', '_drain_timeout', '_drain_size', 'lower_transports', '_flushing',
-        '_sock', '_unsent', '_cork_sock', '_burst', '_corked',
+        '_sock', '_unsent', '_cork_sock', '_burst', '_corked', '_gathered',
         '_read_transport', '_reads_now', '_last_full',
     )
 
@@ -1256,6 +1259,8 @@ class _Connection(asyncio.Protocol):
         self._cork_sock: Any = None
         self._burst = False
         self._corked: Any = None
+        # A body's small chunks written since the burst began, not yet handed on (see write)
+        self._gathered: Optional[bytearray] = None
         # asyncio's own socket transport, from whose socket a response body reads directly
         # while it holds bytes; how many reads were made so since the body last waited; and
         # whether the last bytes taken filled a read (so the socket likely holds more)
@@ -1504,17 +1509,40 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter = self.loop.create_future()
         return waiter
 
-    def write(self, data: bytes, in_a_row: bool = False) -> bool:
+    def write(self, data: Union[bytes, bytearray, memoryview], in_a_row: bool = False) -> bool:
         """Whether the writer must now drain() before writing more: most body chunks leave
         at once, and then no coroutine is made to find that out. `in_a_row`: a body chunk
         after the request's first write, which may be one of many written without giving
-        way to the loop, so corked whatever its size (see _cork_unless_first)."""
+        way to the loop."""
         if self._lost:
             raise ConnectionResetError('Connection lost')
+        if in_a_row and len(data) < _GATHER_BELOW:
+            if not self._burst:
+                # Sent at once: the loop may well run before the next
+                self._burst = True
+                self.loop.call_soon(self._end_burst)
+                return self._send(data)
+            # Small chunks in a row: copied together, and sent when the writer gives way or
+            # 64 KiB have gathered. One system call for many (with TCP_NODELAY, otherwise a
+            # packet each too), and under TLS one record, not one a chunk.
+            gathered = self._gathered
+            if gathered is None:
+                self._gathered = bytearray(data)
+                return False
+            gathered += data
+            if len(gathered) < _GATHER_UP_TO:
+                return False
+            self._gathered = None
+            data = gathered
         # Once corked, nothing to do until the burst ends: no call for each chunk of it
-        if self._corked is None and (in_a_row or len(data) >= _CORK_MIN) and \
-                self._cork_sock is not None:
+        if self._corked is None and len(data) >= _CORK_MIN and self._cork_sock is not None:
             self._cork_unless_first()
+        if self._gathered is not None:
+            # Gathered before this write: first, in order
+            self._send_gathered()
+        return self._send(data)
+
+    def _send(self, data: Any) -> bool:
         sock = self._sock
         # is_closing() without the call: self._sock is set only on asyncio's own transport
         if sock is None or self.transport._closing:
@@ -1568,15 +1596,12 @@ class _Connection(asyncio.Protocol):
     def _cork_unless_first(self) -> None:
         # A large chunk rarely fills its last TCP segment, which leaves short when the socket
         # is idle: over loopback (MSS 65,483) a 64 KiB chunk is two packets, one of 53 bytes,
-        # each with the whole send and receive path. Small chunks are worse: with TCP_NODELAY
-        # each is a packet of its own, and once the peer's buffer is full, a kernel that has
-        # taken thousands of 1-byte segments makes room for more a few at a time (an upload in
-        # 1-byte chunks to a reader that stopped took 12 s to fill the buffers; corked, 0.1 s).
-        # From the second such write in a row, TCP_CORK lets each chunk fill the last segment
-        # of the one before (as 0.0.89 corked whole requests). What it holds back leaves as
-        # soon as the writer gives way to the loop (_end_burst), so nothing waits on the body
-        # generator, and a body of one chunk, or chunks that each wait for the generator,
-        # cost no system call.
+        # each with the whole send and receive path. From the second large write in a row
+        # (small chunks are gathered into large writes first: see write), TCP_CORK lets each
+        # chunk fill the last segment of the one before (as 0.0.89 corked whole requests).
+        # What it holds back leaves as soon as the writer gives way to the loop (_end_burst),
+        # so nothing waits on the body generator, and a body of one chunk, or chunks that
+        # each wait for the generator, cost no system call.
         if not self._burst:
             self._burst = True
             self.loop.call_soon(self._end_burst)
@@ -1591,6 +1616,8 @@ class _Connection(asyncio.Protocol):
 
     def _end_burst(self) -> None:
         self._burst = False
+        if self._gathered is not None:
+            self._send_gathered()
         sock = self._corked
         if sock is not None:
             self._corked = None
@@ -1601,6 +1628,13 @@ class _Connection(asyncio.Protocol):
                     sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)  # sends what it held
                 except OSError:
                     pass  # failed meanwhile: the transport reports it its own way
+
+    def _send_gathered(self) -> None:
+        gathered, self._gathered = self._gathered, None
+        if not self._lost and not self.transport.is_closing():
+            # Not drained here: what the socket does not take waits like any unsent write,
+            # and the writer's next write, or its flush, waits for it
+            self._send(gathered)
 
     def _give_up_sending_directly(self, data: Any) -> None:
         # The socket failed: the transport gets the bytes, meets the same error, and reports
@@ -1654,6 +1688,8 @@ class _Connection(asyncio.Protocol):
         then, and so only then may the wait for the response head start (as in 0.0.89)."""
         if self._lost:
             raise ConnectionResetError('Connection lost') from self._lost_exception
+        if self._gathered is not None:
+            self._send_gathered()
         if not self.buffered_size():
             return
         # With no room allowed, the transport pauses while anything is buffered, and

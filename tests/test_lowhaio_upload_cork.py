@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 from typing import (Any, AsyncIterator, Awaitable, Callable, Dict, Iterator, List, Optional,
-                    Sequence)
+                    Sequence, Tuple)
 
 import pytest
 from support import client_ssl_context, server_cert, server_ssl_context
@@ -64,7 +64,8 @@ LARGE = lowhaio._CORK_MIN  # a first write this large or larger corks the ones a
 TLS_RECORD_OVERHEAD = 22
 TLS_RECORD_MAX = 16 * KIB
 
-# struct tcp_info (linux/tcp.h): tcpi_data_segs_in
+# struct tcp_info (linux/tcp.h): tcpi_bytes_received, tcpi_data_segs_in
+TCP_INFO_BYTES_RECEIVED = 128
 TCP_INFO_DATA_SEGS_IN = 152
 TCP_INFO_SIZE = 232
 
@@ -72,6 +73,11 @@ TCP_INFO_SIZE = 232
 def data_segments_in(conn: socket.socket) -> int:
     info = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_SIZE)
     return int(struct.unpack_from('I', info, TCP_INFO_DATA_SEGS_IN)[0])
+
+
+def bytes_in(conn: socket.socket) -> int:
+    info = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_SIZE)
+    return int(struct.unpack_from('Q', info, TCP_INFO_BYTES_RECEIVED)[0])
 
 
 _DATA = random.Random(13).randbytes(17 * MIB)
@@ -88,7 +94,8 @@ def pattern(total: int) -> bytes:
 class Sink:
     """A TCP (or TLS) server on 127.0.0.1 for one kept-alive connection. For each request it
     reads the head and the content-length body, and answers 200 '<byte count> <sha256 hex>
-    <data segments>': the TCP data segments the request came in. Without `hashing`
+    <data segments> <wire bytes>': the TCP data segments the request came in, and the bytes
+    they carried (under TLS, its records' too). Without `hashing`
     it reads as fast as it can, into one buffer, and sends '-' for the hash. `received` is
     the body bytes of the current request so far, and `hang_up_after` closes the connection
     once that many body bytes have arrived."""
@@ -102,6 +109,7 @@ class Sink:
         # Data segments in when the last request was in: the client sends its next request
         # only once it has the response, so every segment after it is that request's
         self._segments_mark = 0
+        self._bytes_mark = 0
         self.errors: List[BaseException] = []
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.bind(('127.0.0.1', 0))
@@ -132,6 +140,7 @@ class Sink:
             with contextlib.closing(conn):
                 conn.settimeout(10.0)
                 self._segments_mark = data_segments_in(conn)
+                self._bytes_mark = bytes_in(conn)
                 if self._context is not None:
                     conn = self._context.wrap_socket(conn, server_side=True)
                 left: Optional[bytes] = b''
@@ -169,8 +178,11 @@ class Sink:
         segments_in = data_segments_in(conn)
         segments = segments_in - self._segments_mark
         self._segments_mark = segments_in
-        answer = b'%d %s %d' % (
-            self.received, digest.hexdigest().encode() if self.hashing else b'-', segments)
+        wire_in = bytes_in(conn)
+        wire = wire_in - self._bytes_mark
+        self._bytes_mark = wire_in
+        answer = b'%d %s %d %d' % (
+            self.received, digest.hexdigest().encode() if self.hashing else b'-', segments, wire)
         conn.sendall(b'HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s' % (len(answer), answer))
         return body[length:]
 
@@ -227,10 +239,16 @@ def content_length(head: bytes) -> int:
 # ---------------------------------------------------------------------------------------------
 
 class CountingSocket(socket.socket):
-    """lowhaio's default socket, counting the TCP_CORK settings made on it. (asyncio's
-    transport calls the socket it is given; uvloop's calls a socket object of its own.)"""
+    """lowhaio's default socket, counting the TCP_CORK settings made on it, and its sends.
+    (asyncio's transport calls the socket it is given; uvloop's calls a socket object of its
+    own.)"""
 
     corks: List[int]
+    sends = 0
+
+    def send(self, data: Any, *rest: Any) -> int:
+        self.sends += 1
+        return super().send(data, *rest)
 
     def setsockopt(self, level: int, option: int, value: Any, *rest: Any) -> None:
         if level == socket.IPPROTO_TCP and option == socket.TCP_CORK:  # type: ignore[attr-defined,unused-ignore]
@@ -254,13 +272,19 @@ async def post(request: Callable[..., Awaitable[Any]], url: str, body: Any,
                data: bytes) -> int:
     """POST `body`, standing for `data`: the server must get exactly `data`. The TCP data
     segments it came in."""
+    return (await post_counting(request, url, body, data))[0]
+
+
+async def post_counting(request: Callable[..., Awaitable[Any]], url: str, body: Any,
+                        data: bytes) -> Tuple[int, int]:
+    """As post: the TCP data segments the request came in, and the bytes on the wire."""
     code, _, response = await asyncio.wait_for(request(
         b'POST', url, headers=((b'content-length', b'%d' % len(data)),), body=body), 60)
-    count, digest, segments = (await buffered(response)).split(b' ')
+    count, digest, segments, wire = (await buffered(response)).split(b' ')
     assert (code, count) == (b'200', b'%d' % len(data))
     if digest != b'-':  # a Sink that hashes
         assert digest == hashlib.sha256(data).hexdigest().encode()
-    return int(segments)
+    return int(segments), int(wire)
 
 
 def chunked(data: bytes, sizes: Sequence[int]) -> List[bytes]:
@@ -424,7 +448,9 @@ async def corking_costs_a_system_call_only_for_writes_in_a_row(body_kind: str,
         sockets.append(sock)
         return sock
 
-    data = pattern(chunk_size * (1 if body_kind == 'one-chunk' else 64))
+    # Small chunks: enough for several gathered writes of 64 KiB (see the test below)
+    in_body = 64 if chunk_size >= LARGE else 2000
+    data = pattern(chunk_size * (1 if body_kind == 'one-chunk' else in_body))
     pieces = chunked(data, [chunk_size])
     with Sink() as server:
         async with pool(get_sock=get_sock) as request:
@@ -433,12 +459,56 @@ async def corking_costs_a_system_call_only_for_writes_in_a_row(body_kind: str,
         assert server.errors == []
     [sock] = sockets
     if body_kind == 'never-waits':
-        # Corked, then uncorked each time the writer waited (for room, or the response)
+        # Corked (small chunks: from the second write of those gathered), then uncorked each
+        # time the writer waited (for room, or the response)
         assert sock.corks[:2] == [1, 0]
         assert sock.corks == [1, 0] * (len(sock.corks) // 2)
         assert len(sock.corks) <= len(pieces)
     else:
         assert sock.corks == []
+
+
+@pytest.mark.parametrize('transport', ['tcp', 'tls'])
+@pytest.mark.parametrize('chunk_size,count', [(1, 20000), (100, 5000), (1000, 5000)],
+                         ids=['1B', '100B', '1000B'])
+def test_small_chunks_in_a_row_leave_together(chunk_size: int, count: int,
+                                              transport: str) -> None:
+    # On asyncio's loop alone, as above
+    asyncio.run(small_chunks_in_a_row_leave_together(chunk_size, count, transport))
+
+
+async def small_chunks_in_a_row_leave_together(chunk_size: int, count: int,
+                                               transport: str) -> None:
+    sockets: List[CountingSocket] = []
+
+    def get_sock(family: int) -> socket.socket:
+        sock = CountingSocket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.corks = []
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        sockets.append(sock)
+        return sock
+
+    data = pattern(chunk_size * count)
+    with sink_process(tls=transport == 'tls') as url:
+        async with pool(get_sock=get_sock) as request:
+            await post(request, url, body_of([b'warm'], 0), b'warm')  # and the TLS handshake
+            [sock] = sockets
+            sends_before = sock.sends
+            _, wire = await post_counting(request, url, body_of(chunked(data, [chunk_size]), 0),
+                                          data)
+            sends = sock.sends - sends_before
+    gathered = math.ceil(len(data) / lowhaio._GATHER_UP_TO)
+    # A send for the head with the first chunk, one for the second chunk (the burst starts
+    # there), then one for each 64 KiB gathered; as many again for the socket's room, which a
+    # reader in another process makes as it goes. One a chunk before: thousands.
+    assert sends <= 2 * (gathered + 2), (sends, count)
+    # Under TLS, a write of 64 KiB or a little more (up to a chunk) is at most 5 records, each
+    # adding 22 bytes (with the head, well under 1 KiB); one a chunk before, 22 bytes each.
+    overhead = wire - len(data)
+    records = gathered * math.ceil((lowhaio._GATHER_UP_TO + chunk_size) / TLS_RECORD_MAX) + 2
+    assert overhead <= (TLS_RECORD_OVERHEAD * records if transport == 'tls' else 0) + KIB, \
+        (overhead, count)
 
 
 async def test_a_server_hanging_up_mid_upload_fails_the_upload_and_nothing_else() -> None:

@@ -6,11 +6,12 @@ short (no call to find that the socket is corked already, no method call to find
 transport is not closing). These pin down what those shortcuts must not change, on a real TCP
 connection whose server reads the bytes afterwards:
 
-- the cork follows the writer's bursts exactly: none for the first write that counts after the
-  writer gave way, one setsockopt(TCP_CORK, 1) at the second, none after it however many
-  follow, and one setsockopt(TCP_CORK, 0) when the writer gives way. A request's first write
-  counts only if large; a body's later chunks (`in_a_row`) count whatever their size. Every byte
-  arrives, in order;
+- the cork follows the writer's bursts exactly: none for the first large write after the writer
+  gave way, one setsockopt(TCP_CORK, 1) at the second, none after it however many follow, and
+  one setsockopt(TCP_CORK, 0) when the writer gives way. A body's later small chunks
+  (`in_a_row`) are gathered into writes of 64 KiB or more, which count as large; the first of
+  them after the writer gave way is sent at once, and begins the burst. Every byte arrives, in
+  order;
 - bytes written once the transport has begun closing (close or abort) never reach the server,
   whatever their size, and the write raises nothing: they are the transport's to drop.
 """
@@ -90,7 +91,43 @@ BURSTS = {
     'small-first': [[SMALL, LARGE, SMALL, LARGE, LARGE]],
     'small-only': [[SMALL] * 4],
     'alternating': [[LARGE] * 3, [LARGE], [SMALL, LARGE], [LARGE, LARGE], [LARGE] * 4],
+    'many-small': [[SMALL] * 200, [SMALL] * 3, [SMALL] * 70, [LARGE, SMALL, SMALL, LARGE]],
 }
+
+
+class BurstModel:
+    """Which writes of a burst cork the socket, as lowhaio.write decides it."""
+
+    def __init__(self, in_a_row: bool) -> None:
+        self.in_a_row = in_a_row
+        self.burst = self.corked = False
+        self.gathered = 0
+
+    def write(self, size: int) -> bool:
+        """Whether this write corks."""
+        if self.in_a_row and size < lowhaio._GATHER_BELOW:
+            if not self.burst:
+                self.burst = True
+                return False
+            self.gathered += size
+            if self.gathered < lowhaio._GATHER_UP_TO:
+                return False
+            size = self.gathered
+        self.gathered = 0
+        if self.corked or size < LARGE:
+            return False
+        if not self.burst:
+            self.burst = True
+            return False
+        self.corked = True
+        return True
+
+    def give_way(self) -> bool:
+        """Whether the burst that ends uncorks."""
+        corked = self.corked
+        self.burst = self.corked = False
+        self.gathered = 0
+        return corked
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='TCP_CORK is Linux-only')
@@ -103,8 +140,8 @@ def test_the_cork_follows_the_writers_bursts(bursts: List[List[int]], in_a_row: 
 
 
 async def the_cork_follows_the_writers_bursts(bursts: List[List[int]], in_a_row: bool) -> None:
-    def counts(size: int) -> bool:
-        return in_a_row or size >= LARGE
+    model = BurstModel(in_a_row)
+    expected: List[int] = []
 
     sock = CountingSocket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.corks = []
@@ -116,21 +153,16 @@ async def the_cork_follows_the_writers_bursts(bursts: List[List[int]], in_a_row:
     with listener() as server:
         conn, _ = await connection_to(server, sock)
         for burst in bursts:
-            counted_so_far = 0
             for size in burst:
                 data = bytes([len(sent) % 251]) * size
                 sent.append(data)
                 before = list(sock.corks)
                 assert conn.write(data, in_a_row) is False
-                if counts(size):
-                    counted_so_far += 1
-                # Corked at the second write of the burst that counts, and only then
-                assert sock.corks[len(before):] == ([1] if counts(size) and counted_so_far == 2
-                                                    else [])
+                assert sock.corks[len(before):] == ([1] if model.write(size) else [])
             await asyncio.sleep(0)  # the writer gives way: the burst ends
-            assert sock.corks == [1, 0] * sum(
-                1 for burst in bursts[:bursts.index(burst) + 1]
-                if sum(1 for size in burst if counts(size)) >= 2)
+            if model.give_way():
+                expected += [1, 0]
+            assert sock.corks == expected
         conn.close()
         await lost(conn)
         received = await asyncio.get_running_loop().run_in_executor(None, read_to_end, server)
