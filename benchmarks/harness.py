@@ -78,6 +78,7 @@ class Workload:
     n: int = 1
     concurrency: int = 1
     size: int = 0  # download / upload bytes (for gzip-download: decoded bytes)
+    chunk_size: int = 64 * KiB  # upload: the body generator's chunks
     description: str = ''
     clients: Tuple[str, ...] = ()  # the clients (base names) that run it; () for all
 
@@ -127,6 +128,14 @@ def workloads(smoke: bool, scale: float) -> Dict[str, Workload]:
                 'MB/s',
                 size=size(512 * MiB, 16 * MiB),
                 description='POST from an async generator of 64 KiB chunks, with content-length',
+            ),
+            Workload(
+                'upload-small-chunks',
+                'upload',
+                'MB/s',
+                size=size(32 * MiB, 2 * MiB),
+                chunk_size=KiB,
+                description='as upload, in 1 KiB chunks (the rows of a CSV or NDJSON body)',
             ),
             Workload(
                 'tls-small-seq',
@@ -608,11 +617,11 @@ def spec_for(client: str, workload: Workload, servers: Servers, max_seconds: flo
             warm_url=servers.url('/small'),
             warm_expected_len=100,
         )
-    elif workload.name == 'upload':
+    elif workload.kind == 'upload':
         spec.update(
             url=servers.upload_url('/upload'),
             size=workload.size,
-            chunk_size=64 * KiB,
+            chunk_size=workload.chunk_size,
             warm_url=servers.upload_url('/warm'),
             warm_expected_len=1,
         )  # the sink answers b'0'
