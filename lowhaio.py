@@ -1183,7 +1183,7 @@ _SMALL_CHUNK = 4096
 # does not give way to the loop: see _Connection.write.
 _CORK_MIN = 16 * 1024
 # A body's later chunks shorter than this, written in a row, are gathered into one write of up
-# to about _GATHER_UP_TO bytes: see _Connection.write.
+# to about _GATHER_UP_TO bytes: see _Connection.gather.
 _GATHER_BELOW = 16 * 1024
 _GATHER_UP_TO = 64 * 1024
 _TCP_CORK: Optional[int] = getattr(socket, 'TCP_CORK', None)  # Linux only
@@ -1509,40 +1509,17 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter = self.loop.create_future()
         return waiter
 
-    def write(self, data: Union[bytes, bytearray, memoryview], in_a_row: bool = False) -> bool:
+    def write(self, data: Union[bytes, bytearray, memoryview]) -> bool:
         """Whether the writer must now drain() before writing more: most body chunks leave
-        at once, and then no coroutine is made to find that out. `in_a_row`: a body chunk
-        after the request's first write, which may be one of many written without giving
-        way to the loop."""
+        at once, and then no coroutine is made to find that out."""
         if self._lost:
             raise ConnectionResetError('Connection lost')
-        if in_a_row and len(data) < _GATHER_BELOW:
-            if not self._burst:
-                # Sent at once: the loop may well run before the next
-                self._burst = True
-                self.loop.call_soon(self._end_burst)
-                return self._send(data)
-            # Small chunks in a row: copied together, and sent when the writer gives way or
-            # 64 KiB have gathered. One system call for many (with TCP_NODELAY, otherwise a
-            # packet each too), and under TLS one record, not one a chunk.
-            gathered = self._gathered
-            if gathered is None:
-                self._gathered = bytearray(data)
-                return False
-            gathered += data
-            if len(gathered) < _GATHER_UP_TO:
-                return False
-            self._gathered = None
-            data = gathered
         # Once corked, nothing to do until the burst ends: no call for each chunk of it
         if self._corked is None and len(data) >= _CORK_MIN and self._cork_sock is not None:
             self._cork_unless_first()
         if self._gathered is not None:
-            # Gathered before this write: first, in order
+            # Small chunks gathered before this write (see gather): first, in order
             self._send_gathered()
-        return self._send(data)
-
-    def _send(self, data: Any) -> bool:
         sock = self._sock
         # is_closing() without the call: self._sock is set only on asyncio's own transport
         if sock is None or self.transport._closing:
@@ -1565,6 +1542,29 @@ class _Connection(asyncio.Protocol):
         self._unsent = memoryview(data)[sent:]
         self.loop._add_writer(self.fd, self._send_unsent)  # type: ignore[attr-defined]
         return True
+
+    def gather(self, data: bytes) -> bool:
+        """write() for a body's small chunk after its first: when written in a row (the
+        loop not running in between), such chunks are copied together and written when
+        64 KiB have gathered, before a larger write, when the writer gives way to the loop, or
+        when the body ends (flush). One system call for many (with TCP_NODELAY, otherwise a
+        packet each too), and under TLS a few full records, not one a chunk."""
+        if self._lost:
+            raise ConnectionResetError('Connection lost')
+        if not self._burst:
+            # The first in a row is written at once: the loop may well run before the next
+            self._burst = True
+            self.loop.call_soon(self._end_burst)
+            return self.write(data)
+        gathered = self._gathered
+        if gathered is None:
+            self._gathered = bytearray(data)
+            return False
+        gathered += data
+        if len(gathered) < _GATHER_UP_TO:
+            return False
+        self._gathered = None
+        return self.write(gathered)
 
     def _send_unsent(self) -> None:
         """The selector says the socket has room: more of what it did not take."""
@@ -1597,7 +1597,7 @@ class _Connection(asyncio.Protocol):
         # A large chunk rarely fills its last TCP segment, which leaves short when the socket
         # is idle: over loopback (MSS 65,483) a 64 KiB chunk is two packets, one of 53 bytes,
         # each with the whole send and receive path. From the second large write in a row
-        # (small chunks are gathered into large writes first: see write), TCP_CORK lets each
+        # (small chunks are gathered into large writes first: see gather), TCP_CORK lets each
         # chunk fill the last segment of the one before (as 0.0.89 corked whole requests).
         # What it holds back leaves as soon as the writer gives way to the loop (_end_burst),
         # so nothing waits on the body generator, and a body of one chunk, or chunks that
@@ -1615,9 +1615,9 @@ class _Connection(asyncio.Protocol):
                 self._corked = sock
 
     def _end_burst(self) -> None:
-        self._burst = False
         if self._gathered is not None:
             self._send_gathered()
+        self._burst = False
         sock = self._corked
         if sock is not None:
             self._corked = None
@@ -1631,10 +1631,10 @@ class _Connection(asyncio.Protocol):
 
     def _send_gathered(self) -> None:
         gathered, self._gathered = self._gathered, None
-        if not self._lost and not self.transport.is_closing():
+        if gathered is not None and not self._lost and not self.transport.is_closing():
             # Not drained here: what the socket does not take waits like any unsent write,
             # and the writer's next write, or its flush, waits for it
-            self._send(gathered)
+            self.write(gathered)
 
     def _give_up_sending_directly(self, data: Any) -> None:
         # The socket failed: the transport gets the bytes, meets the same error, and reports
@@ -3632,20 +3632,24 @@ def Pool(
         pending = head
         try:
             async for chunk in chunks:
-                sent += len(chunk)
+                size = len(chunk)
+                sent += size
                 if content_length is not None and sent > content_length:
                     raise HttpDataError('Body longer than its content-length (%d)'
                                         % (content_length,))
                 if pending:
                     # Head and first chunk in one write: one packet for a small request.
-                    if len(chunk) < 65536:
+                    if size < 65536:
                         chunk, pending = pending + chunk, b''
                     else:
                         conn.write(pending)
                         pending = b''
-                # Not the body's first bytes: corked if more come without a wait
-                must_drain = conn.write(chunk, sent > len(chunk))
-                if one_small_chunk_at_a_time and len(chunk) < _SMALL_CHUNK and \
+                    must_drain = conn.write(chunk)
+                elif size < _GATHER_BELOW:
+                    must_drain = conn.gather(chunk)
+                else:
+                    must_drain = conn.write(chunk)
+                if one_small_chunk_at_a_time and size < _SMALL_CHUNK and \
                         conn.buffered_size():
                     # A small chunk queued behind others is sent before the next is taken:
                     # asyncio 3.12+ keeps one buffer per write and sends at most 1,024 of them
