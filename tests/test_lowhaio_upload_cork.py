@@ -256,6 +256,20 @@ class CountingSocket(socket.socket):
         super().setsockopt(level, option, value, *rest)
 
 
+def counting_sockets_into(sockets: List[CountingSocket]) -> Callable[[int], socket.socket]:
+    """A get_sock for Pool: lowhaio's default socket, but a CountingSocket, kept in `sockets`."""
+
+    def get_sock(family: int) -> socket.socket:
+        sock = CountingSocket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.corks = []
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        sockets.append(sock)
+        return sock
+
+    return get_sock
+
+
 @contextlib.asynccontextmanager
 async def pool(**options: Any) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
     request, close = Pool(get_ssl_context=client_ssl_context, socket_timeout=5, **options)
@@ -439,14 +453,7 @@ def test_corking_costs_a_system_call_only_for_writes_in_a_row(body_kind: str,
 async def corking_costs_a_system_call_only_for_writes_in_a_row(body_kind: str,
                                                                chunk_size: int) -> None:
     sockets: List[CountingSocket] = []
-
-    def get_sock(family: int) -> socket.socket:
-        sock = CountingSocket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.corks = []
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setblocking(False)
-        sockets.append(sock)
-        return sock
+    get_sock = counting_sockets_into(sockets)
 
     # Small chunks: enough for several gathered writes of 64 KiB (see the test below)
     in_body = 64 if chunk_size >= LARGE else 2000
@@ -480,14 +487,7 @@ def test_small_chunks_in_a_row_leave_together(chunk_size: int, count: int,
 async def small_chunks_in_a_row_leave_together(chunk_size: int, count: int,
                                                transport: str) -> None:
     sockets: List[CountingSocket] = []
-
-    def get_sock(family: int) -> socket.socket:
-        sock = CountingSocket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.corks = []
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setblocking(False)
-        sockets.append(sock)
-        return sock
+    get_sock = counting_sockets_into(sockets)
 
     data = pattern(chunk_size * count)
     with sink_process(tls=transport == 'tls') as url:
