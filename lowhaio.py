@@ -1259,7 +1259,7 @@ class _Connection(asyncio.Protocol):
         self._cork_sock: Any = None
         self._burst = False
         self._corked: Any = None
-        # A body's small chunks written since the burst began, not yet handed on (see write)
+        # A body's small chunks written since the burst began, not yet handed on (see gather)
         self._gathered: Optional[bytearray] = None
         # asyncio's own socket transport, from whose socket a response body reads directly
         # while it holds bytes; how many reads were made so since the body last waited; and
@@ -3650,10 +3650,12 @@ def Pool(
                 else:
                     must_drain = conn.write(chunk)
                 if one_small_chunk_at_a_time and size < _SMALL_CHUNK and \
-                        conn.buffered_size():
+                        conn._gathered is None and conn.buffered_size():
                     # A small chunk queued behind others is sent before the next is taken:
                     # asyncio 3.12+ keeps one buffer per write and sends at most 1,024 of them
                     # at a time, and a stream of tiny chunks stalled there (1-byte chunks).
+                    # Not one gathered (see gather): it is in no transport's queue, and waiting
+                    # here for each undid the gathering (1 KiB chunks, 3.13: 2.8 -> 1.8 us)
                     await conn.flush(socket_timeout)
                 elif must_drain:
                     await conn.drain(socket_timeout)
