@@ -18,6 +18,7 @@ import asyncio
 import base64
 import contextlib
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -3212,6 +3213,19 @@ def _makes_plain_futures(loop_class: type) -> bool:
         getattr(create_future, '__qualname__', None) == 'Loop.create_future')
 
 
+def _future_maker(loop: asyncio.AbstractEventLoop) -> Callable[[], 'asyncio.Future[None]']:
+    """What makes the future a request waits on: loop.create_future(), or the same future
+    made without the Python method that asyncio's own loops and uvloop's wrap it in."""
+    if not _makes_plain_futures(type(loop)):
+        return loop.create_future  # a loop's own futures stay its own
+    if sys.version_info >= (3, 12):
+        # No argument: the running loop, request()'s and so the pool's, is taken in C
+        return asyncio.Future
+    # Before 3.12, C's lookup of the running loop also compares the process id, and glibc
+    # no longer caches it: a getpid system call for every future made without its loop
+    return functools.partial(asyncio.Future, loop=loop)
+
+
 def Pool(
         get_dns_resolver: Callable[..., Any] = Resolver,
         get_sock: Callable[..., socket.socket] = get_nonblocking_sock,
@@ -3284,12 +3298,7 @@ def Pool(
     header_sender = send_header or send_header_tuples_of_bytes
     body_sender = send_body or send_body_async_gen_bytes
     get_sock_takes_family = _accepts_argument(get_sock)
-    # asyncio's own loops make their futures in a Python method, and uvloop's passes itself
-    # by keyword (as a partial would): the same future, asyncio.Future(loop=loop), made with
-    # no argument, which takes the running loop in C, the pool's, on which request() runs. (A
-    # loop with a create_future of its own keeps it.)
-    new_future: Callable[[], 'asyncio.Future[None]'] = \
-        asyncio.Future if _makes_plain_futures(type(loop)) else loop.create_future
+    new_future = _future_maker(loop)
     # Likewise their clock, read in a Python method: the same clock without the call
     clock: Callable[[], float] = time.monotonic \
         if getattr(loop.time, '__func__', None) is asyncio.BaseEventLoop.time else loop.time

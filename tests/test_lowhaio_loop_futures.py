@@ -1,14 +1,17 @@
 """The futures a request waits on for its response head.
 
 asyncio's own loops and uvloop's make a future as `asyncio.Future(loop=self)`: for them a Pool
-makes that same future without calling create_future (with no argument, in C, from the running
-loop). Any other loop has its own create_future used, a subclass of either with a
-create_future of its own included.
+makes that same future without calling create_future. From Python 3.12 it is made with no
+argument, the running loop taken in C; before 3.12 that lookup makes a getpid system call each
+time, so the loop is named. Any other loop has its own create_future used, a subclass of either
+with a create_future of its own included.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
 from typing import Any, Dict, List, Type
 
 import pytest
@@ -41,7 +44,7 @@ async def test_the_future_made_without_the_call_is_the_loops_own() -> None:
     # its loop, and a request waiting on one gets its response
     loop = asyncio.get_running_loop()
     assert lowhaio._makes_plain_futures(type(loop))
-    made, own = asyncio.Future(), loop.create_future()
+    made, own = lowhaio._future_maker(loop)(), loop.create_future()
     assert type(made) is type(own)
     assert made.get_loop() is own.get_loop() is loop
     async with scripted_server(answering_with(HELLO)) as server:
@@ -53,6 +56,29 @@ async def test_the_future_made_without_the_call_is_the_loops_own() -> None:
         finally:
             await close()
         assert server.connections == 1
+
+
+@pytest.mark.parametrize('loop_class', list(LOOP_CLASSES.values()), ids=list(LOOP_CLASSES))
+def test_the_future_is_made_without_a_system_call(
+        loop_class: Type[asyncio.AbstractEventLoop]) -> None:
+    loop = loop_class()
+    try:
+        make = lowhaio._future_maker(loop)
+        if sys.version_info >= (3, 12):
+            # The running loop is kept in the thread's state, found in C
+            assert make is asyncio.Future
+            return
+        # Before 3.12 C's lookup of the running loop compares the process id with getpid(),
+        # a system call per request: the future is made with its loop named instead, so even
+        # made where no loop runs, it has the pool's
+        made: List[Any] = []
+        thread = threading.Thread(target=lambda: made.append(make()))
+        thread.start()
+        thread.join()
+        assert type(made[0]) is asyncio.Future
+        assert made[0].get_loop() is loop
+    finally:
+        loop.close()
 
 
 @pytest.mark.parametrize('base', list(LOOP_CLASSES.values()), ids=list(LOOP_CLASSES))
