@@ -3472,25 +3472,33 @@ def Pool(
                 not (conn._eof or conn._queue) and \
                 (answer is None or conn.peer_ip in answer.address_set):
             try:
-                stale = conn._poll.poll(0)
+                polled: Any = conn._poll.poll(0)
             except (OSError, ValueError):
-                stale = True
-            if not stale:
+                polled = True
+            if not polled:
                 idle.pop()
                 conn.idle = False
                 return conn
+            # Readable: take_idle decides, from this poll (a connection's poll is a system
+            # call, and a server that closes idle connections makes one at every request)
+            return take_idle(connections, answer, polled)
         return take_idle(connections, answer)
 
-    def take_idle(connections: _HostConnections, answer: Optional[_DnsAnswer]) \
-            -> Optional[_Connection]:
+    def take_idle(connections: _HostConnections, answer: Optional[_DnsAnswer],
+                  newest_polled: Any = None) -> Optional[_Connection]:
+        # newest_polled: what the newest idle connection's poll just said, if it was polled
         idle = connections.idle
         while idle:
             conn = idle.pop()
             conn.idle = False
             if idle_by_age is not None:
                 del idle_by_age[conn]
+            if newest_polled is not None:
+                reusable = (newest_polled is not True and
+                            conn.only_tls_records_were_waiting())
+                newest_polled = None
             # Inline of conn.is_reusable(), on the path of every reuse
-            if not (conn._eof or conn._queue) and conn._poll is not None:
+            elif not (conn._eof or conn._queue) and conn._poll is not None:
                 try:
                     reusable = not conn._poll.poll(0) or conn.only_tls_records_were_waiting()
                 except (OSError, ValueError):

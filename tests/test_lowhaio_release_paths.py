@@ -9,7 +9,8 @@ every other one is closed, and the pool's counts say so.
 from __future__ import annotations
 
 import asyncio
-from typing import Tuple
+import select
+from typing import Any, List, Tuple
 
 import pytest
 
@@ -100,6 +101,63 @@ async def test_a_pooled_connection_closed_by_the_server_while_idle_leaves_the_co
                        for counts in request.status().values())
         finally:
             await close()
+
+
+class CountingPoll:
+    """A select.poll object whose poll calls are counted, in `polls` (a system call each)."""
+
+    polls: List[int] = []
+
+    def __init__(self) -> None:
+        self._poll = real_poll()
+
+    def register(self, *args: Any) -> None:
+        self._poll.register(*args)
+
+    def poll(self, *args: Any) -> Any:
+        CountingPoll.polls.append(1)
+        return self._poll.poll(*args)
+
+
+real_poll = select.poll
+
+
+@pytest.mark.parametrize('host', ['IP literal', 'name in DNS'])
+async def test_a_connection_found_closed_before_reuse_costs_one_poll(
+        host: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As below, the server's FIN comes just behind each response; the next request polls the
+    # pooled connection, finds it readable and opens another. Before each request the only
+    # idle connection is the one the server closed: one poll of it is all it takes (a server
+    # that closes every idle connection would otherwise cost two system calls a request).
+    # Rounds where the loop saw the FIN first need no poll at all.
+    rounds = 40
+    monkeypatch.setattr(select, 'poll', CountingPoll)
+    CountingPoll.polls = []
+
+    async def answer_once_then_close(conn: Connection) -> None:
+        if await conn.read_request():
+            conn.write(RESPONSES['content-length, keep-alive'][0])
+            conn.close()
+
+    async with support.dns_server(ttl=60) as dns, \
+            scripted_server(answer_once_then_close) as server:
+        dns.set('closing.test', ['127.0.0.1'])
+        url = server.url() if host == 'IP literal' else server.url_for('closing.test')
+        request, close = Pool(**({} if host == 'IP literal' else
+                                 {'get_dns_resolver': dns.get_dns_resolver}))
+        polls_per_request = []
+        try:
+            for _ in range(rounds):
+                before = len(CountingPoll.polls)
+                code, _, response_body = await request(b'GET', url)
+                polls_per_request.append(len(CountingPoll.polls) - before)
+                assert (code, await buffered(response_body)) == (b'200', b'hello')
+        finally:
+            await close()
+        assert server.connections == rounds
+        assert not server.errors
+    assert polls_per_request[0] == 0  # nothing pooled yet
+    assert max(polls_per_request) <= 1, polls_per_request
 
 
 @pytest.mark.parametrize('host', ['IP literal', 'name in DNS'])
