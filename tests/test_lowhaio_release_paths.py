@@ -103,6 +103,35 @@ async def test_a_pooled_connection_closed_by_the_server_while_idle_leaves_the_co
             await close()
 
 
+async def answer_once_then_close(conn: Connection) -> None:
+    if await conn.read_request():
+        conn.write(RESPONSES['content-length, keep-alive'][0])
+        conn.close()
+
+
+async def get_from_a_server_closing_behind_each_response(host: str, rounds: int) -> List[int]:
+    """`rounds` GETs of a server that closes each connection right behind its response: each
+    gets its response, on a connection of its own. Returns the polls each request made."""
+    polls_per_request = []
+    async with support.dns_server(ttl=60) as dns, \
+            scripted_server(answer_once_then_close) as server:
+        dns.set('closing.test', ['127.0.0.1'])
+        url = server.url() if host == 'IP literal' else server.url_for('closing.test')
+        request, close = Pool(**({} if host == 'IP literal' else
+                                 {'get_dns_resolver': dns.get_dns_resolver}))
+        try:
+            for _ in range(rounds):
+                before = len(CountingPoll.polls)
+                code, _, response_body = await request(b'GET', url)
+                polls_per_request.append(len(CountingPoll.polls) - before)
+                assert (code, await buffered(response_body)) == (b'200', b'hello')
+        finally:
+            await close()
+        assert server.connections == rounds
+        assert not server.errors
+    return polls_per_request
+
+
 class CountingPoll:
     """A select.poll object whose poll calls are counted, in `polls` (a system call each)."""
 
@@ -123,68 +152,24 @@ real_poll = select.poll
 
 
 @pytest.mark.parametrize('host', ['IP literal', 'name in DNS'])
-async def test_a_connection_found_closed_before_reuse_costs_one_poll(
-        host: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # As below, the server's FIN comes just behind each response; the next request polls the
-    # pooled connection, finds it readable and opens another. Before each request the only
-    # idle connection is the one the server closed: one poll of it is all it takes (a server
-    # that closes every idle connection would otherwise cost two system calls a request).
-    # Rounds where the loop saw the FIN first need no poll at all.
-    rounds = 40
-    monkeypatch.setattr(select, 'poll', CountingPoll)
-    CountingPoll.polls = []
-
-    async def answer_once_then_close(conn: Connection) -> None:
-        if await conn.read_request():
-            conn.write(RESPONSES['content-length, keep-alive'][0])
-            conn.close()
-
-    async with support.dns_server(ttl=60) as dns, \
-            scripted_server(answer_once_then_close) as server:
-        dns.set('closing.test', ['127.0.0.1'])
-        url = server.url() if host == 'IP literal' else server.url_for('closing.test')
-        request, close = Pool(**({} if host == 'IP literal' else
-                                 {'get_dns_resolver': dns.get_dns_resolver}))
-        polls_per_request = []
-        try:
-            for _ in range(rounds):
-                before = len(CountingPoll.polls)
-                code, _, response_body = await request(b'GET', url)
-                polls_per_request.append(len(CountingPoll.polls) - before)
-                assert (code, await buffered(response_body)) == (b'200', b'hello')
-        finally:
-            await close()
-        assert server.connections == rounds
-        assert not server.errors
-    assert polls_per_request[0] == 0  # nothing pooled yet
-    assert max(polls_per_request) <= 1, polls_per_request
-
-
-@pytest.mark.parametrize('host', ['IP literal', 'name in DNS'])
 async def test_a_connection_the_server_closes_right_after_its_response_is_not_reused(
         host: str) -> None:
     # The server's FIN comes just behind the response, unannounced (no "connection: close").
     # The event loop has handed over the response but not yet seen the FIN when the next
     # request, in the same step of the same task, takes the connection from the pool: only
     # the poll before reuse can find it. Timing-dependent, so many times over.
-    rounds = 40
+    await get_from_a_server_closing_behind_each_response(host, rounds=40)
 
-    async def answer_once_then_close(conn: Connection) -> None:
-        if await conn.read_request():
-            conn.write(RESPONSES['content-length, keep-alive'][0])
-            conn.close()
 
-    async with support.dns_server(ttl=60) as dns, \
-            scripted_server(answer_once_then_close) as server:
-        dns.set('closing.test', ['127.0.0.1'])
-        url = server.url() if host == 'IP literal' else server.url_for('closing.test')
-        request, close = Pool(**({} if host == 'IP literal' else
-                                 {'get_dns_resolver': dns.get_dns_resolver}))
-        try:
-            for _ in range(rounds):
-                code, _, response_body = await request(b'GET', url)
-                assert (code, await buffered(response_body)) == (b'200', b'hello')
-        finally:
-            await close()
-        assert server.connections == rounds
-        assert not server.errors
+@pytest.mark.parametrize('host', ['IP literal', 'name in DNS'])
+async def test_a_connection_found_closed_before_reuse_costs_one_poll(
+        host: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As above; before each request the only idle connection is the one the server closed:
+    # one poll of it is all it takes (a server that closes every idle connection would
+    # otherwise cost two system calls a request). Rounds where the loop saw the FIN first
+    # need no poll at all.
+    monkeypatch.setattr(select, 'poll', CountingPoll)
+    CountingPoll.polls = []
+    polls_per_request = await get_from_a_server_closing_behind_each_response(host, rounds=40)
+    assert polls_per_request[0] == 0  # nothing pooled yet
+    assert max(polls_per_request) <= 1, polls_per_request
