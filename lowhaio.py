@@ -1335,10 +1335,19 @@ class _Connection(asyncio.Protocol):
         self._eof_received = True
         if self.idle:
             self.close()
+        elif self.buffered_size():
+            # The server is done while the request is still being sent: a body it answered
+            # (or refused) before reading it. Returning False has the transport close once
+            # its buffer is sent, to a server that may never read it: dropped instead, so
+            # the answer is returned at once (see answer_before_the_close)
+            self.transport.abort()
         self._wake_reader()
         return False
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
+        if exc is not None and not self.idle and self._read_transport is self.transport and \
+                self._read_transport is not None:
+            self._read_what_the_socket_holds(self._read_transport._sock)
         self._lost = True
         self._eof = True
         self._lost_exception = exc
@@ -1354,6 +1363,26 @@ class _Connection(asyncio.Protocol):
         if self.idle:
             self.idle = False
             self.on_idle_close(self)
+
+    def _read_what_the_socket_holds(self, sock: socket.socket) -> None:
+        # A server that will not take a body (413, 401) answers and closes, and the upload
+        # then fails with a reset or a broken pipe, often before the loop has read the answer.
+        # The kernel keeps what arrived before the reset readable (Linux does), and asyncio's
+        # socket transport closes its socket only after this callback: read it now, so that
+        # the answer is not lost with the socket (RFC 9112 §9.6 has the client read it). Up
+        # to the read high-water mark, as any read. (uvloop closes the socket before telling
+        # its protocol, and a TLS transport reports the loss after its socket is closed: for
+        # them, what was read before the failure is what there is.)
+        try:
+            while self._queued < _READ_HIGH_WATER:
+                data = sock.recv(_READ_SIZE)
+                if not data:
+                    return
+                self.received_any = True
+                self._queue.append(data)
+                self._queued += len(data)
+        except OSError:
+            pass  # nothing more to read (BlockingIOError), or the reset itself
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -1522,10 +1551,19 @@ class _Connection(asyncio.Protocol):
             # Small chunks gathered before this write (see gather): first, in order
             self._send_gathered()
         sock = self._sock
-        # is_closing() without the call: self._sock is set only on asyncio's own transport
-        if sock is None or self.transport._closing:
-            self.transport.write(data)
+        if sock is None:
+            transport = self.transport
+            if transport.is_closing():
+                # It failed (or was closed), and reports that in connection_lost on the loop's
+                # next turn: the bytes are dropped here, and drain() waits for that report.
+                # Handed on, each would be dropped too, but asyncio logs a warning for every
+                # write to a failed transport from the fifth on: dozens per failed upload.
+                return True
+            transport.write(data)
             return self._write_paused or self._lost
+        # is_closing() without the call: self._sock is set only on asyncio's own transport
+        if self.transport._closing:
+            return True  # (as above)
         if self._unsent is not None:
             # Written before the last write left (a 0.0.89 hook's send() does not drain):
             # behind it, in order. Rare, so a copy.
@@ -1646,7 +1684,9 @@ class _Connection(asyncio.Protocol):
     async def drain(self, socket_timeout: float) -> None:
         if self._lost:
             raise ConnectionResetError('Connection lost') from self._lost_exception
-        while self._unsent is not None or self._write_paused:
+        # A closing transport took nothing (see write): wait for connection_lost, rather than
+        # let a body that never waits run on to its end first
+        while self._unsent is not None or self._write_paused or self.transport.is_closing():
             await self._wait_for_writes(socket_timeout)
 
     async def _wait_for_writes(self, socket_timeout: float) -> None:
@@ -1827,7 +1867,7 @@ class _TlsLayer(asyncio.Protocol):
 
     __slots__ = ('loop', 'transport', 'protocol', '_sslobj', '_incoming', '_outgoing',
                  '_handshake', '_backlog', '_backlog_size', '_paused_beneath',
-                 '_paused_above', '_closing', '_error', '_context')
+                 '_paused_above', '_closing', '_error', '_context', 'socket_beneath')
 
     def __init__(self, loop: asyncio.AbstractEventLoop, transport: Any, protocol: Any,
                  context: ssl.SSLContext, server_hostname: str) -> None:
@@ -1835,6 +1875,9 @@ class _TlsLayer(asyncio.Protocol):
         self.transport = transport
         self.protocol = protocol
         self._context = context
+        # The socket of the transport beneath when that is asyncio's own, which is still open
+        # in connection_lost (see _read_what_the_socket_holds)
+        self.socket_beneath: Optional[socket.socket] = None
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         # The context's own wrap_bio: its sslobject_class, SNI and host name checks
@@ -1956,7 +1999,15 @@ class _TlsLayer(asyncio.Protocol):
         # close_notify: an end of file for the protocol (asyncio's meaning too), answered in
         # kind, then the TCP connection closed
         self.protocol.eof_received()
-        if not self._closing:
+        if self._closing:
+            return
+        if self._backlog or self.transport.get_write_buffer_size():
+            # Still sending: a body the server answered (or refused) before reading it, and
+            # will not read now. Our close_notify would wait behind it, and a server that waits
+            # for that before it closes (asyncio's own, before Python 3.11) would wait as long
+            # as we, until the send timed out: the connection is dropped instead.
+            self.abort()
+        else:
             self.close()
 
     def eof_received(self) -> bool:
@@ -1972,6 +2023,9 @@ class _TlsLayer(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
+        if exc is not None and self.socket_beneath is not None and not self._closing and \
+                self._handshake is None and self.protocol is not None:
+            self._read_what_the_socket_holds(self.socket_beneath)
         self._closing = True
         if self._handshake is not None:
             self._end_handshake(exc or ConnectionResetError('Connection lost during the TLS '
@@ -1979,6 +2033,20 @@ class _TlsLayer(asyncio.Protocol):
             return
         if self.protocol is not None:
             self.protocol.connection_lost(self._error or exc)
+
+    def _read_what_the_socket_holds(self, sock: socket.socket) -> None:
+        # As _Connection does for plain TCP: the records that arrived before the reset, read
+        # and handed up before the socket is closed (a server's answer to a refused body)
+        read = 0
+        try:
+            while read < _READ_HIGH_WATER and not self._closing:
+                data = sock.recv(_READ_SIZE)
+                if not data:
+                    return
+                read += len(data)
+                self.data_received(data)
+        except OSError:
+            pass  # nothing more to read (BlockingIOError), or the reset itself
 
     def pause_writing(self) -> None:
         self._paused_beneath = True
@@ -2117,6 +2185,8 @@ async def _start_tls(loop: asyncio.AbstractEventLoop, conn: '_Connection',
     # and fails on them at once rather than at the deadline
     early = conn.take()
     layer = _TlsLayer(loop, conn.transport, conn, context, server_hostname)
+    if conn._read_transport is not None and conn._read_transport is conn.transport:
+        layer.socket_beneath = conn._read_transport._sock
     await layer.handshake(timeout, early or b'')
     conn.start_tls_on(layer)
 
@@ -3770,6 +3840,36 @@ def Pool(
             conn, release, _tuple_new(Framing, (framing.kind, framing.length, False)), rest,
             socket_timeout, loop, max_header_length)
 
+    async def answer_before_the_close(conn: _Connection, method: bytes) -> Optional[Response]:
+        """When sending the request failed as the connection closed: the response the server
+        sent before it closed, if a whole head of one arrived, else None. A server that will
+        not take a body (413, 401, ...) may answer before reading it and close, and the body
+        then meets a reset; RFC 9112 §9.6 has the client watch for that answer while it
+        sends, and stop. The connection is not reused, as for a body refused after 100-continue."""
+        if not conn._lost:
+            if not conn.transport.is_closing():
+                return None  # the connection is fine: the error was not the server's
+            # The transport failed, and tells on the loop's next turn; what it read by then
+            # (and, for asyncio's own transports, what the socket still held) is all there is
+            deadline = loop.time() + socket_timeout
+            while not conn._lost:
+                try:
+                    await conn.readable(deadline)
+                except asyncio.TimeoutError:
+                    return None
+        data = conn.take()
+        if not data:
+            return None
+        try:
+            # The connection is lost: this reads nothing more, and fails on a partial head
+            parsed, rest = await receive_head(conn, method, data,
+                                              loop.time() + response_head_timeout)
+        except HttpError:
+            return None
+        code, response_headers, framing = parsed
+        return response_without_sending_body(
+            conn, (code, response_headers, _tuple_new(Framing, framing)), rest)
+
     async def send_request_with_hooks(conn: _Connection, method: bytes, url: str, params: Any,
                                       headers: Headers, body: BodyFunction,
                                       body_args: Sequence[Any], body_kwargs: Any,
@@ -4189,6 +4289,15 @@ def Pool(
                     rest = data[end + 4:]
             code, response_headers, framing = parsed
         except BaseException as exception:
+            if sending and isinstance(exception, ConnectionError):
+                try:
+                    answer = await answer_before_the_close(conn, method)
+                except BaseException:
+                    release(conn, False)
+                    raise
+                if answer is not None:
+                    return answer if recv_bufsize is None else \
+                        (answer[0], answer[1], _CappedBody(answer[2], recv_bufsize))
             release(conn, False)
             if isinstance(exception, HttpError) or not isinstance(exception, Exception) or \
                     isinstance(exception, asyncio.CancelledError):

@@ -1,0 +1,277 @@
+"""A server that answers before it has read the request's body, and closes.
+
+A server that will not take a body (413 Content Too Large, 401 Unauthorized, ...) may answer
+as soon as it has the head, and close the connection with the body unread. The rest of the
+upload then meets a reset or a broken pipe. RFC 9112 §9.6 has the client watch for such an
+answer while it sends, stop sending, and close. What users rely on:
+
+- the answer is returned, as any response: its code, headers and whole body, whichever of the
+  loop's read and the body's next write meets the reset first (a race: every case runs several
+  times), however the body is made, over TCP and TLS, on both loops;
+- the connection is not reused: the next request opens a new one;
+- only when no whole head of an answer arrived does the request fail, with HttpDataError
+  (something was sent), the connection's error as its cause;
+- nothing is logged on the way (asyncio warned for every write to the failed transport: dozens
+  per upload).
+
+Then real servers: nginx and aiohttp.web, which read and discard a refused body before closing,
+so that the answer comes after the upload (hypercorn, which closes at once, is in
+test_ecosystem_refused_bodies, with the ASGI servers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import struct
+from typing import AsyncIterator, Callable, Dict, List, NamedTuple, Optional, Tuple
+
+import pytest
+from aiohttp import web
+
+import support
+from lowhaio import HttpDataError, HttpError, buffered
+
+KIB = 1024
+BODY_SIZE = 16 * KIB * KIB
+REPEATS = 5
+
+# The request after the refused ones: a GET, answered as usual
+OK = b'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok'
+
+
+class Answer(NamedTuple):
+    pieces: Tuple[bytes, ...]  # written in turn, a moment apart
+    code: Optional[bytes]  # what request() returns; None: it fails with HttpDataError
+    header: Tuple[bytes, bytes] = (b'', b'')  # one header the answer must carry
+    body: bytes = b''
+
+
+REFUSED = b'HTTP/1.1 413 Content Too Large\r\ncontent-length: 17\r\nconnection: close\r\n' \
+    b'\r\nbody not accepted'
+ANSWERS: Dict[str, Answer] = {
+    'content-length': Answer((REFUSED,), b'413', (b'connection', b'close'), b'body not accepted'),
+    'chunked': Answer((b'HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Basic realm="x"\r\n'
+                       b'transfer-encoding: chunked\r\n\r\n5\r\nlog i\r\n7\r\nn first\r\n'
+                       b'0\r\n\r\n',),
+                      b'401', (b'www-authenticate', b'Basic realm="x"'), b'log in first'),
+    'after-100-continue': Answer((b'HTTP/1.1 100 Continue\r\n\r\n' + REFUSED,), b'413',
+                                 (b'connection', b'close'), b'body not accepted'),
+    'in-pieces': Answer((REFUSED[:20], REFUSED[20:60], REFUSED[60:]), b'413',
+                        (b'connection', b'close'), b'body not accepted'),
+    # No "connection: close", though the server closes all the same
+    'without-connection-close': Answer(
+        (b'HTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\n\r\nno',), b'403',
+        (b'content-length', b'2'), b'no'),
+    # Not an answer: the request fails
+    'nothing': Answer((), None),
+    'half-a-head': Answer((REFUSED[:25],), None),
+}
+
+# How the server ends, once it has answered: an abortive close (RST at once); a close with
+# the body unread (which resets too, for plain TCP; under TLS, asyncio's close sends
+# close_notify first); a FIN, then such a close a moment later; a FIN, then neither reading
+# nor closing (until the client goes); a FIN, then reading and discarding the body (nginx's
+# lingering close). The last three for plain TCP only: asyncio's TLS transport cannot
+# half-close.
+ENDINGS = {'tcp': ('reset', 'close', 'fin-then-close', 'fin-then-wait', 'fin-then-read'),
+           'tls': ('reset', 'close')}
+CASES = [(transport, ending) for transport, endings in ENDINGS.items() for ending in endings]
+
+
+def large_chunks() -> AsyncIterator[bytes]:
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(BODY_SIZE // (64 * KIB)):
+            yield b'x' * (64 * KIB)
+    return body()
+
+
+def chunks_that_each_give_way() -> AsyncIterator[bytes]:
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(BODY_SIZE // (64 * KIB)):
+            await asyncio.sleep(0)
+            yield b'x' * (64 * KIB)
+    return body()
+
+
+def small_chunks() -> AsyncIterator[bytes]:
+    # Gathered into large writes (see lowhaio's gather)
+    async def body() -> AsyncIterator[bytes]:
+        chunk = b'x' * KIB
+        for _ in range(BODY_SIZE // KIB):
+            yield chunk
+    return body()
+
+
+BODIES: Dict[str, Callable[[], AsyncIterator[bytes]]] = {
+    'large-chunks': large_chunks,
+    'chunks-that-each-give-way': chunks_that_each_give_way,
+    'small-chunks': small_chunks,
+}
+
+
+class RefusingServer:
+    def __init__(self, tls: bool) -> None:
+        self.tls = tls
+        self.port = 0
+        self.connections = 0
+        self.errors: List[BaseException] = []
+
+    def url(self) -> str:
+        return '%s://127.0.0.1:%d/upload' % ('https' if self.tls else 'http', self.port)
+
+
+def end(writer: asyncio.StreamWriter, ending: str) -> None:
+    if ending == 'reset':
+        sock = writer.get_extra_info('socket')
+        # Linger on with a zero timeout: close() sends RST rather than FIN
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+        writer.transport.abort()
+    else:
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def refusing_server(answer: Answer, ending: str, tls: bool) -> AsyncIterator[
+        RefusingServer]:
+    """A server that reads a request's head and 1,000 bytes of its body, writes `answer`'s
+    pieces and ends as `ending` says; a GET it answers with 200 at once."""
+    server = RefusingServer(tls)
+    tasks: List[asyncio.Task] = []
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        server.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.append(task)
+        try:
+            head = await reader.readuntil(b'\r\n\r\n')
+            if head.startswith(b'GET '):
+                writer.write(OK)
+                await writer.drain()
+                return
+            await reader.readexactly(1000)
+            for i, piece in enumerate(answer.pieces):
+                if i:
+                    await asyncio.sleep(0.02)
+                writer.write(piece)
+                await writer.drain()
+            if ending.startswith('fin-then-'):
+                writer.write_eof()
+            if ending == 'fin-then-close':
+                await asyncio.sleep(0.05)
+            elif ending == 'fin-then-wait':
+                await asyncio.sleep(60)  # the client goes first, or the test times out
+            elif ending == 'fin-then-read':
+                while await reader.read(65536):
+                    pass
+            end(writer, ending)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass  # the client may leave any way it likes: the test checks what it saw
+        except asyncio.CancelledError:
+            # Only the teardown cancels (a client that had its answer at the FIN is gone
+            # before the close), and the stream machinery must not see a cancelled task
+            pass
+        except Exception as exception:
+            server.errors.append(exception)
+        finally:
+            writer.close()
+
+    tcp_server = await asyncio.start_server(
+        on_connection, '127.0.0.1', 0, ssl=support.server_ssl_context() if tls else None)
+    server.port = tcp_server.sockets[0].getsockname()[1]
+    try:
+        yield server
+    finally:
+        tcp_server.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@pytest.fixture
+def asyncio_warnings(caplog: pytest.LogCaptureFixture) -> Callable[[], List[str]]:
+    """What asyncio has logged at WARNING or above so far in the test."""
+    caplog.set_level(logging.WARNING, logger='asyncio')
+    return lambda: [record.getMessage() for record in caplog.records
+                    if record.name == 'asyncio' and record.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize('body', list(BODIES))
+@pytest.mark.parametrize('answer', list(ANSWERS))
+@pytest.mark.parametrize('transport, ending', CASES)
+async def test_the_answer_of_a_server_that_closes_on_the_body_is_returned(
+        transport: str, ending: str, answer: str, body: str,
+        asyncio_warnings: Callable[[], List[str]]) -> None:
+    expected = ANSWERS[answer]
+    headers = ((b'content-length', b'%d' % BODY_SIZE),)
+    async with refusing_server(expected, ending, transport == 'tls') as server, \
+            support.open_pool(get_ssl_context=support.client_ssl_context,
+                              socket_timeout=10) as request:
+        for _ in range(REPEATS):
+            if expected.code is None:
+                with pytest.raises(HttpDataError) as caught:
+                    await request(b'POST', server.url(), headers=headers, body=BODIES[body])
+                assert isinstance(caught.value.__cause__, ConnectionError)
+                continue
+            code, response_headers, response = await request(
+                b'POST', server.url(), headers=headers, body=BODIES[body])
+            assert (code, expected.header in response_headers, await buffered(response)) == \
+                (expected.code, True, expected.body)
+        # Not one of the refused connections: a new one
+        code, _, response = await request(b'GET', server.url())
+        assert (code, await buffered(response)) == (b'200', b'ok')
+        assert server.connections == REPEATS + 1
+    assert server.errors == []
+    assert asyncio_warnings() == []
+
+
+async def test_a_body_left_unread_after_the_answer_fails_as_truncated() -> None:
+    # The answer's own body is cut off by the reset: the response is returned (its head is
+    # whole), and reading its body fails, as for any body cut short
+    answer = Answer((b'HTTP/1.1 413 Content Too Large\r\ncontent-length: 100\r\n\r\nonly',),
+                    b'413')
+    async with refusing_server(answer, 'reset', False) as server, \
+            support.open_pool(socket_timeout=10) as request:
+        for _ in range(REPEATS):
+            code, _, response = await request(
+                b'POST', server.url(), headers=((b'content-length', b'%d' % BODY_SIZE),),
+                body=large_chunks)
+            assert code == b'413'
+            with pytest.raises(HttpError):
+                await buffered(response)
+
+
+# ---------------------------------------------------------------------------------------------
+# Real servers: each reads and discards the refused body, then answers or closes
+# ---------------------------------------------------------------------------------------------
+
+async def test_nginx_refusing_a_body_too_large_answers_413_after_it(
+        nginx: support.Nginx) -> None:
+    async with support.open_pool(socket_timeout=10) as request:
+        for _ in range(REPEATS):
+            code, _, response = await request(
+                b'PUT', nginx.url('/small-dav/too-big'),
+                headers=((b'content-length', b'%d' % BODY_SIZE),), body=large_chunks)
+            await buffered(response)
+            assert code == b'413'
+
+
+async def test_aiohttp_refusing_a_body_too_large_answers_413() -> None:
+    async def read_all(request: web.Request) -> web.Response:
+        await request.read()  # over client_max_size: 413
+        return web.Response(text='stored')
+
+    app = web.Application(client_max_size=KIB)
+    app.router.add_post('/upload', read_all)
+    async with support.web_server(app) as server, \
+            support.open_pool(socket_timeout=10) as request:
+        for body in BODIES.values():
+            code, _, response = await request(
+                b'POST', server.url('/upload'),
+                headers=((b'content-length', b'%d' % BODY_SIZE),), body=body)
+            assert (code, b'Maximum request body size' in await buffered(response)) == \
+                (b'413', True)
