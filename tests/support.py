@@ -685,8 +685,9 @@ Handler = Callable[[Connection], Awaitable[None]]
 class ScriptedServer:
     """A TCP server whose every connection runs a test's handler."""
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, tls: bool = False) -> None:
         self.host = host
+        self.scheme = 'https' if tls else 'http'
         self.port = 0
         self.connections = 0
         self.requests: List[bytes] = []
@@ -697,10 +698,10 @@ class ScriptedServer:
         self._tasks: List[asyncio.Task] = []
 
     def url(self, path: str = '/') -> str:
-        return _url('http', self.host, self.port, path)
+        return _url(self.scheme, self.host, self.port, path)
 
     def url_for(self, hostname: str, path: str = '/') -> str:
-        return _url('http', hostname, self.port, path)
+        return _url(self.scheme, hostname, self.port, path)
 
 
 def answering_with(response: bytes) -> Handler:
@@ -714,14 +715,15 @@ def answering_with(response: bytes) -> Handler:
 
 
 @contextlib.asynccontextmanager
-async def scripted_server(handler: Handler, host: str = '127.0.0.1') -> AsyncIterator[
-        ScriptedServer]:
-    """Run `await handler(conn)` for each connection accepted on `host`, kernel-chosen port.
+async def scripted_server(handler: Handler, host: str = '127.0.0.1',
+                          tls: bool = False) -> AsyncIterator[ScriptedServer]:
+    """Run `await handler(conn)` for each connection accepted on `host`, kernel-chosen port;
+    with `tls`, behind asyncio's TLS with a certificate from `ca` (https:// URLs).
 
     Exceptions from the handler land in `server.errors` (assert it is empty). When the handler
     returns, the connection is closed gracefully unless the handler already closed or reset it.
     """
-    server = ScriptedServer(host)
+    server = ScriptedServer(host, tls)
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         server.connections += 1
@@ -742,7 +744,8 @@ async def scripted_server(handler: Handler, host: str = '127.0.0.1') -> AsyncIte
             conn.close()
 
     # A generous limit so tests of over-long headers control the length, not the server
-    tcp_server = await asyncio.start_server(on_connection, host, 0, limit=2 ** 24)
+    tcp_server = await asyncio.start_server(on_connection, host, 0, limit=2 ** 24,
+                                            ssl=server_ssl_context() if tls else None)
     server.port = tcp_server.sockets[0].getsockname()[1]
     try:
         yield server

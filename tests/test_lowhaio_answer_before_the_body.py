@@ -22,11 +22,8 @@ test_ecosystem_refused_bodies, with the ASGI servers).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 import ssl
-import struct
 from typing import AsyncIterator, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import pytest
@@ -113,83 +110,37 @@ BODIES: Dict[str, Callable[[], AsyncIterator[bytes]]] = {
 }
 
 
-class RefusingServer:
-    def __init__(self, tls: bool) -> None:
-        self.tls = tls
-        self.port = 0
-        self.connections = 0
-        self.errors: List[BaseException] = []
-
-    def url(self) -> str:
-        return '%s://127.0.0.1:%d/upload' % ('https' if self.tls else 'http', self.port)
-
-
-def end(writer: asyncio.StreamWriter, ending: str) -> None:
-    if ending == 'reset':
-        sock = writer.get_extra_info('socket')
-        # Linger on with a zero timeout: close() sends RST rather than FIN
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
-        writer.transport.abort()
-    else:
-        writer.close()
-
-
-@contextlib.asynccontextmanager
-async def refusing_server(answer: Answer, ending: str, tls: bool) -> AsyncIterator[
-        RefusingServer]:
-    """A server that reads a request's head and 1,000 bytes of its body, writes `answer`'s
-    pieces and ends as `ending` says; a GET it answers with 200 at once."""
-    server = RefusingServer(tls)
-    tasks: List[asyncio.Task] = []
-
-    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        server.connections += 1
-        task = asyncio.current_task()
-        assert task is not None
-        tasks.append(task)
+def refusing(answer: Answer, ending: str) -> support.Handler:
+    """A scripted server's handler that reads a request's head and 1,000 bytes of its body,
+    writes `answer`'s pieces and ends as `ending` says; a GET it answers with 200 at once."""
+    async def handler(conn: support.Connection) -> None:
         try:
-            head = await reader.readuntil(b'\r\n\r\n')
+            head = await conn.read_head()
             if head.startswith(b'GET '):
-                writer.write(OK)
-                await writer.drain()
+                conn.write(OK)
+                await conn.drain()
                 return
-            await reader.readexactly(1000)
+            await conn.read(1000)
             for i, piece in enumerate(answer.pieces):
                 if i:
                     await asyncio.sleep(0.02)
-                writer.write(piece)
-                await writer.drain()
+                conn.write(piece)
+                await conn.drain()
             if ending.startswith('fin-then-'):
-                writer.write_eof()
+                conn.half_close()
             if ending == 'fin-then-close':
                 await asyncio.sleep(0.05)
             elif ending == 'fin-then-wait':
                 await asyncio.sleep(60)  # the client goes first, or the test times out
             elif ending == 'fin-then-read':
-                while await reader.read(65536):
-                    pass
-            end(writer, ending)
+                await conn.read_until_eof()
+            if ending == 'reset':
+                conn.reset()
+            else:
+                conn.close()
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass  # the client may leave any way it likes: the test checks what it saw
-        except asyncio.CancelledError:
-            # Only the teardown cancels (a client that had its answer at the FIN is gone
-            # before the close), and the stream machinery must not see a cancelled task
-            pass
-        except Exception as exception:
-            server.errors.append(exception)
-        finally:
-            writer.close()
-
-    tcp_server = await asyncio.start_server(
-        on_connection, '127.0.0.1', 0, ssl=support.server_ssl_context() if tls else None)
-    server.port = tcp_server.sockets[0].getsockname()[1]
-    try:
-        yield server
-    finally:
-        tcp_server.close()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    return handler
 
 
 @pytest.fixture
@@ -208,21 +159,23 @@ async def test_the_answer_of_a_server_that_closes_on_the_body_is_returned(
         asyncio_warnings: Callable[[], List[str]]) -> None:
     expected = ANSWERS[answer]
     headers = ((b'content-length', b'%d' % BODY_SIZE),)
-    async with refusing_server(expected, ending, transport == 'tls') as server, \
+    async with support.scripted_server(refusing(expected, ending), tls=transport == 'tls') \
+            as server, \
             support.open_pool(get_ssl_context=support.client_ssl_context,
                               socket_timeout=10) as request:
         for _ in range(REPEATS):
             if expected.code is None:
                 with pytest.raises(HttpDataError) as caught:
-                    await request(b'POST', server.url(), headers=headers, body=BODIES[body])
+                    await request(b'POST', server.url('/upload'), headers=headers,
+                                  body=BODIES[body])
                 assert isinstance(caught.value.__cause__, ConnectionError)
                 continue
             code, response_headers, response = await request(
-                b'POST', server.url(), headers=headers, body=BODIES[body])
+                b'POST', server.url('/upload'), headers=headers, body=BODIES[body])
             assert (code, expected.header in response_headers, await buffered(response)) == \
                 (expected.code, True, expected.body)
         # Not one of the refused connections: a new one
-        code, _, response = await request(b'GET', server.url())
+        code, _, response = await request(b'GET', server.url('/'))
         assert (code, await buffered(response)) == (b'200', b'ok')
         assert server.connections == REPEATS + 1
     assert server.errors == []
@@ -234,12 +187,12 @@ async def test_a_body_left_unread_after_the_answer_fails_as_truncated() -> None:
     # whole), and reading its body fails, as for any body cut short
     answer = Answer((b'HTTP/1.1 413 Content Too Large\r\ncontent-length: 100\r\n\r\nonly',),
                     b'413')
-    async with refusing_server(answer, 'reset', False) as server, \
+    async with support.scripted_server(refusing(answer, 'reset')) as server, \
             support.open_pool(socket_timeout=10) as request:
         for _ in range(REPEATS):
             code, _, response = await request(
-                b'POST', server.url(), headers=((b'content-length', b'%d' % BODY_SIZE),),
-                body=large_chunks)
+                b'POST', server.url('/upload'), body=large_chunks,
+                headers=((b'content-length', b'%d' % BODY_SIZE),))
             assert code == b'413'
             with pytest.raises(HttpError):
                 await buffered(response)

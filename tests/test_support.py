@@ -145,6 +145,17 @@ async def test_scripted_server_sends_exact_bytes_and_records_requests() -> None:
     assert not server.unanswered
 
 
+async def test_scripted_server_speaks_tls_when_asked() -> None:
+    response = b'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi'
+    async with scripted_server(responding(response, then='close'), tls=True) as server:
+        request = b'GET / HTTP/1.1\r\nhost: a\r\n\r\n'
+        received = await raw_exchange(server.host, server.port, request,
+                                      ssl_context=client_ssl_context())
+    assert (received, server.requests, server.url('/x')) == \
+        (response, [request], 'https://127.0.0.1:%d/x' % server.port)
+    assert not server.errors
+
+
 async def test_scripted_server_reads_chunked_request_bodies_with_their_framing() -> None:
     request = (b'POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n'
                b'3\r\nabc\r\n0\r\n\r\n')
