@@ -1201,6 +1201,29 @@ _READ_SIZE = 128 * 1024 - 256
 _READS_NOW_MAX = 16
 
 
+def _read_what_the_socket_holds(sock: socket.socket, protocol: asyncio.Protocol) -> None:
+    """For connection_lost with an error, on asyncio's own socket transport: hand `protocol`
+    what the socket still holds.
+
+    A server that will not take a body (413, 401) answers and closes, and the upload then fails
+    with a reset or a broken pipe, often before the loop has read the answer. The kernel keeps
+    what arrived before the reset readable (Linux does), and asyncio's socket transport closes
+    its socket only after connection_lost: read now, the answer is not lost with the socket
+    (RFC 9112 §9.6 has the client read it). Up to the read high-water mark, as any read.
+    (uvloop closes the socket before it tells its protocol: there, what was read before the
+    failure is what there is.)"""
+    read = 0
+    try:
+        while read < _READ_HIGH_WATER:
+            data = sock.recv(_READ_SIZE)
+            if not data:
+                return
+            read += len(data)
+            protocol.data_received(data)
+    except OSError:
+        pass  # nothing more to read (BlockingIOError), or the reset itself
+
+
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection: a queue of received bytes, flow control both ways, and a
     single re-armed timer that serves every deadline, so that no timer is made per operation."""
@@ -1347,7 +1370,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         if exc is not None and not self.idle and self._read_transport is self.transport and \
                 self._read_transport is not None:
-            self._read_what_the_socket_holds(self._read_transport._sock)
+            _read_what_the_socket_holds(self._read_transport._sock, self)
         self._lost = True
         self._eof = True
         self._lost_exception = exc
@@ -1363,26 +1386,6 @@ class _Connection(asyncio.Protocol):
         if self.idle:
             self.idle = False
             self.on_idle_close(self)
-
-    def _read_what_the_socket_holds(self, sock: socket.socket) -> None:
-        # A server that will not take a body (413, 401) answers and closes, and the upload
-        # then fails with a reset or a broken pipe, often before the loop has read the answer.
-        # The kernel keeps what arrived before the reset readable (Linux does), and asyncio's
-        # socket transport closes its socket only after this callback: read it now, so that
-        # the answer is not lost with the socket (RFC 9112 §9.6 has the client read it). Up
-        # to the read high-water mark, as any read. (uvloop closes the socket before telling
-        # its protocol, and a TLS transport reports the loss after its socket is closed: for
-        # them, what was read before the failure is what there is.)
-        try:
-            while self._queued < _READ_HIGH_WATER:
-                data = sock.recv(_READ_SIZE)
-                if not data:
-                    return
-                self.received_any = True
-                self._queue.append(data)
-                self._queued += len(data)
-        except OSError:
-            pass  # nothing more to read (BlockingIOError), or the reset itself
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -2025,7 +2028,7 @@ class _TlsLayer(asyncio.Protocol):
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         if exc is not None and self.socket_beneath is not None and not self._closing and \
                 self._handshake is None and self.protocol is not None:
-            self._read_what_the_socket_holds(self.socket_beneath)
+            _read_what_the_socket_holds(self.socket_beneath, self)
         self._closing = True
         if self._handshake is not None:
             self._end_handshake(exc or ConnectionResetError('Connection lost during the TLS '
@@ -2033,20 +2036,6 @@ class _TlsLayer(asyncio.Protocol):
             return
         if self.protocol is not None:
             self.protocol.connection_lost(self._error or exc)
-
-    def _read_what_the_socket_holds(self, sock: socket.socket) -> None:
-        # As _Connection does for plain TCP: the records that arrived before the reset, read
-        # and handed up before the socket is closed (a server's answer to a refused body)
-        read = 0
-        try:
-            while read < _READ_HIGH_WATER and not self._closing:
-                data = sock.recv(_READ_SIZE)
-                if not data:
-                    return
-                read += len(data)
-                self.data_received(data)
-        except OSError:
-            pass  # nothing more to read (BlockingIOError), or the reset itself
 
     def pause_writing(self) -> None:
         self._paused_beneath = True

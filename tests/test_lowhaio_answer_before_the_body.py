@@ -16,7 +16,7 @@ answer while it sends, stop sending, and close. What users rely on:
 
 Then real servers: nginx and aiohttp.web, which read and discard a refused body before closing,
 so that the answer comes after the upload (hypercorn, which closes at once, is in
-test_ecosystem_refused_bodies, with the ASGI servers).
+test_servers_refusing_bodies, with the ASGI servers).
 """
 
 from __future__ import annotations
@@ -79,28 +79,22 @@ ENDINGS = {'tcp': ('reset', 'close', 'fin-then-close', 'fin-then-wait', 'fin-the
 CASES = [(transport, ending) for transport, endings in ENDINGS.items() for ending in endings]
 
 
-def large_chunks() -> AsyncIterator[bytes]:
-    async def body() -> AsyncIterator[bytes]:
-        for _ in range(BODY_SIZE // (64 * KIB)):
-            yield b'x' * (64 * KIB)
-    return body()
+async def large_chunks() -> AsyncIterator[bytes]:
+    for _ in range(BODY_SIZE // (64 * KIB)):
+        yield b'x' * (64 * KIB)
 
 
-def chunks_that_each_give_way() -> AsyncIterator[bytes]:
-    async def body() -> AsyncIterator[bytes]:
-        for _ in range(BODY_SIZE // (64 * KIB)):
-            await asyncio.sleep(0)
-            yield b'x' * (64 * KIB)
-    return body()
+async def chunks_that_each_give_way() -> AsyncIterator[bytes]:
+    for _ in range(BODY_SIZE // (64 * KIB)):
+        await asyncio.sleep(0)
+        yield b'x' * (64 * KIB)
 
 
-def small_chunks() -> AsyncIterator[bytes]:
+async def small_chunks() -> AsyncIterator[bytes]:
     # Gathered into large writes (see lowhaio's gather)
-    async def body() -> AsyncIterator[bytes]:
-        chunk = b'x' * KIB
-        for _ in range(BODY_SIZE // KIB):
-            yield chunk
-    return body()
+    chunk = b'x' * KIB
+    for _ in range(BODY_SIZE // KIB):
+        yield chunk
 
 
 BODIES: Dict[str, Callable[[], AsyncIterator[bytes]]] = {
