@@ -3,9 +3,9 @@ that answer, however the server then treats the body it left unread.
 
 hypercorn closes the connection with the body unread, so the rest of the upload meets a reset:
 before lowhaio read the answer that came before the reset, this was an HttpDataError every
-time. (uvicorn's answer came back before that change too.) The scripted cases of every order of events are in
-test_lowhaio_answer_before_the_body; these servers need the helpers' test requirements, so they
-run in the whole suite.
+time. (uvicorn's answer came back before that change too.) The scripted cases of every order
+of events are in test_lowhaio_answer_before_the_body; these servers need the helpers' test
+requirements, so they run in the whole suite.
 """
 
 from __future__ import annotations
