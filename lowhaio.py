@@ -1123,6 +1123,10 @@ def _no_op(_: Any) -> None:
     pass
 
 
+def _never() -> bool:
+    return False
+
+
 async def send_all(loop: asyncio.AbstractEventLoop, sock: Any, socket_timeout: float,
                    data: bytes) -> None:
     """Send all of `data` on a connection given to a `send_header`/`send_body` hook."""
@@ -1235,7 +1239,7 @@ class _Connection(asyncio.Protocol):
         '_write_paused', '_deadline', '_timer', '_timer_when', '_keep_alive_timeout',
         'received_any', '_drain_timeout', '_drain_size', 'lower_transports', '_flushing',
         '_sock', '_unsent', '_cork_sock', '_burst', '_corked', '_gathered',
-        '_read_transport', '_reads_now', '_last_full',
+        '_read_transport', '_reads_now', '_last_full', '_answer_seen',
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, key: Tuple[str, str, int],
@@ -1291,6 +1295,9 @@ class _Connection(asyncio.Protocol):
         self._read_transport: Any = None
         self._reads_now = 0
         self._last_full = False
+        # While a request's body is sent: how many of the received bytes (_queued) its sender
+        # has looked at for an answer that ends the upload (see drain); -1 while no one looks
+        self._answer_seen = -1
 
     # asyncio.Protocol callbacks
 
@@ -1352,6 +1359,10 @@ class _Connection(asyncio.Protocol):
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+        elif self._answer_seen >= 0:
+            # Bytes while the body is sent: perhaps an answer to it, which a sender waiting for
+            # room (from a server that no longer reads) must see
+            self._wake_drainer()
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -1684,19 +1695,30 @@ class _Connection(asyncio.Protocol):
         self._sock = None
         self.transport.write(data)
 
-    async def drain(self, socket_timeout: float) -> None:
+    async def drain(self, socket_timeout: float,
+                    answered: Callable[[], bool] = _never) -> bool:
+        """Wait until there is room to write more. With `answered`, also ask it, whenever bytes
+        arrive meanwhile, whether they end the upload (an answer refusing the body, from a
+        server that may never read it): if so, return True at once, with the room or not."""
         if self._lost:
             raise ConnectionResetError('Connection lost') from self._lost_exception
         # A closing transport took nothing (see write): wait for connection_lost, rather than
         # let a body that never waits run on to its end first
+        keep_deadline = False
         while self._unsent is not None or self._write_paused or self.transport.is_closing():
-            await self._wait_for_writes(socket_timeout)
+            await self._wait_for_writes(socket_timeout, keep_deadline)
+            # Bytes that arrived moved none of ours: the next wait keeps the deadline
+            keep_deadline = 0 <= self._answer_seen != self._queued
+            if keep_deadline and answered():
+                return True
+        return False
 
-    async def _wait_for_writes(self, socket_timeout: float) -> None:
+    async def _wait_for_writes(self, socket_timeout: float, keep_deadline: bool = False) -> None:
         now = self.loop.time()
-        self._drain_timeout = socket_timeout
-        self._drain_size = self.buffered_size()
-        self._deadline = now + socket_timeout
+        if not keep_deadline:
+            self._drain_timeout = socket_timeout
+            self._drain_size = self.buffered_size()
+            self._deadline = now + socket_timeout
         self._fire_by(now + min(socket_timeout / _DRAIN_CHECKS_PER_TIMEOUT,
                                 _FLUSH_POLL_INTERVAL if self._flushing else float('inf')))
         waiter = self._drain_waiter = self.loop.create_future()
@@ -1726,23 +1748,30 @@ class _Connection(asyncio.Protocol):
         # glibc's mmap threshold: page faults each time, and 1 MiB more peak memory.)
         tls_transport.set_write_buffer_limits(_WRITE_HIGH_WATER)
 
-    async def flush(self, socket_timeout: float) -> None:
+    async def flush(self, socket_timeout: float,
+                    answered: Callable[[], bool] = _never) -> bool:
         """Wait until every byte written has left for the kernel, with drain()'s rule: a
         timeout only after socket_timeout in which no byte moved. The request is sent only
-        then, and so only then may the wait for the response head start (as in 0.0.89)."""
+        then, and so only then may the wait for the response head start (as in 0.0.89).
+        `answered`, and what is returned, as for drain()."""
         if self._lost:
             raise ConnectionResetError('Connection lost') from self._lost_exception
         if self._gathered is not None:
             self._send_gathered()
         if not self.buffered_size():
-            return
+            return False
         # With no room allowed, the transport pauses while anything is buffered, and
         # resume_writing says when it is empty.
         self.transport.set_write_buffer_limits(0)
         self._flushing = True
+        keep_deadline = False
         try:
             while self.buffered_size():
-                await self._wait_for_writes(socket_timeout)
+                await self._wait_for_writes(socket_timeout, keep_deadline)
+                keep_deadline = 0 <= self._answer_seen != self._queued  # as in drain()
+                if keep_deadline and answered():
+                    return True
+            return False
         finally:
             self._flushing = False
             if not self._lost:
@@ -3700,12 +3729,19 @@ def Pool(
 
     # Sending and receiving
 
-    async def send_request(conn: _Connection, head: bytes, body: BodyFunction,
+    async def send_request(conn: _Connection, method: bytes, head: bytes, body: BodyFunction,
                            body_args: Sequence[Any], body_kwargs: Any,
-                           content_length: Optional[int]) -> None:
+                           content_length: Optional[int]) \
+            -> Optional[Tuple[Tuple[bytes, Headers, Framing], bytes]]:
+        """Send the head (if not sent yet: b'') and the body. Return None once all is sent;
+        or, if the server answered meanwhile so as to end the upload (see answers_the_upload),
+        that answer's parsed head and the bytes after it, the rest of the body unsent."""
         chunks = body(*body_args, **dict(body_kwargs))
         sent = 0
         pending = head
+        answered = answers_the_upload(conn)
+        stopped = False
+        conn._answer_seen = conn._queued
         try:
             async for chunk in chunks:
                 size = len(chunk)
@@ -3732,19 +3768,60 @@ def Pool(
                     # at a time, and a stream of tiny chunks stalled there (1-byte chunks).
                     # Not one gathered (see gather): it is in no transport's queue, and waiting
                     # here for each undid the gathering (1 KiB chunks, 3.13: 2.8 -> 1.8 us)
-                    await conn.flush(socket_timeout)
+                    if await conn.flush(socket_timeout, answered):
+                        stopped = True
+                        break
                 elif must_drain:
-                    await conn.drain(socket_timeout)
+                    if await conn.drain(socket_timeout, answered):
+                        stopped = True
+                        break
+                elif conn._answer_seen != conn._queued and answered():
+                    # (Bytes arrive only while the loop runs: seldom between two chunks)
+                    stopped = True
+                    break
+            else:
+                if pending:
+                    conn.write(pending)
+                if content_length is not None and sent != content_length:
+                    raise HttpDataError('Body shorter (%d bytes) than its content-length (%d)'
+                                        % (sent, content_length))
+                stopped = await conn.flush(socket_timeout, answered)
         finally:
+            conn._answer_seen = -1
             aclose = getattr(chunks, 'aclose', None)
             if aclose is not None:
                 await aclose()
-        if pending:
-            conn.write(pending)
-        if content_length is not None and sent != content_length:
-            raise HttpDataError('Body shorter (%d bytes) than its content-length (%d)'
-                                % (sent, content_length))
-        await conn.flush(socket_timeout)
+        if not stopped:
+            return None
+        conn._gathered = None  # the body ends here: its small chunks not written yet, too
+        return await answer_that_came(conn, method, conn.take() or b'')
+
+    def answers_the_upload(conn: _Connection) -> Callable[[], bool]:
+        """For a request whose body is being sent: a function that tells, when bytes have
+        arrived, whether they hold a whole final response that ends the upload, of status 300
+        or more (a refusal such as 413 or 401, a redirect). A server may send one as soon as it
+        has the head, and then never read the body: without this the upload would wait for
+        room until socket_timeout, with the answer in hand. RFC 9112 §9.6 has the client
+        watch for such an answer while it sends, and stop (curl stops so too). 1xx responses
+        are skipped; a 2xx does not end the upload (the server answers as it reads), and after
+        one the bytes are not looked at again."""
+        final_seen = False
+
+        def answered() -> bool:
+            nonlocal final_seen
+            conn._answer_seen = conn._queued
+            if final_seen:
+                return False
+            data = b''.join(conn._queue)
+            while True:
+                head = parse_response_head(data, max_header_length, max_header_count)
+                if head is None:
+                    return False
+                if head.code[0] != 49 or head.code == b'101':  # 49: b'1', as in receive_head
+                    final_seen = head.code[0] < 51  # 51: b'3'
+                    return not final_seen
+                data = data[head.length:]
+        return answered
 
     async def send_expecting_continue(
             conn: _Connection, method: bytes, head: bytes, body: BodyFunction,
@@ -3794,8 +3871,8 @@ def Pool(
             if not received:
                 raise early_close_error(conn, data)
             data += received
-        await send_request(conn, b'', body, body_args, body_kwargs, content_length)
-        return None
+        return await send_request(conn, method, b'', body, body_args, body_kwargs,
+                                  content_length)
 
     def early_close_error(conn: _Connection, data: bytes) -> HttpError:
         if not data and conn.reused and not conn.received_any:
@@ -3813,12 +3890,13 @@ def Pool(
     def response_without_sending_body(conn: _Connection,
                                       parsed: Tuple[bytes, Headers, Framing], rest: bytes) \
             -> Response:
-        """The response to a request whose body was not sent, as the server answered before
-        100 Continue. The connection is closed once the response is read: the server may read
-        the body it still expects from the connection (RFC 9110 §10.1.1 lets it choose between
-        that and closing, and a missing "connection: close" is only a SHOULD), so the next
-        request would be taken for that body. RFC 9112 §9.6, too, has a client that sees the
-        server refuse the body stop sending it and close."""
+        """The response to a request whose body was not sent, or not all, as the server
+        answered before 100 Continue or while it was sent (see answers_the_upload), or before
+        it closed (answer_before_the_close). The connection is closed once the response is
+        read: the server may read the body it still expects from the connection (RFC 9110
+        §10.1.1 lets it choose between that and closing, and a missing "connection: close" is
+        only a SHOULD), so the next request would be taken for that body. RFC 9112 §9.6, too,
+        has a client that sees the server refuse the body stop sending it and close."""
         code, response_headers, framing = parsed
         if framing.kind == NO_BODY or (framing.kind == CONTENT_LENGTH and
                                        len(rest) >= framing.length):
@@ -3851,13 +3929,18 @@ def Pool(
             return None
         try:
             # The connection is lost: this reads nothing more, and fails on a partial head
-            parsed, rest = await receive_head(conn, method, data,
-                                              loop.time() + response_head_timeout)
+            answer = await answer_that_came(conn, method, data)
         except HttpError:
             return None
-        code, response_headers, framing = parsed
-        return response_without_sending_body(
-            conn, (code, response_headers, _tuple_new(Framing, framing)), rest)
+        return response_without_sending_body(conn, *answer)
+
+    async def answer_that_came(conn: _Connection, method: bytes, data: bytes) \
+            -> Tuple[Tuple[bytes, Headers, Framing], bytes]:
+        """The final head at the start of `data`, parsed (more read if need be), and the bytes
+        after it: for an answer that came before the request was all sent."""
+        (code, response_headers, framing), rest = await receive_head(
+            conn, method, data, loop.time() + response_head_timeout)
+        return (code, response_headers, _tuple_new(Framing, framing)), rest
 
     async def send_request_with_hooks(conn: _Connection, method: bytes, url: str, params: Any,
                                       headers: Headers, body: BodyFunction,
@@ -4213,12 +4296,10 @@ def Pool(
                                               body_args, body_kwargs, request_logger)
             elif bodiless:
                 conn.transport.write(head)
-            elif not encoded.expects_continue:
-                await send_request(conn, head, body, body_args, body_kwargs,
-                                   encoded.content_length)
             else:
-                final = await send_expecting_continue(conn, method, head, body, body_args,
-                                                      body_kwargs, encoded.content_length)
+                final = await (send_expecting_continue if encoded.expects_continue else
+                               send_request)(conn, method, head, body, body_args,
+                                             body_kwargs, encoded.content_length)
                 if final is not None:
                     refused = response_without_sending_body(conn, *final)
                     return refused if recv_bufsize is None else \

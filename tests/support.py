@@ -574,6 +574,10 @@ class Connection:
         """Exactly `n` bytes (raises asyncio.IncompleteReadError on EOF before that)."""
         return await self._reader.readexactly(n)
 
+    async def read_some(self, n: int = 65536) -> bytes:
+        """Up to `n` bytes, as soon as there are any; b'' once the client has closed its side."""
+        return await self._reader.read(n)
+
     async def read_until_eof(self) -> bytes:
         """Everything the client sends until it closes its side."""
         return await self._reader.read()

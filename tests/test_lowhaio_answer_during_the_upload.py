@@ -1,0 +1,272 @@
+"""A server that answers while the request's body is still being sent, and does not close.
+
+A server that will not take a body (413 Content Too Large, 401 Unauthorized, a redirect) may
+answer as soon as it has the head. Then it either stops reading the connection, or reads the
+rest of the body and throws it away (nginx, aiohttp.web). RFC 9112 §9.6 has the client watch
+for such an answer while it sends, and stop. What users rely on:
+
+- an answer of 300 or more ends the upload. It is returned with its whole body, the rest of the
+  request's body is not sent and its generator is closed. This holds however the body is made,
+  over TCP and TLS, on both loops, and when the server never reads again and the body never
+  ends: the request never waits for socket_timeout;
+- 1xx responses before that answer do not end the upload, and a head is read whole, however it
+  arrives;
+- such a connection is not reused (the server may or may not go on reading the body): the next
+  request opens a new one;
+- a 2xx answer does not end the upload: the server wants the body (it answers as it reads). The
+  whole body reaches it, and the connection is reused;
+- bytes that are not a response fail the request with HttpProtocolError at once;
+- nothing is logged on the way.
+
+A server that answers and then closes is in test_lowhaio_answer_before_the_body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import AsyncIterator, Callable, Dict, List, NamedTuple, Tuple
+
+import pytest
+
+import support
+from lowhaio import HttpProtocolError, HttpTimeoutError, buffered
+
+KIB = 1024
+BODY_SIZE = 4 * KIB * KIB
+ENDLESS = 1 << 40  # the content-length sent with a body that never ends
+REPEATS = 5
+
+OK = b'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok'
+
+
+class Answer(NamedTuple):
+    pieces: Tuple[bytes, ...]  # written in turn, a moment apart
+    code: bytes
+    header: Tuple[bytes, bytes] = (b'', b'')  # one header the answer must carry
+    body: bytes = b''
+
+
+TOO_LARGE = b'HTTP/1.1 413 Content Too Large\r\ncontent-length: 17\r\n\r\nbody not accepted'
+# Each ends the upload
+REFUSALS: Dict[str, Answer] = {
+    'content-length': Answer((TOO_LARGE,), b'413', (b'content-length', b'17'),
+                             b'body not accepted'),
+    'chunked': Answer((b'HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Basic realm="x"\r\n'
+                       b'transfer-encoding: chunked\r\n\r\n5\r\nlog i\r\n7\r\nn first\r\n'
+                       b'0\r\n\r\n',),
+                      b'401', (b'www-authenticate', b'Basic realm="x"'), b'log in first'),
+    'redirect': Answer((b'HTTP/1.1 307 Temporary Redirect\r\nlocation: /elsewhere\r\n'
+                        b'content-length: 0\r\n\r\n',), b'307', (b'location', b'/elsewhere')),
+    'connection-close': Answer((b'HTTP/1.1 500 Internal Server Error\r\nconnection: close\r\n'
+                                b'content-length: 4\r\n\r\noops',),
+                               b'500', (b'connection', b'close'), b'oops'),
+    'after-100-continue': Answer((b'HTTP/1.1 100 Continue\r\n\r\n', TOO_LARGE), b'413',
+                                 (b'content-length', b'17'), b'body not accepted'),
+    'after-103-early-hints': Answer((b'HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n' +
+                                     TOO_LARGE,), b'413', (b'content-length', b'17'),
+                                    b'body not accepted'),
+    'in-pieces': Answer((TOO_LARGE[:20], TOO_LARGE[20:50], TOO_LARGE[50:]), b'413',
+                        (b'content-length', b'17'), b'body not accepted'),
+    # Its body arrives after the head, a moment later
+    'body-later': Answer((TOO_LARGE[:-5], TOO_LARGE[-5:]), b'413', (b'content-length', b'17'),
+                         b'body not accepted'),
+}
+ACCEPTED = Answer((b'HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nstored',), b'200',
+                  (b'content-length', b'6'), b'stored')
+
+# What the server does once it has answered: reads nothing more (the upload could only wait
+# for room, until socket_timeout, if it went on); or reads the rest of the body and throws it
+# away, until the client closes or the body ends
+AFTERWARDS = ('stops-reading', 'reads-on')
+
+
+class Generator(NamedTuple):
+    yielded: List[int]  # bytes yielded
+    closed: List[bool]  # whether its finally clause ran
+
+
+def large_chunks(total: int, made: Generator) -> Callable[[], AsyncIterator[bytes]]:
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            while made.yielded[0] < total:
+                made.yielded[0] += 64 * KIB
+                yield b'x' * (64 * KIB)
+        finally:
+            made.closed[0] = True
+    return body
+
+
+def chunks_that_each_give_way(total: int, made: Generator) -> Callable[[], AsyncIterator[bytes]]:
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            while made.yielded[0] < total:
+                await asyncio.sleep(0)
+                made.yielded[0] += 64 * KIB
+                yield b'x' * (64 * KIB)
+        finally:
+            made.closed[0] = True
+    return body
+
+
+def small_chunks(total: int, made: Generator) -> Callable[[], AsyncIterator[bytes]]:
+    # Gathered into large writes (see lowhaio's gather)
+    async def body() -> AsyncIterator[bytes]:
+        chunk = b'x' * KIB
+        try:
+            while made.yielded[0] < total:
+                made.yielded[0] += KIB
+                yield chunk
+        finally:
+            made.closed[0] = True
+    return body
+
+
+BODIES = {
+    'large-chunks': large_chunks,
+    'chunks-that-each-give-way': chunks_that_each_give_way,
+    'small-chunks': small_chunks,
+}
+
+
+class Received(NamedTuple):
+    bodies: List[int]  # bytes of each request's body the server read
+
+
+def answering_early(answer: Answer, afterwards: str, received: Received) -> support.Handler:
+    """A scripted server's handler that reads a request's head and 1,000 bytes of its body,
+    writes `answer`'s pieces, then does as `afterwards` says; a GET it answers at once."""
+    async def handler(conn: support.Connection) -> None:
+        while True:
+            head = await conn.read_head()
+            if not head:
+                return
+            if head.startswith(b'GET '):
+                conn.write(OK)
+                await conn.drain()
+                continue
+            length = int(re.search(rb'content-length: (\d+)', head, re.I).group(1))  # type: ignore[union-attr]
+            await conn.read(1000)
+            for i, piece in enumerate(answer.pieces):
+                if i:
+                    await asyncio.sleep(0.02)
+                conn.write(piece)
+                await conn.drain()
+            if afterwards == 'stops-reading':
+                await asyncio.sleep(60)  # the client goes first, or the test times out
+                return
+            read = 1000
+            while read < length:
+                data = await conn.read_some(min(length - read, 64 * KIB))
+                if not data:
+                    received.bodies.append(read)
+                    return
+                read += len(data)
+            received.bodies.append(read)
+    return handler
+
+
+@pytest.fixture
+def asyncio_warnings(caplog: pytest.LogCaptureFixture) -> Callable[[], List[str]]:
+    """What asyncio has logged at WARNING or above so far in the test."""
+    caplog.set_level(logging.WARNING, logger='asyncio')
+    return lambda: [record.getMessage() for record in caplog.records
+                    if record.name == 'asyncio' and record.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize('body', list(BODIES))
+@pytest.mark.parametrize('answer', list(REFUSALS))
+@pytest.mark.parametrize('afterwards', AFTERWARDS)
+@pytest.mark.parametrize('transport', ['tcp', 'tls'])
+async def test_an_answer_of_300_or_more_ends_the_upload(
+        transport: str, afterwards: str, answer: str, body: str,
+        asyncio_warnings: Callable[[], List[str]]) -> None:
+    expected = REFUSALS[answer]
+    # A body that never ends: only the answer can end it. (One that ends might fit whole in
+    # the sockets' buffers before the server, on the same loop, even answers.)
+    size = ENDLESS
+    received = Received([])
+    async with support.scripted_server(answering_early(expected, afterwards, received),
+                                       tls=transport == 'tls') as server, \
+            support.open_pool(get_ssl_context=support.client_ssl_context,
+                              socket_timeout=10) as request:
+        for _ in range(REPEATS):
+            made = Generator([0], [False])
+            code, response_headers, response = await request(
+                b'POST', server.url('/upload'), headers=((b'content-length', b'%d' % size),),
+                body=BODIES[body](size, made))
+            assert (code, expected.header in response_headers, await buffered(response),
+                    made.closed[0]) == (expected.code, True, expected.body, True)
+        # Not one of those connections: a new one
+        code, _, response = await request(b'GET', server.url('/'))
+        assert (code, await buffered(response)) == (b'200', b'ok')
+        assert server.connections == REPEATS + 1
+    assert server.errors == []
+    assert asyncio_warnings() == []
+
+
+@pytest.mark.parametrize('body', list(BODIES))
+@pytest.mark.parametrize('transport', ['tcp', 'tls'])
+async def test_a_2xx_answer_does_not_end_the_upload(
+        transport: str, body: str, asyncio_warnings: Callable[[], List[str]]) -> None:
+    received = Received([])
+    async with support.scripted_server(answering_early(ACCEPTED, 'reads-on', received),
+                                       tls=transport == 'tls') as server, \
+            support.open_pool(get_ssl_context=support.client_ssl_context,
+                              socket_timeout=10) as request:
+        for _ in range(REPEATS):
+            made = Generator([0], [False])
+            code, response_headers, response = await request(
+                b'POST', server.url('/upload'),
+                headers=((b'content-length', b'%d' % BODY_SIZE),),
+                body=BODIES[body](BODY_SIZE, made))
+            assert (code, await buffered(response), made.yielded[0]) == \
+                (b'200', b'stored', BODY_SIZE)
+        code, _, response = await request(b'GET', server.url('/'))
+        assert (code, await buffered(response)) == (b'200', b'ok')
+        # Every body whole, and all on one connection
+        assert (received.bodies, server.connections) == ([BODY_SIZE] * REPEATS, 1)
+    assert server.errors == []
+    assert asyncio_warnings() == []
+
+
+@pytest.mark.parametrize('afterwards', AFTERWARDS)
+@pytest.mark.parametrize('bytes_sent', [b'garbage\r\n\r\n', b'HTTP/1.1 abc\r\n\r\n',
+                                        b'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 abc\r\n\r\n'])
+async def test_bytes_that_are_not_a_response_fail_the_upload(
+        afterwards: str, bytes_sent: bytes) -> None:
+    received = Received([])
+    async with support.scripted_server(
+            answering_early(Answer((bytes_sent,), b''), afterwards, received)) as server, \
+            support.open_pool(socket_timeout=10) as request:
+        for _ in range(REPEATS):
+            made = Generator([0], [False])
+            with pytest.raises(HttpProtocolError):
+                await request(b'POST', server.url('/upload'),
+                              headers=((b'content-length', b'%d' % ENDLESS),),
+                              body=large_chunks(ENDLESS, made))
+            assert made.closed[0]
+        assert server.connections == REPEATS
+
+
+async def test_bytes_trickling_in_do_not_keep_a_stalled_upload_alive() -> None:
+    # A server that never reads, and sends a head a byte at a time that it never finishes:
+    # what it sends moves none of the body, so the upload still times out after
+    # socket_timeout with no byte of it moving (without this rule it would never end)
+    async def handler(conn: support.Connection) -> None:
+        await conn.read_head()
+        conn.write(b'HTTP/1.1 413 Content Too Large\r\nx-slow: ')
+        while True:
+            await asyncio.sleep(0.1)
+            conn.write(b'x')
+
+    async with support.scripted_server(handler) as server, \
+            support.open_pool(socket_timeout=1) as request:
+        for _ in range(3):
+            made = Generator([0], [False])
+            with pytest.raises(HttpTimeoutError) as caught:
+                await request(b'POST', server.url('/upload'),
+                              headers=((b'content-length', b'%d' % ENDLESS),),
+                              body=large_chunks(ENDLESS, made))
+            assert ('sending the request' in str(caught.value), made.closed[0]) == (True, True)
