@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 import pathlib
 import sys
@@ -84,6 +85,14 @@ def nginx() -> Iterator[support.Nginx]:
         pytest.skip('nginx is not installed (scripts/test installs it)')
     with support.Nginx() as server:
         yield server
+
+
+@pytest.fixture
+def asyncio_warnings(caplog: pytest.LogCaptureFixture) -> Callable[[], List[str]]:
+    """What asyncio has logged at WARNING or above so far in the test."""
+    caplog.set_level(logging.WARNING, logger='asyncio')
+    return lambda: [record.getMessage() for record in caplog.records
+                    if record.name == 'asyncio' and record.levelno >= logging.WARNING]
 
 
 # Test modules whose tests hold the client to wall-clock bounds (deadlines, timeouts, delays

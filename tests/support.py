@@ -592,6 +592,14 @@ class Connection:
     async def drain(self) -> None:
         await self._writer.drain()
 
+    async def write_in_turn(self, pieces: Sequence[bytes], delay: float = 0.02) -> None:
+        """Write each of `pieces`, `delay` seconds apart, so that the client gets them apart."""
+        for i, piece in enumerate(pieces):
+            if i:
+                await asyncio.sleep(delay)
+            self._writer.write(piece)
+            await self._writer.drain()
+
     async def write_slowly(self, data: bytes, chunk_size: int = 1, delay: float = 0.01) -> None:
         """Send `data` a few bytes at a time, so the client sees it arrive in pieces."""
         for start in range(0, len(data), chunk_size):

@@ -22,7 +22,6 @@ test_servers_refusing_bodies, with the ASGI servers).
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
 from typing import AsyncIterator, Callable, Dict, List, NamedTuple, Optional, Tuple
 
@@ -115,11 +114,7 @@ def refusing(answer: Answer, ending: str) -> support.Handler:
                 await conn.drain()
                 return
             await conn.read(1000)
-            for i, piece in enumerate(answer.pieces):
-                if i:
-                    await asyncio.sleep(0.02)
-                conn.write(piece)
-                await conn.drain()
+            await conn.write_in_turn(answer.pieces)
             if ending.startswith('fin-then-'):
                 conn.half_close()
             if ending == 'fin-then-close':
@@ -135,14 +130,6 @@ def refusing(answer: Answer, ending: str) -> support.Handler:
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass  # the client may leave any way it likes: the test checks what it saw
     return handler
-
-
-@pytest.fixture
-def asyncio_warnings(caplog: pytest.LogCaptureFixture) -> Callable[[], List[str]]:
-    """What asyncio has logged at WARNING or above so far in the test."""
-    caplog.set_level(logging.WARNING, logger='asyncio')
-    return lambda: [record.getMessage() for record in caplog.records
-                    if record.name == 'asyncio' and record.levelno >= logging.WARNING]
 
 
 @pytest.mark.parametrize('body', list(BODIES))

@@ -24,9 +24,9 @@ A server that answers and then closes is in test_lowhaio_answer_before_the_body.
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
 import re
-from typing import AsyncIterator, Callable, Dict, List, NamedTuple, Tuple
+from typing import Any, AsyncIterator, Callable, Dict, List, NamedTuple, Tuple
 
 import pytest
 
@@ -87,46 +87,29 @@ class Generator(NamedTuple):
     closed: List[bool]  # whether its finally clause ran
 
 
-def large_chunks(total: int, made: Generator) -> Callable[[], AsyncIterator[bytes]]:
+def body_of(kind: str, total: int, made: Generator) -> Callable[[], AsyncIterator[bytes]]:
+    """A body function of `total` bytes (at least) in chunks of the `kind` BODIES names."""
+    size, gives_way = BODIES[kind]
+
     async def body() -> AsyncIterator[bytes]:
+        chunk = b'x' * size
         try:
             while made.yielded[0] < total:
-                made.yielded[0] += 64 * KIB
-                yield b'x' * (64 * KIB)
-        finally:
-            made.closed[0] = True
-    return body
-
-
-def chunks_that_each_give_way(total: int, made: Generator) -> Callable[[], AsyncIterator[bytes]]:
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            while made.yielded[0] < total:
-                await asyncio.sleep(0)
-                made.yielded[0] += 64 * KIB
-                yield b'x' * (64 * KIB)
-        finally:
-            made.closed[0] = True
-    return body
-
-
-def small_chunks(total: int, made: Generator) -> Callable[[], AsyncIterator[bytes]]:
-    # Gathered into large writes (see lowhaio's gather)
-    async def body() -> AsyncIterator[bytes]:
-        chunk = b'x' * KIB
-        try:
-            while made.yielded[0] < total:
-                made.yielded[0] += KIB
+                if gives_way:
+                    await asyncio.sleep(0)
+                made.yielded[0] += size
                 yield chunk
         finally:
             made.closed[0] = True
     return body
 
 
+# The size of each chunk, and whether the generator gives way to the loop before each. Small
+# chunks are gathered into large writes (see lowhaio's gather).
 BODIES = {
-    'large-chunks': large_chunks,
-    'chunks-that-each-give-way': chunks_that_each_give_way,
-    'small-chunks': small_chunks,
+    'large-chunks': (64 * KIB, False),
+    'chunks-that-each-give-way': (64 * KIB, True),
+    'small-chunks': (KIB, False),
 }
 
 
@@ -148,11 +131,7 @@ def answering_early(answer: Answer, afterwards: str, received: Received) -> supp
                 continue
             length = int(re.search(rb'content-length: (\d+)', head, re.I).group(1))  # type: ignore[union-attr]
             await conn.read(1000)
-            for i, piece in enumerate(answer.pieces):
-                if i:
-                    await asyncio.sleep(0.02)
-                conn.write(piece)
-                await conn.drain()
+            await conn.write_in_turn(answer.pieces)
             if afterwards == 'stops-reading':
                 await asyncio.sleep(60)  # the client goes first, or the test times out
                 return
@@ -167,12 +146,14 @@ def answering_early(answer: Answer, afterwards: str, received: Received) -> supp
     return handler
 
 
-@pytest.fixture
-def asyncio_warnings(caplog: pytest.LogCaptureFixture) -> Callable[[], List[str]]:
-    """What asyncio has logged at WARNING or above so far in the test."""
-    caplog.set_level(logging.WARNING, logger='asyncio')
-    return lambda: [record.getMessage() for record in caplog.records
-                    if record.name == 'asyncio' and record.levelno >= logging.WARNING]
+@contextlib.asynccontextmanager
+async def serving(handler: support.Handler, transport: str) \
+        -> AsyncIterator[Tuple[support.ScriptedServer, Any]]:
+    """A scripted server over `transport` (tcp or tls), and a pool's request function."""
+    async with support.scripted_server(handler, tls=transport == 'tls') as server, \
+            support.open_pool(get_ssl_context=support.client_ssl_context,
+                              socket_timeout=10) as request:
+        yield server, request
 
 
 @pytest.mark.parametrize('body', list(BODIES))
@@ -187,15 +168,13 @@ async def test_an_answer_of_300_or_more_ends_the_upload(
     # the sockets' buffers before the server, on the same loop, even answers.)
     size = ENDLESS
     received = Received([])
-    async with support.scripted_server(answering_early(expected, afterwards, received),
-                                       tls=transport == 'tls') as server, \
-            support.open_pool(get_ssl_context=support.client_ssl_context,
-                              socket_timeout=10) as request:
+    async with serving(answering_early(expected, afterwards, received), transport) \
+            as (server, request):
         for _ in range(REPEATS):
             made = Generator([0], [False])
             code, response_headers, response = await request(
                 b'POST', server.url('/upload'), headers=((b'content-length', b'%d' % size),),
-                body=BODIES[body](size, made))
+                body=body_of(body, size, made))
             assert (code, expected.header in response_headers, await buffered(response),
                     made.closed[0]) == (expected.code, True, expected.body, True)
         # Not one of those connections: a new one
@@ -211,16 +190,14 @@ async def test_an_answer_of_300_or_more_ends_the_upload(
 async def test_a_2xx_answer_does_not_end_the_upload(
         transport: str, body: str, asyncio_warnings: Callable[[], List[str]]) -> None:
     received = Received([])
-    async with support.scripted_server(answering_early(ACCEPTED, 'reads-on', received),
-                                       tls=transport == 'tls') as server, \
-            support.open_pool(get_ssl_context=support.client_ssl_context,
-                              socket_timeout=10) as request:
+    async with serving(answering_early(ACCEPTED, 'reads-on', received), transport) \
+            as (server, request):
         for _ in range(REPEATS):
             made = Generator([0], [False])
             code, response_headers, response = await request(
                 b'POST', server.url('/upload'),
                 headers=((b'content-length', b'%d' % BODY_SIZE),),
-                body=BODIES[body](BODY_SIZE, made))
+                body=body_of(body, BODY_SIZE, made))
             assert (code, await buffered(response), made.yielded[0]) == \
                 (b'200', b'stored', BODY_SIZE)
         code, _, response = await request(b'GET', server.url('/'))
@@ -245,7 +222,7 @@ async def test_bytes_that_are_not_a_response_fail_the_upload(
             with pytest.raises(HttpProtocolError):
                 await request(b'POST', server.url('/upload'),
                               headers=((b'content-length', b'%d' % ENDLESS),),
-                              body=large_chunks(ENDLESS, made))
+                              body=body_of('large-chunks', ENDLESS, made))
             assert made.closed[0]
         assert server.connections == REPEATS
 
@@ -268,5 +245,5 @@ async def test_bytes_trickling_in_do_not_keep_a_stalled_upload_alive() -> None:
             with pytest.raises(HttpTimeoutError) as caught:
                 await request(b'POST', server.url('/upload'),
                               headers=((b'content-length', b'%d' % ENDLESS),),
-                              body=large_chunks(ENDLESS, made))
+                              body=body_of('large-chunks', ENDLESS, made))
             assert ('sending the request' in str(caught.value), made.closed[0]) == (True, True)
