@@ -1769,7 +1769,9 @@ class _Connection(asyncio.Protocol):
             while self.buffered_size():
                 await self._wait_for_writes(socket_timeout, keep_deadline)
                 keep_deadline = 0 <= self._answer_seen != self._queued  # as in drain()
-                if keep_deadline and answered():
+                # All sent by now (a TLS flush learns it only when it looks): the answer is
+                # then to a whole request, and is read as any
+                if keep_deadline and self.buffered_size() and answered():
                     return True
             return False
         finally:

@@ -247,3 +247,29 @@ async def test_bytes_trickling_in_do_not_keep_a_stalled_upload_alive() -> None:
                               headers=((b'content-length', b'%d' % ENDLESS),),
                               body=body_of('large-chunks', ENDLESS, made))
             assert ('sending the request' in str(caught.value), made.closed[0]) == (True, True)
+
+
+@pytest.mark.parametrize('body', list(BODIES))
+@pytest.mark.parametrize('transport', ['tcp', 'tls'])
+async def test_an_answer_after_the_whole_body_keeps_the_connection(transport: str,
+                                                                   body: str) -> None:
+    # An error answered once the body is all read, as most are: the request was whole, and
+    # the connection goes on (even though the client may still be waiting to learn that its
+    # last bytes left, as a TLS flush does, when the answer comes)
+    sizes: List[int] = []
+
+    async def handler(conn: support.Connection) -> None:
+        while True:
+            request_bytes = await conn.read_request()
+            if not request_bytes:
+                return
+            sizes.append(len(request_bytes) - len(request_bytes.split(b'\r\n\r\n', 1)[0]) - 4)
+            conn.write(b'HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\n\r\nnot found')
+
+    async with serving(handler, transport) as (server, request):
+        for _ in range(REPEATS * 4):
+            code, _, response = await request(
+                b'POST', server.url('/upload'), headers=((b'content-length', b'%d' % BODY_SIZE),),
+                body=body_of(body, BODY_SIZE, Generator([0], [False])))
+            assert (code, await buffered(response)) == (b'404', b'not found')
+        assert (sizes, server.connections) == ([BODY_SIZE] * REPEATS * 4, 1)
