@@ -1605,10 +1605,13 @@ class _Connection(asyncio.Protocol):
         if self._lost:
             raise ConnectionResetError('Connection lost')
         if not self._burst:
-            # The first in a row is written at once: the loop may well run before the next
+            # The first in a row is written at once: the loop may well run before the next.
+            # The loop ran since the last (the burst ended): if bytes arrived meanwhile, the
+            # sender must drain(), which looks at them (see drain). (Checked here, not for
+            # every chunk: it would cost 2% of a 1 KiB chunk.)
             self._burst = True
             self.loop.call_soon(self._end_burst)
-            return self.write(data)
+            return self.write(data) or 0 <= self._answer_seen != self._queued
         gathered = self._gathered
         if gathered is None:
             self._gathered = bytearray(data)
@@ -1698,10 +1701,13 @@ class _Connection(asyncio.Protocol):
     async def drain(self, socket_timeout: float,
                     answered: Callable[[], bool] = _never) -> bool:
         """Wait until there is room to write more. With `answered`, also ask it, whenever bytes
-        arrive meanwhile, whether they end the upload (an answer refusing the body, from a
-        server that may never read it): if so, return True at once, with the room or not."""
+        have arrived since it was last asked, whether they end the upload (an answer refusing
+        the body, from a server that may never read it): if so, return True at once, with the
+        room or not."""
         if self._lost:
             raise ConnectionResetError('Connection lost') from self._lost_exception
+        if 0 <= self._answer_seen != self._queued and answered():
+            return True
         # A closing transport took nothing (see write): wait for connection_lost, rather than
         # let a body that never waits run on to its end first
         keep_deadline = False
@@ -1760,6 +1766,8 @@ class _Connection(asyncio.Protocol):
             self._send_gathered()
         if not self.buffered_size():
             return False
+        if 0 <= self._answer_seen != self._queued and answered():
+            return True
         # With no room allowed, the transport pauses while anything is buffered, and
         # resume_writing says when it is empty.
         self.transport.set_write_buffer_limits(0)
@@ -3760,9 +3768,11 @@ def Pool(
                         pending = b''
                     must_drain = conn.write(chunk)
                 elif size < _GATHER_BELOW:
-                    must_drain = conn.gather(chunk)
+                    must_drain = conn.gather(chunk)  # (or bytes arrived: see gather)
                 else:
-                    must_drain = conn.write(chunk)
+                    # Or bytes arrived (while the loop ran: seldom between two chunks), which
+                    # drain() looks at
+                    must_drain = conn.write(chunk) or conn._answer_seen != conn._queued
                 if one_small_chunk_at_a_time and size < _SMALL_CHUNK and \
                         conn._gathered is None and conn.buffered_size():
                     # A small chunk queued behind others is sent before the next is taken:
@@ -3777,10 +3787,6 @@ def Pool(
                     if await conn.drain(socket_timeout, answered):
                         stopped = True
                         break
-                elif conn._answer_seen != conn._queued and answered():
-                    # (Bytes arrive only while the loop runs: seldom between two chunks)
-                    stopped = True
-                    break
             else:
                 if pending:
                     conn.write(pending)

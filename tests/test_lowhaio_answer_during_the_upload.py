@@ -110,6 +110,7 @@ BODIES = {
     'large-chunks': (64 * KIB, False),
     'chunks-that-each-give-way': (64 * KIB, True),
     'small-chunks': (KIB, False),
+    'small-chunks-that-each-give-way': (KIB, True),
 }
 
 
