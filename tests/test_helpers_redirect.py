@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from typing import List, Tuple
 
 import pytest
 from aiohttp import web
+import support
 from support import web_server
 
 from lowhaio import HttpError, Pool, buffered, streamed
@@ -427,3 +430,42 @@ async def test_head_redirect_with_content_length_but_no_body_does_not_hang(reque
         assert (code, await buffered(body)) == (b'200', b'')
     assert dict(headers)[b'content-length'] == b'50'
     assert seen.last[0] == 'HEAD'
+
+
+@pytest.mark.parametrize('status', [b'307', b'308'])
+async def test_a_redirect_while_the_body_is_sent_sends_it_whole_to_the_new_location(status):
+    # The server redirects as soon as it has the head, and reads no more of that body: the
+    # upload stops there (lowhaio returns the answer), and the body, made again, goes whole to
+    # the new location
+    size = 32 * 1024 * 1024
+    chunk = bytes(range(256)) * 256  # 64 KiB
+    received = []
+
+    async def handler(conn):
+        head = await conn.read_head()
+        if head.startswith(b'POST /upload '):
+            await conn.read(1000)
+            conn.write(b'HTTP/1.1 %s Moved\r\nlocation: /elsewhere\r\ncontent-length: 0\r\n\r\n'
+                       % status)
+            await asyncio.sleep(60)  # reads nothing more, and the client goes first
+            return
+        digest, left = hashlib.sha256(), size
+        while left:
+            data = await conn.read_some(min(left, 65536))
+            digest.update(data)
+            left -= len(data)
+        received.append(digest.hexdigest())
+        conn.write(b'HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nstored')
+        await conn.drain()
+
+    async def body():
+        for _ in range(size // len(chunk)):
+            yield chunk
+
+    async with support.scripted_server(handler) as server, \
+            support.open_pool(socket_timeout=10) as request:
+        code, _, response = await redirectable(request)(
+            b'POST', server.url('/upload'), body=body,
+            headers=((b'content-length', b'%d' % size),))
+        assert (code, await buffered(response)) == (b'200', b'stored')
+    assert received == [hashlib.sha256(chunk * (size // len(chunk))).hexdigest()]
