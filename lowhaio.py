@@ -3821,7 +3821,7 @@ def Pool(
             if final_seen:
                 return False
             data = b''.join(conn._queue)
-            while True:
+            for _ in range(_MAX_INFORMATIONAL_RESPONSES + 1):
                 head = parse_response_head(data, max_header_length, max_header_count)
                 if head is None:
                     return False
@@ -3829,6 +3829,9 @@ def Pool(
                     final_seen = head.code[0] < 51  # 51: b'3'
                     return not final_seen
                 data = data[head.length:]
+            # (As receive_head would, later; and each arrival parses them all again)
+            raise HttpProtocolError('More than %d informational (1xx) responses'
+                                    % (_MAX_INFORMATIONAL_RESPONSES,))
         return answered
 
     async def send_expecting_continue(

@@ -210,8 +210,12 @@ async def test_a_2xx_answer_does_not_end_the_upload(
 
 
 @pytest.mark.parametrize('afterwards', AFTERWARDS)
-@pytest.mark.parametrize('bytes_sent', [b'garbage\r\n\r\n', b'HTTP/1.1 abc\r\n\r\n',
-                                        b'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 abc\r\n\r\n'])
+@pytest.mark.parametrize('bytes_sent', [
+    b'garbage\r\n\r\n', b'HTTP/1.1 abc\r\n\r\n',
+    b'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 abc\r\n\r\n',
+    # More interim responses than any final one follows (each arrival would parse them all)
+    b'HTTP/1.1 103 Early Hints\r\n\r\n' * 17,
+])
 async def test_bytes_that_are_not_a_response_fail_the_upload(
         afterwards: str, bytes_sent: bytes) -> None:
     received = Received([])
