@@ -1611,7 +1611,7 @@ class _Connection(asyncio.Protocol):
             # every chunk: it would cost 2% of a 1 KiB chunk.)
             self._burst = True
             self.loop.call_soon(self._end_burst)
-            return self.write(data) or 0 <= self._answer_seen != self._queued
+            return self.write(data) or self.bytes_unseen()
         gathered = self._gathered
         if gathered is None:
             self._gathered = bytearray(data)
@@ -1706,7 +1706,7 @@ class _Connection(asyncio.Protocol):
         room or not."""
         if self._lost:
             raise ConnectionResetError('Connection lost') from self._lost_exception
-        if 0 <= self._answer_seen != self._queued and answered():
+        if self.bytes_unseen() and answered():
             return True
         # A closing transport took nothing (see write): wait for connection_lost, rather than
         # let a body that never waits run on to its end first
@@ -1714,10 +1714,15 @@ class _Connection(asyncio.Protocol):
         while self._unsent is not None or self._write_paused or self.transport.is_closing():
             await self._wait_for_writes(socket_timeout, keep_deadline)
             # Bytes that arrived moved none of ours: the next wait keeps the deadline
-            keep_deadline = 0 <= self._answer_seen != self._queued
+            keep_deadline = self.bytes_unseen()
             if keep_deadline and answered():
                 return True
         return False
+
+    def bytes_unseen(self) -> bool:
+        """Whether bytes arrived, while a body is sent, that its sender has not looked at yet
+        for an answer that ends the upload (see drain)."""
+        return 0 <= self._answer_seen != self._queued
 
     async def _wait_for_writes(self, socket_timeout: float, keep_deadline: bool = False) -> None:
         now = self.loop.time()
@@ -1766,7 +1771,7 @@ class _Connection(asyncio.Protocol):
             self._send_gathered()
         if not self.buffered_size():
             return False
-        if 0 <= self._answer_seen != self._queued and answered():
+        if self.bytes_unseen() and answered():
             return True
         # With no room allowed, the transport pauses while anything is buffered, and
         # resume_writing says when it is empty.
@@ -1776,7 +1781,7 @@ class _Connection(asyncio.Protocol):
         try:
             while self.buffered_size():
                 await self._wait_for_writes(socket_timeout, keep_deadline)
-                keep_deadline = 0 <= self._answer_seen != self._queued  # as in drain()
+                keep_deadline = self.bytes_unseen()  # as in drain()
                 # All sent by now (a TLS flush learns it only when it looks): the answer is
                 # then to a whole request, and is read as any
                 if keep_deadline and self.buffered_size() and answered():
@@ -3772,7 +3777,7 @@ def Pool(
                 else:
                     # Or bytes arrived (while the loop ran: seldom between two chunks), which
                     # drain() looks at
-                    must_drain = conn.write(chunk) or conn._answer_seen != conn._queued
+                    must_drain = conn.write(chunk) or conn.bytes_unseen()
                 if one_small_chunk_at_a_time and size < _SMALL_CHUNK and \
                         conn._gathered is None and conn.buffered_size():
                     # A small chunk queued behind others is sent before the next is taken:
