@@ -63,6 +63,9 @@ async def empty_body(*_: Any, **__: Any) -> AsyncIterator[bytes]:
     yield  # pylint: disable=unreachable
 
 
+empty_async_iterator = empty_body  # the name in lowhaio-aws-sigv4 0.0.4
+
+
 def utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
@@ -151,6 +154,28 @@ async def sign(credentials: Credentials, service: str, region: str, when: dateti
         access_key_id, secret_access_key, service, region, timestamp,
         method.decode('ascii'), url, headers, payload_hash)
     return url, headers + ((b'authorization', authorization.encode('ascii')),)
+
+
+def aws_sigv4_headers(access_key_id: str, secret_access_key: str, pre_auth_headers: Headers,
+                      service: str, region: str, host: str, method: Union[str, bytes],
+                      path: str, params: Params, body_hash: str, *,
+                      now: Now = utc_now) -> Headers:
+    """lowhaio-aws-sigv4 0.0.4's signing function, for code that calls it itself:
+    authorization, x-amz-date and x-amz-content-sha256 (body_hash: the payload's SHA-256 in
+    hex, or UNSIGNED-PAYLOAD), then pre_auth_headers, for a request whose host header will be
+    `host` and whose URL has `path` and the query of `params`. All of them are signed, and
+    host, which the caller's client sends. The path and query are signed in their canonical
+    forms, which AWS compares with, whatever form the URL sent has."""
+    timestamp = as_utc(now()).strftime('%Y%m%dT%H%M%SZ')
+    url = url_with_canonical_query(urllib.parse.urlunsplit(('https', host, path, '', '')), params)
+    signing_headers = ((b'x-amz-date', timestamp.encode('ascii')),
+                       (b'x-amz-content-sha256', body_hash.encode('ascii')))
+    authorization = authorization_header(
+        access_key_id, secret_access_key, service, region, timestamp, as_text(method), url,
+        tuple(pre_auth_headers) + ((b'host', host.encode('idna')),) + signing_headers,
+        body_hash)
+    return ((b'authorization', authorization.encode('ascii')),) + signing_headers + \
+        tuple(pre_auth_headers)
 
 
 def as_utc(when: datetime.datetime) -> datetime.datetime:

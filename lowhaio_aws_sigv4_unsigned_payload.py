@@ -18,12 +18,14 @@ from lowhaio_aws_sigv4 import (
     UNSIGNED_PAYLOAD,
     Credentials,
     Now,
+    aws_sigv4_headers,
+    empty_async_iterator,
     empty_body,
     sign,
     utc_now,
 )
 
-__all__ = ['UNSIGNED_PAYLOAD', 'signed']
+__all__ = ['UNSIGNED_PAYLOAD', 'aws_sigv4_headers', 'empty_async_iterator', 'signed']
 
 
 def signed(request: Request, credentials: Credentials, service: str, region: str, *,

@@ -22,7 +22,7 @@ from typing import (
     Tuple,
 )
 
-from lowhaio import (
+from lowhaio import (  # buffered and empty_async_iterator: lowhaio-redirect 0.0.1 had them
     BodyFunction,
     BodyKwargs,
     Headers,
@@ -31,6 +31,8 @@ from lowhaio import (
     Request,
     Response,
     ResponseBody,
+    buffered as buffered,
+    empty_async_iterator as empty_async_iterator,
 )
 
 # What the next request is made of: method, body function, body_args, body_kwargs, headers
@@ -45,6 +47,7 @@ TransformHeaders = Callable[[Headers, Optional[str], Optional[str]], Headers]
 DEFAULT_PORTS: Dict[str, int] = {'http': 80, 'https': 443}
 CREDENTIAL_HEADERS: FrozenSet[bytes] = frozenset((
     b'authorization', b'cookie', b'proxy-authorization'))
+CREDENTIAL_AND_HOST_HEADERS: FrozenSet[bytes] = CREDENTIAL_HEADERS | {b'host'}
 BODY_HEADERS: FrozenSet[bytes] = frozenset((
     b'content-length', b'transfer-encoding', b'content-type'))
 # A redirect response's body is read to its end so the connection can be reused, but only
@@ -152,6 +155,7 @@ def redirectable(request: Request,
         each redirect, returning the headers of the next request; by default they are kept.
     strip_credentials_on_origin_change: authorization, cookie and proxy-authorization are
         dropped, before transform_headers is called, when the scheme, host or port changes.
+        A host header is dropped then in any case: the next request's comes from its URL.
 
     `params` are sent with the first request only: a Location is a full URL reference, so it
     already carries whatever query string the server wants.
@@ -181,8 +185,12 @@ def redirectable(request: Request,
                     f'More than {max_redirects} redirects, last from {url}')
 
             next_url = resolve_location(url_with_params(url, params), location)
-            if strip_credentials_on_origin_change and origin(url) != origin(next_url):
-                headers = without_headers(headers, CREDENTIAL_HEADERS)
+            if origin(url) != origin(next_url):
+                # A host the caller set names the origin it was set for: the next one is named
+                # by its URL, as when no host was given
+                headers = without_headers(
+                    headers, CREDENTIAL_AND_HOST_HEADERS if strip_credentials_on_origin_change
+                    else (b'host',))
             headers = tuple(transform_headers(
                 headers, urllib.parse.urlsplit(url).hostname,
                 urllib.parse.urlsplit(next_url).hostname))

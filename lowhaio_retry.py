@@ -18,6 +18,7 @@ from typing import (
     Any,
     Awaitable,
     Callable,
+    Dict,
     FrozenSet,
     Iterable,
     Iterator,
@@ -26,6 +27,7 @@ from typing import (
     Sequence,
     Tuple,
     Type,
+    cast,
 )
 
 import lowhaio
@@ -123,16 +125,18 @@ def retry(request: Request,
         status if isinstance(status, bytes) else str(status).encode() for status in retry_statuses
     )
 
-    async def retriable_request(method: bytes, url: str, *args: Any, **kwargs: Any) -> Response:
-        rules = default_exception_intervals(method) if exception_intervals is None else \
-            exception_intervals
+    async def retriable_request(*args: Any, **kwargs: Any) -> Response:
+        # The arguments pass through untouched (lowhaio-retry 0.0.5 wrapped any coroutine
+        # function); only the default rules look at the method, where request takes it.
+        rules = default_exception_intervals(method_of(args, kwargs)) \
+            if exception_intervals is None else exception_intervals
         exception_iterators = [(cls, fresh_iterator(intervals)) for cls, intervals in rules]
         status_iterator = fresh_iterator(
             DEFAULT_STATUS_INTERVALS if status_intervals is None else status_intervals)
 
         while True:
             try:
-                result = await request(method, url, *args, **kwargs)
+                result = await request(*args, **kwargs)
             except BaseException as exception:
                 interval = next_interval_for(exception, exception_iterators)
                 if interval is None:
@@ -155,7 +159,16 @@ def retry(request: Request,
             await close_body(body)
             await sleep(interval if retry_after is None else min(retry_after, max_retry_after))
 
-    return retriable_request
+    return cast(Request, retriable_request)
+
+
+def method_of(args: Sequence[Any], kwargs: Dict[str, Any]) -> bytes:
+    """The method of a call made as request is called, for the default rules; b'' (not
+    idempotent, so only what is always safe is retried) for a function called otherwise."""
+    method = args[0] if args else kwargs.get('method', b'')
+    if isinstance(method, str):
+        method = method.encode('latin-1', 'replace')
+    return method if isinstance(method, bytes) else b''
 
 
 def response_parts(result: Any) -> Tuple[Any, Any, Any]:

@@ -319,6 +319,44 @@ async def test_naive_now_is_taken_as_utc():
     assert recorded.headers['authorization'] == naive_authorization
 
 
+@pytest.mark.parametrize('service', ['s3', 'execute-api'])
+@pytest.mark.parametrize('unsigned', [False, True])
+@pytest.mark.parametrize('token', [None, SESSION_TOKEN])
+@pytest.mark.parametrize('path, params', [
+    ('/bucket/key', ()),
+    ('/a%20b/c~d', (('b', '2'), ('a', 'x y'))),
+    ('/', (('uploads', ''),)),
+])
+@pytest.mark.parametrize('module', [lowhaio_aws_sigv4, lowhaio_aws_sigv4_unsigned_payload])
+def test_aws_sigv4_headers_of_0_0_4_sign_as_botocore(monkeypatch, module, service, unsigned,
+                                                     token, path, params):
+    """Code written for lowhaio-aws-sigv4 0.0.4 may call its aws_sigv4_headers itself: the
+    same arguments, the same headers back, each signature botocore's."""
+    body = b'' if unsigned else b'{"a": 1}'
+    body_hash = 'UNSIGNED-PAYLOAD' if unsigned else hashlib.sha256(body).hexdigest()
+    pre_auth = ((b'content-type', b'x/y'),) + (
+        () if token is None else ((b'x-amz-security-token', token.encode()),))
+    headers = module.aws_sigv4_headers(
+        ACCESS_KEY_ID, SECRET_ACCESS_KEY, pre_auth, service, 'eu-west-2', '127.0.0.1:9443',
+        'POST', path, params, body_hash, now=lambda: FIXED_TIME)
+    assert [key for key, _ in headers] == \
+        [b'authorization', b'x-amz-date', b'x-amz-content-sha256', b'content-type'] + \
+        ([] if token is None else [b'x-amz-security-token'])
+    assert dict(headers)[b'x-amz-content-sha256'] == body_hash.encode()
+    assert dict(headers)[b'x-amz-date'] == b'20240229T235958Z'
+    expected = sign_with_botocore(
+        monkeypatch, 'POST', 'https://127.0.0.1:9443' + path, params=params, body=body,
+        headers=(('content-type', 'x/y'), ('x-amz-content-sha256', body_hash)),
+        service=service, token=token, unsigned=unsigned)
+    assert dict(headers)[b'authorization'] == expected.encode()
+
+
+def test_names_of_the_0_0_4_packages_are_there():
+    for module in (lowhaio_aws_sigv4, lowhaio_aws_sigv4_unsigned_payload):
+        assert module.empty_async_iterator is lowhaio_aws_sigv4.empty_body
+        assert module.aws_sigv4_headers is lowhaio_aws_sigv4.aws_sigv4_headers
+
+
 async def test_body_args_reach_the_body_and_content_length_is_kept_if_given(monkeypatch):
     async def body(repeat, *, chunk):
         for _ in range(repeat):

@@ -11,6 +11,8 @@ from aiohttp import web
 import support
 from support import web_server
 
+import lowhaio
+import lowhaio_redirect
 from lowhaio import HttpError, Pool, buffered, streamed
 from lowhaio_redirect import (
     HttpTooManyRedirects,
@@ -273,6 +275,25 @@ async def test_credentials_dropped_when_origin_changes(request_, change):
         assert (name in headers) is kept
 
 
+@pytest.mark.parametrize('change', ['port', 'host', 'none'])
+@pytest.mark.parametrize('strip_credentials', [True, False])
+async def test_a_host_header_set_goes_only_to_its_origin(request_, change, strip_credentials):
+    seen = Seen()
+    host = '127.0.0.2' if change == 'host' else '127.0.0.1'
+    async with web_server(app_with(('GET', '/b', respond(b'', seen))), host=host) as target:
+        location = '/b' if change == 'none' else target.url('/b')
+        app = app_with(('GET', '/a', redirect_to(location, seen=seen)),
+                       ('GET', '/b', respond(b'', seen)))
+        async with web_server(app) as server:
+            _, _, body = await redirectable(
+                request_, strip_credentials_on_origin_change=strip_credentials)(
+                b'GET', server.url('/a'), headers=((b'host', b'vhost.example'),))
+            await buffered(body)
+        target_authority = target.url('/').split('/')[2]
+    assert [request[2]['Host'] for request in seen.requests] == \
+        ['vhost.example', 'vhost.example' if change == 'none' else target_authority]
+
+
 async def test_redirect_response_body_drained_so_connection_reused(request_):
     seen = Seen()
     app = app_with(('GET', '/a', redirect_to('/b', seen=seen, body=b'moved' * 100)),
@@ -395,6 +416,12 @@ async def test_credentials_kept_across_origins_when_asked(request_):
                 b'GET', server.url('/a'), headers=((b'authorization', b'secret'),))
             await buffered(body)
     assert seen.last[2]['Authorization'] == 'secret'
+
+
+def test_names_of_0_0_1_are_there():
+    assert lowhaio_redirect.buffered is lowhaio.buffered
+    assert lowhaio_redirect.empty_async_iterator is lowhaio.empty_async_iterator
+    assert lowhaio_redirect.default_redirects is lowhaio_redirect.DEFAULT_REDIRECTS
 
 
 async def test_rules_written_for_0_0_1_work(request_):

@@ -231,24 +231,106 @@ def close_second_request_on_first_connection():
 
 
 @pytest.mark.parametrize('method, retried', [(b'GET', True), (b'PUT', True), (b'POST', False)])
+@pytest.mark.parametrize('by_keyword', [False, True], ids=['positional', 'keywords'])
 async def test_default_retries_reused_connection_closed_before_response_if_idempotent(
-        request_, method, retried):
+        request_, method, retried, by_keyword):
     async with scripted_server(close_second_request_on_first_connection()) as server:
         sleep = RecordingSleep()
         retriable = retry(request_, sleep=sleep)
-        code, _, body = await retriable(method, server.url('/'))
+
+        def call():  # the method found by the default rules however it is passed
+            return retriable(method=method, url=server.url('/')) if by_keyword else \
+                retriable(method, server.url('/'))
+
+        code, _, body = await call()
         assert (code, await buffered(body)) == (b'200', b'ok')
         # Give the server's close time to arrive, so the pooled connection is dead when reused
         await asyncio.sleep(0)
 
         if retried:
-            code, _, body = await retriable(method, server.url('/'))
+            code, _, body = await call()
             assert (code, await buffered(body)) == (b'200', b'ok')
             assert len(sleep.intervals) == 1
         else:
             with pytest.raises(lowhaio.HttpConnectionClosedBeforeResponseError):
-                await retriable(method, server.url('/'))
+                await call()
             assert sleep.intervals == []
+
+
+async def no_arguments():
+    return 'done'
+
+
+async def one_argument(url):
+    return url
+
+
+async def keywords_only(*, method, url):
+    return method, url
+
+
+async def anything(*args, **kwargs):
+    return args, kwargs
+
+
+@pytest.mark.parametrize('function, args, kwargs, result', [
+    (no_arguments, (), {}, 'done'),
+    (one_argument, ('http://a/',), {}, 'http://a/'),
+    (one_argument, (), {'url': 'http://a/'}, 'http://a/'),
+    (keywords_only, (), {'method': b'GET', 'url': 'http://a/'}, (b'GET', 'http://a/')),
+    (anything, (1, None), {'x': 2}, ((1, None), {'x': 2})),
+    (anything, (), {}, ((), {})),
+], ids=['no-arguments', 'one-positional', 'one-keyword', 'keywords-only', 'not-a-method',
+        'nothing'])
+@pytest.mark.parametrize('rules', ['given', 'default'])
+async def test_any_coroutine_function_is_retried_with_its_arguments_as_given(
+        function, args, kwargs, result, rules):
+    """As lowhaio-retry 0.0.5: whatever the function takes, each attempt gets exactly the
+    arguments of the call; the default rules, which look for a method, do not need one."""
+    calls = []
+
+    async def fails_once(*args, **kwargs):
+        calls.append((args, kwargs))
+        if len(calls) == 1:
+            raise HttpConnectionError('nothing was sent')
+        return await function(*args, **kwargs)
+
+    sleep = RecordingSleep()
+    retriable = retry(fails_once, ((HttpConnectionError, (0,)),) if rules == 'given' else None,
+                      sleep=sleep)
+    assert await retriable(*args, **kwargs) == result
+    assert calls == [(args, kwargs)] * 2
+    assert len(sleep.intervals) == 1
+
+
+@pytest.mark.parametrize('args, kwargs, retried', [
+    ((b'GET', 'http://a/'), {}, True),
+    (('GET', 'http://a/'), {}, True),
+    ((), {'method': b'PUT', 'url': 'http://a/'}, True),
+    ((b'POST', 'http://a/'), {}, False),
+    ((), {'method': b'POST', 'url': 'http://a/'}, False),
+    ((), {'url': 'http://a/'}, False),
+    ((None,), {}, False),
+], ids=['GET', 'GET-as-str', 'PUT-by-keyword', 'POST', 'POST-by-keyword', 'no-method',
+        'not-a-method'])
+async def test_default_rules_find_the_method_however_it_is_passed(args, kwargs, retried):
+    closed = lowhaio.HttpConnectionClosedBeforeResponseError('closed before the response')
+    calls = []
+
+    async def closed_once(*args, **kwargs):
+        calls.append((args, kwargs))
+        if len(calls) == 1:
+            raise closed
+        return 'answered'
+
+    retriable = retry(closed_once, sleep=RecordingSleep())
+    if retried:
+        assert await retriable(*args, **kwargs) == 'answered'
+        assert len(calls) == 2
+    else:
+        with pytest.raises(lowhaio.HttpConnectionClosedBeforeResponseError):
+            await retriable(*args, **kwargs)
+        assert len(calls) == 1
 
 
 # ---------------------------------------------------------------------------------------------
