@@ -119,6 +119,12 @@ class LowhaioTransport(httpx.AsyncBaseTransport):
         if pool is not None:
             self._pools.move_to_end(timeouts)
             return pool[0]
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            # Under trio, say so rather than fail deep inside Pool
+            raise RuntimeError('LowhaioTransport runs on asyncio only: no asyncio event loop '
+                               'is running (under trio, use httpx\'s own transport)') from None
         if len(self._pools) >= MAX_POOLS:
             _, (_, close) = self._pools.popitem(last=False)
             await close()

@@ -762,3 +762,14 @@ async def test_a_one_shot_content_iterator_cannot_be_replayed(transport: str) ->
         await client.send(redirecting)
         with pytest.raises(httpx.StreamConsumed):
             await client.send(redirecting)
+
+
+def test_without_a_running_asyncio_loop_the_error_says_asyncio_only() -> None:
+    """As under trio, where httpx runs a transport with no asyncio loop: the coroutine driven
+    by hand, outside any loop."""
+    transport = LowhaioTransport()
+    request = httpx.Request('GET', 'http://127.0.0.1:9/')
+    coroutine = transport.handle_async_request(request)
+    with pytest.raises(RuntimeError, match='asyncio only'):
+        coroutine.send(None)
+    coroutine.close()
