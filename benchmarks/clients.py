@@ -95,8 +95,17 @@ class _LowhaioApi:
 
     request: Callable[..., Any]
     close_pool: Callable[[], Any]
+    buffered: Callable[[Any], Awaitable[bytes]]  # the module's: its whole-body read
 
     async def get(self, url: str) -> int:
+        # `await buffered(body)`: lowhaio's way to read a whole body, as `await resp.read()` is
+        # aiohttp's
+        code, _, body = await self.request(b'GET', url)
+        data = await self.buffered(body)
+        check_status(int(code), url)
+        return len(data)
+
+    async def get_stream(self, url: str) -> int:
         code, _, body = await self.request(b'GET', url)
         n = 0
         async for chunk in body:
@@ -104,12 +113,10 @@ class _LowhaioApi:
         check_status(int(code), url)
         return n
 
-    get_stream = get  # lowhaio always streams: reading it all and streaming are the same loop
-
     async def post(self, url: str, size: int, gen_fn: Callable[[], AsyncIterator[bytes]]) -> bytes:
         headers = ((b'content-length', b'%d' % size),)
         code, _, body = await self.request(b'POST', url, headers=headers, body=gen_fn)
-        data = b''.join([chunk async for chunk in body])
+        data = await self.buffered(body)
         check_status(int(code), url)
         return data
 
@@ -130,6 +137,7 @@ class LowhaioClient(_LowhaioApi):
         if proxy is not None:
             options['proxy'] = proxy
         self.request, self.close_pool = lowhaio.Pool(get_ssl_context=lambda: ctx, **options)
+        self.buffered = lowhaio.buffered
         self.decompressed_request = lowhaio_decompress.decompressed(self.request)
         if proxy is not None:
             # tinyproxy closes each connection just after a response, unannounced, so the next
@@ -176,6 +184,7 @@ class Lowhaio0089Client(_LowhaioApi):
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         self.request, self.close_pool = module.Pool(get_ssl_context=lambda: ctx)
+        self.buffered = module.buffered
 
 
 class AiohttpClient:

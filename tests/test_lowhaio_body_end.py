@@ -5,7 +5,8 @@ coroutine of lowhaio's own (it is asked for by every `async for`, so its cost is
 request). Whatever way a caller drives the body, it must see exactly the async-iterator
 protocol: its bytes once, then StopAsyncIteration raised when the awaitable is awaited (never
 when it is made: `anext(body, default)` relies on that), each end awaitable accepted by
-asyncio as a coroutine, and the end as often as it is asked for.
+asyncio as a coroutine, and the end as often as it is asked for. `buffered(body)`, which takes
+such a body's bytes without iterating it, leaves it ended in the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Awaitable, Callable, Dict, List
 
 import pytest
 
-from lowhaio import Pool
+from lowhaio import Pool, buffered
 from support import answering_with, scripted_server
 
 # Responses that arrive whole with their head, and the body each one has
@@ -104,8 +105,28 @@ async def by_end_made_and_closed(body: Any) -> List[bytes]:
     return pieces
 
 
+async def by_buffered(body: Any) -> List[bytes]:
+    data = await buffered(body)
+    return [data] if data else []
+
+
+async def by_a_piece_then_buffered(body: Any) -> List[bytes]:
+    first = await anext_or_empty(body)
+    rest = await buffered(body)
+    return [piece for piece in (first, rest) if piece]
+
+
+async def anext_or_empty(body: Any) -> bytes:
+    try:
+        return await body.__anext__()
+    except StopAsyncIteration:
+        return b''
+
+
 CONSUMERS: Dict[str, Callable[[Any], Awaitable[List[bytes]]]] = {
     'async for': by_async_for,
+    'buffered': by_buffered,
+    'a piece, then buffered': by_a_piece_then_buffered,
     '__anext__ until the end': by_anext_calls,
     'each __anext__ in a task': by_tasks,
     'each __anext__ in wait_for': by_wait_for,
