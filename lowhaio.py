@@ -894,6 +894,9 @@ class RequestHeaders(NamedTuple):
     closes: bool  # the caller asked for "connection: close"
     # "expect: 100-continue" with a body that may not be empty: wait for 100 before sending it
     expects_continue: bool = False
+    # content-length or transfer-encoding given: without either, a request's body is empty
+    # (RFC 9112 §6.3), and any byte of one would be read as the start of another request
+    framed: bool = False
 
 
 def encode_request_headers(method: bytes, headers: Sequence[Tuple[bytes, bytes]]) \
@@ -942,7 +945,8 @@ def encode_request_headers(method: bytes, headers: Sequence[Tuple[bytes, bytes]]
             raise HttpInvalidRequestError('Invalid content-length: %r' % (content_lengths,))
         content_length = int(content_lengths[0])
     return RequestHeaders(b''.join(lines), has_host, content_length, closes,
-                          expects_continue and content_length != 0)
+                          expects_continue and content_length != 0,
+                          chunked or bool(content_lengths))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -974,6 +978,12 @@ async def buffered(data: AsyncIterator[bytes]) -> bytes:
     if type(data) is _EndedBody:
         return b''
     return b''.join([chunk async for chunk in data])
+
+
+def _cancelled_besides(task: Optional['asyncio.Task[Any]']) -> bool:
+    # Whether, on 3.11+, more than one cancellation was asked for: another besides ours
+    cancelling = getattr(task, 'cancelling', None)
+    return cancelling is not None and cancelling() > 1
 
 
 def _uncancel(task: Optional['asyncio.Task[Any]']) -> None:
@@ -1186,6 +1196,10 @@ def _request_head(method: bytes, target: Target, params: Sequence[Tuple[str, str
 # I/O layer: one connection.
 # ---------------------------------------------------------------------------------------------
 
+# The content length send_request is given for a body without content-length or
+# transfer-encoding: any byte of it is an error (see RequestHeaders.framed)
+_UNFRAMED = -1
+
 _READ_HIGH_WATER = 262144
 # How often, per socket_timeout, a send that waits checks whether bytes are still leaving.
 _DRAIN_CHECKS_PER_TIMEOUT = 8
@@ -1248,7 +1262,8 @@ class _Connection(asyncio.Protocol):
         '_write_paused', '_deadline', '_timer', '_timer_when', '_keep_alive_timeout',
         'received_any', '_drain_timeout', '_drain_size', 'lower_transports', '_flushing',
         '_sock', '_unsent', '_cork_sock', '_burst', '_corked', '_gathered',
-        '_read_transport', '_reads_now', '_last_full', '_answer_seen',
+        '_read_transport', '_reads_now', '_last_full', '_answer_seen', '_answered',
+        '_sender', '_interrupting',
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, key: Tuple[str, str, int],
@@ -1305,8 +1320,14 @@ class _Connection(asyncio.Protocol):
         self._reads_now = 0
         self._last_full = False
         # While a request's body is sent: how many of the received bytes (_queued) its sender
-        # has looked at for an answer that ends the upload (see drain); -1 while no one looks
+        # has looked at for an answer that ends the upload (see drain); -1 while no one looks.
+        # And the function that looks (see Pool's answers_the_upload), the sender's task, and
+        # whether that task was cancelled to end the upload while it waited for its body (see
+        # _end_the_upload)
         self._answer_seen = -1
+        self._answered: Callable[[], bool] = _never
+        self._sender: Optional['asyncio.Task[Any]'] = None
+        self._interrupting = False
 
     # asyncio.Protocol callbacks
 
@@ -1370,8 +1391,12 @@ class _Connection(asyncio.Protocol):
                 waiter.set_result(None)
         elif self._answer_seen >= 0:
             # Bytes while the body is sent: perhaps an answer to it, which a sender waiting for
-            # room (from a server that no longer reads) must see
-            self._wake_drainer()
+            # room (from a server that no longer reads) must see; or, if it is not waiting for
+            # room, one waiting for its body to make the next chunk
+            if self._drain_waiter is not None:
+                self._wake_drainer()
+            else:
+                self._answer_while_the_body_is_made()
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -1384,6 +1409,8 @@ class _Connection(asyncio.Protocol):
             # its buffer is sent, to a server that may never read it: dropped instead, so
             # the answer is returned at once (see answer_before_the_close)
             self.transport.abort()
+        elif self._answer_seen >= 0 and self._drain_waiter is None:
+            self._end_the_upload()
         self._wake_reader()
         return False
 
@@ -1401,8 +1428,11 @@ class _Connection(asyncio.Protocol):
             self.loop._remove_writer(self.fd)  # type: ignore[attr-defined]
         self._wake_reader()
         waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(None)
+        elif self._answer_seen >= 0:
+            self._end_the_upload()
         if self.idle:
             self.idle = False
             self.on_idle_close(self)
@@ -1413,6 +1443,28 @@ class _Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         self._wake_drainer()
+
+    def _answer_while_the_body_is_made(self) -> None:
+        # Bytes arrived while the sender waits for its body generator's next chunk, which may
+        # never come (a stream, a pipe): an answer that ends the upload (see drain), or bytes
+        # that are no response, end it there and then
+        seen = self._answer_seen
+        try:
+            ends = self._answered()
+        except HttpProtocolError:
+            ends = True
+        if ends:
+            self._answer_seen = seen  # for the sender to look at (and meet any error) itself
+            self._end_the_upload()
+
+    def _end_the_upload(self) -> None:
+        # The sender waits for its body (not for room, which drain watches): its task is
+        # cancelled, which the CancelledError raised in the body generator's await ends, and
+        # which send_request takes back. Once: the generator may be slow to let it through.
+        task = self._sender
+        if task is not None and not self._interrupting:
+            self._interrupting = True
+            task.cancel()
 
     def _wake_drainer(self) -> None:
         waiter = self._drain_waiter
@@ -3763,16 +3815,24 @@ def Pool(
         chunks = body(*body_args, **dict(body_kwargs))
         sent = 0
         pending = head
-        answered = answers_the_upload(conn)
+        answered = conn._answered = answers_the_upload(conn)
         stopped = False
+        interrupted = False
+        conn._sender = sender = asyncio.current_task()
         conn._answer_seen = conn._queued
         try:
             async for chunk in chunks:
                 size = len(chunk)
                 sent += size
                 if content_length is not None and sent > content_length:
-                    raise HttpDataError('Body longer than its content-length (%d)'
-                                        % (content_length,))
+                    if content_length != _UNFRAMED:
+                        raise HttpDataError('Body longer than its content-length (%d)'
+                                            % (content_length,))
+                    if size:  # (the first byte: the head is held back for it, see pending)
+                        raise HttpInvalidRequestError(
+                            'A body needs a content-length or transfer-encoding header: '
+                            'without either, its bytes would be read as another request '
+                            '(RFC 9112 §6.3)')
                 if pending:
                     # Head and first chunk in one write: one packet for a small request.
                     if size < 65536:
@@ -3804,15 +3864,33 @@ def Pool(
             else:
                 if pending:
                     conn.write(pending)
-                if content_length is not None and sent != content_length:
+                if content_length is not None and sent != content_length and \
+                        content_length != _UNFRAMED:
                     raise HttpDataError('Body shorter (%d bytes) than its content-length (%d)'
                                         % (sent, content_length))
                 stopped = await conn.flush(socket_timeout, answered)
+        except asyncio.CancelledError:
+            # Ours (see _Connection._end_the_upload) unless the caller's came too
+            if not conn._interrupting or _cancelled_besides(sender):
+                raise
+            interrupted = True
         finally:
             conn._answer_seen = -1
+            conn._answered = _never
+            conn._sender = None
+            if conn._interrupting:
+                conn._interrupting = False
+                _uncancel(sender)
             aclose = getattr(chunks, 'aclose', None)
             if aclose is not None:
                 await aclose()
+        if interrupted:
+            # An answer that ends the upload came while the body was being made; or the
+            # server closed then, which is met as if in the next write (see request)
+            stopped = answered()
+            if not stopped:
+                raise ConnectionResetError('Connection closed by the server while the body '
+                                           'was being made')
         if not stopped:
             return None
         conn._gathered = None  # the body ends here: its small chunks not written yet, too
@@ -4324,7 +4402,8 @@ def Pool(
             else:
                 final = await (send_expecting_continue if encoded.expects_continue else
                                send_request)(conn, method, head, body, body_args,
-                                             body_kwargs, encoded.content_length)
+                                             body_kwargs, encoded.content_length
+                                             if encoded.framed else _UNFRAMED)
                 if final is not None:
                     refused = response_without_sending_body(conn, *final)
                     return refused if recv_bufsize is None else \

@@ -262,6 +262,70 @@ class TestRequests:
             assert (await json_of(body))['method'] == 'GET'
 
 
+    @pytest.mark.parametrize('expect', [False, True], ids=['plain', 'expect-100-continue'])
+    @pytest.mark.parametrize('chunks', [
+        [b'hello'],
+        [b'', b'hello'],
+        [b'x' * 70000],
+        [b'\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n'],
+    ], ids=['small', 'after-an-empty-chunk', 'large', 'a-request'])
+    async def test_a_body_without_content_length_or_transfer_encoding_is_refused(
+            self, chunks, expect) -> None:
+        # RFC 9112 §6.3: such a request's body is empty, and any byte sent after its head would
+        # be read as the start of another request (a second request smuggled in a body)
+        received: List[bytes] = []
+
+        async def handler(conn) -> None:
+            while True:
+                data = await conn.read_some()
+                if not data:
+                    return
+                received.append(data)
+                if expect:
+                    conn.write(b'HTTP/1.1 100 Continue\r\n\r\n')
+
+        async def body():
+            for chunk in chunks:
+                yield chunk
+
+        headers = ((b'expect', b'100-continue'),) if expect else ()
+        async with scripted_server(handler) as server:
+            request, close = Pool()
+            try:
+                for _ in range(3):
+                    with pytest.raises(HttpInvalidRequestError, match='content-length or '
+                                                                      'transfer-encoding'):
+                        await request(b'POST', server.url('/'), headers=headers, body=body)
+                await asyncio.sleep(0.05)
+            finally:
+                await close()
+        # Not one byte of a body; and of the request, only its head if it had gone before:
+        # to wait for the server's go-ahead, or with an empty first chunk (the head goes with
+        # the first chunk, whatever its size)
+        sent = b''.join(received)
+        assert sent.count(b'\r\n\r\n') == (3 if expect or chunks[0] == b'' else 0)
+        assert b'hello' not in sent and b'smuggled' not in sent and b'xxx' not in sent
+
+    @pytest.mark.parametrize('chunks', [[], [b''], [b'', b'']], ids=['none', 'one-empty',
+                                                                      'two-empty'])
+    async def test_a_body_function_that_yields_no_bytes_needs_no_framing(self, chunks) -> None:
+        async def body():
+            for chunk in chunks:
+                yield chunk
+
+        seen: List[web.Request] = []
+        async with web_server(recording_app(seen)) as server:
+            request, close = Pool()
+            try:
+                for _ in range(2):
+                    _, _, response = await request(b'POST', server.url('/'), body=body)
+                    description = await json_of(response)
+                    assert (description['method'], description['body_md5']) == \
+                        ('POST', hashlib.md5(b'').hexdigest())
+            finally:
+                await close()
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input from the caller: a clear HttpError, before any connection is made
 # ---------------------------------------------------------------------------------------------
