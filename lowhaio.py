@@ -3439,6 +3439,7 @@ def Pool(
     loop = asyncio.get_running_loop()
     ssl_context: Optional[ssl.SSLContext] = None
     logger = get_logger_adapter({})
+    pool_logger_adapter = get_logger_adapter  # (request's default: see request_logger)
     # The adapter's isEnabledFor only forwards to its logger's: call that one directly.
     debug_enabled = getattr(getattr(logger, 'logger', None), 'isEnabledFor', logger.isEnabledFor)
     # logging.Logger.isEnabledFor answers from a dict of the levels it has looked up, which
@@ -4387,7 +4388,14 @@ def Pool(
         conn = take_idle_fast(target) or await acquire(target)
 
         request_logger = logger
-        if debug_answers.get(logging.DEBUG) is not False and debug_enabled(logging.DEBUG):
+        if get_logger_adapter is not pool_logger_adapter:
+            # A logger of this request's own, as 0.0.89 took: its own level decides
+            request_logger = get_logger_adapter({'lowhaio_method': method.decode(),
+                                                 'lowhaio_url': url})
+            if request_logger.isEnabledFor(logging.DEBUG):
+                request_logger.debug('%s connection to %s', 'Reusing' if conn.reused else
+                                     'New', conn.peer_ip)
+        elif debug_answers.get(logging.DEBUG) is not False and debug_enabled(logging.DEBUG):
             request_logger = get_logger_adapter({'lowhaio_method': method.decode(),
                                                  'lowhaio_url': url})
             request_logger.debug('%s connection to %s', 'Reusing' if conn.reused else 'New',

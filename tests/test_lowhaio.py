@@ -12,7 +12,7 @@ import os
 import resource
 import socket
 import sys
-from typing import AsyncIterator, List, Tuple
+from typing import Any, AsyncIterator, Dict, List, Tuple
 
 import pytest
 from aiohttp import web
@@ -933,6 +933,39 @@ class TestCompatibility:
                 await buffered(body)
         assert any(record.name == 'lowhaio' and 'connection' in record.getMessage().lower()
                    for record in caplog.records)
+
+    @pytest.mark.parametrize('given_to', ['pool', 'request'])
+    async def test_a_logger_adapter_of_ones_own_logs_at_its_own_level(self, given_to,
+                                                                      caplog) -> None:
+        # As in 0.0.89: get_logger_adapter, given to Pool or to one request, makes each
+        # request's logger from its method and URL, and that logger's level decides, not the
+        # level of the 'lowhaio' logger
+        made: List[Dict[str, Any]] = []
+
+        def get_logger_adapter(extra: Dict[str, Any]) -> logging.LoggerAdapter:
+            made.append(extra)
+            return logging.LoggerAdapter(logging.getLogger('myapp.http'), extra)
+
+        seen: List[web.Request] = []
+        async with web_server(recording_app(seen)) as server:
+            with caplog.at_level(logging.WARNING, logger='lowhaio'), \
+                    caplog.at_level(logging.DEBUG, logger='myapp.http'):
+                request, close = Pool(**({'get_logger_adapter': get_logger_adapter}
+                                         if given_to == 'pool' else {}))
+                kwargs = {'get_logger_adapter': get_logger_adapter} \
+                    if given_to == 'request' else {}
+                try:
+                    for _ in range(2):
+                        _, _, body = await request(b'GET', server.url('/mine'), **kwargs)
+                        await buffered(body)
+                finally:
+                    await close()
+        per_request = [extra for extra in made if extra]
+        assert per_request == [{'lowhaio_method': 'GET', 'lowhaio_url': server.url('/mine')}] * 2
+        messages = [record.getMessage() for record in caplog.records
+                    if record.name == 'myapp.http' and ' connection to ' in record.getMessage()]
+        assert messages == ['New connection to 127.0.0.1', 'Reusing connection to 127.0.0.1']
+        assert not [record for record in caplog.records if record.name == 'lowhaio']
 
     async def test_no_task_is_created_per_request(self, nginx) -> None:
         loop = asyncio.get_running_loop()
