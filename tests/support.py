@@ -69,6 +69,7 @@ __all__ = [
     'dnsmasq_binary',
     'scripted_server',
     'ScriptedServer',
+    'assert_no_connection_was_reused',
     'Connection',
     'responding',
     'black_hole',
@@ -724,6 +725,15 @@ def answering_with(response: bytes) -> Handler:
             conn.write(response)
             await conn.drain()
     return answer
+
+
+async def assert_no_connection_was_reused(request: Any, server: ScriptedServer,
+                                          refused: int) -> None:
+    """A GET after `refused` refused requests, each on a connection of its own, takes a new
+    one: the server answers it with 200 and 'ok' (as OK in the tests that use this)."""
+    code, _, response = await request(b'GET', server.url('/'))
+    assert (code, await lowhaio.buffered(response)) == (b'200', b'ok')
+    assert server.connections == refused + 1
 
 
 @contextlib.asynccontextmanager

@@ -155,10 +155,7 @@ async def test_the_answer_of_a_server_that_closes_on_the_body_is_returned(
                 b'POST', server.url('/upload'), headers=headers, body=BODIES[body])
             assert (code, expected.header in response_headers, await buffered(response)) == \
                 (expected.code, True, expected.body)
-        # Not one of the refused connections: a new one
-        code, _, response = await request(b'GET', server.url('/'))
-        assert (code, await buffered(response)) == (b'200', b'ok')
-        assert server.connections == REPEATS + 1
+        await support.assert_no_connection_was_reused(request, server, REPEATS)
     assert server.errors == []
     assert asyncio_warnings() == []
 

@@ -29,7 +29,7 @@ import pytest
 
 import support
 from lowhaio import HttpDataError, HttpProtocolError, buffered
-from test_lowhaio_answer_during_the_upload import OK, REFUSALS, Answer, serving
+from test_lowhaio_answer_during_the_upload import REFUSALS, Answer, gets_answered_then, serving
 
 KIB = 1024
 ENDLESS = 1 << 40
@@ -87,26 +87,16 @@ WAITS = {'event': wait_event, 'queue': wait_queue, 'sleep': wait_sleep,
 def answering_then(answer: Answer, afterwards: str) -> support.Handler:
     """Reads a request's head and its first KiB of body, writes `answer`'s pieces, then does
     as `afterwards` says; a GET it answers at once."""
-    async def handler(conn: support.Connection) -> None:
-        while True:
-            head = await conn.read_head()
-            if not head:
-                return
-            if head.startswith(b'GET '):
-                conn.write(OK)
-                await conn.drain()
-                continue
-            await conn.read(KIB)
-            await conn.write_in_turn(answer.pieces)
-            if afterwards == 'closes':
-                return
-            if afterwards == 'stays-open-not-reading':
-                await asyncio.sleep(60)  # the client goes first, or the test times out
-                return
+    async def handle_upload(conn: support.Connection, _: bytes) -> bool:
+        await conn.read(KIB)
+        await conn.write_in_turn(answer.pieces)
+        if afterwards == 'stays-open-not-reading':
+            await asyncio.sleep(60)  # the client goes first, or the test times out
+        elif afterwards == 'reads-on':
             while await conn.read_some(64 * KIB):
                 pass
-            return
-    return handler
+        return False
+    return gets_answered_then(handle_upload)
 
 
 def no_cancellation_left() -> bool:
@@ -140,9 +130,7 @@ async def test_an_answer_of_300_or_more_ends_the_wait_for_the_body(
                 body.release.set()
             assert no_cancellation_left()
             await asyncio.sleep(0)  # no cancellation is left pending on this task either
-        code, _, response = await request(b'GET', server.url('/'))
-        assert (code, await buffered(response)) == (b'200', b'ok')
-        assert server.connections == REPEATS + 1
+        await support.assert_no_connection_was_reused(request, server, REPEATS)
     assert server.errors == []
     assert asyncio_warnings() == []
 
