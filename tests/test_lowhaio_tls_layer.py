@@ -589,7 +589,9 @@ async def test_a_response_while_the_upload_is_paused_is_not_lost() -> None:
             yield b'x' * 65536
 
     async with tls_server(handler) as server, pool(socket_timeout=5) as request:
-        code, headers, response = await request(b'POST', server.url(), body=body)
+        code, headers, response = await request(
+            b'POST', server.url(), headers=((b'content-length', b'%d' % (1024 * 65536),),),
+            body=body)
         assert (code, (b'connection', b'close') in headers, await buffered(response)) == \
             (b'413', True, b'')
 
