@@ -2314,6 +2314,18 @@ def _accepts_argument(func: Callable[..., Any]) -> bool:
     )
 
 
+_CONNECT_IN_PROGRESS = (errno.EINPROGRESS, errno.EALREADY, errno.EAGAIN, errno.EWOULDBLOCK)
+
+
+def _connect_again(sock: socket.socket, sockaddr: Tuple[Any, ...]) -> int:
+    """The outcome of a non-blocking connect that has just said it is in progress, asked at
+    once: over loopback the handshake is done by the time the first call returns, so the
+    connection is made (or refused) without waiting for the loop to report it writable.
+    0 if connected, EALREADY if still in progress, else the error."""
+    err = sock.connect_ex(sockaddr)
+    return 0 if err == errno.EISCONN else err
+
+
 async def _open_first(loop: asyncio.AbstractEventLoop, addresses: Sequence[str], port: int,
                       make_sock: Callable[[int], socket.socket], delay: float,
                       connect_timeout: float, more: 'Optional[asyncio.Future[Any]]' = None,
@@ -2343,12 +2355,14 @@ async def _open_first(loop: asyncio.AbstractEventLoop, addresses: Sequence[str],
             sockaddr = (address, port, 0, 0) if family == socket.AF_INET6 else (address, port)
             try:
                 err = sock.connect_ex(sockaddr)
+                if err in _CONNECT_IN_PROGRESS:
+                    err = _connect_again(sock, sockaddr)
             except OSError as exception:
                 err = exception.errno or errno.EINVAL
             if err == 0:
                 succeed(sock, address)
                 return
-            if err not in (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
+            if err not in _CONNECT_IN_PROGRESS:
                 sock.close()
                 errors.append(OSError(err, 'Connect to %s:%d failed: %s'
                                       % (address, port, errno.errorcode.get(err, err))))
@@ -2417,7 +2431,6 @@ async def _open_first(loop: asyncio.AbstractEventLoop, addresses: Sequence[str],
         if not done.done():
             done.set_exception(asyncio.TimeoutError())
 
-    timeout_handle = loop.call_later(connect_timeout, on_timeout)
     if more is not None:
         if _succeeded(more):  # its addresses are here already: they join the first attempts
             more_to_come = False
@@ -2426,6 +2439,10 @@ async def _open_first(loop: asyncio.AbstractEventLoop, addresses: Sequence[str],
         else:
             more.add_done_callback(on_more_addresses)
     start_next()
+    # Armed only if the first attempt did not connect at once: a connection made without
+    # waiting needs no timer, and a timer armed and cancelled still moves a test's fake clock
+    # (aiofastforward's) to its deadline, as if the connect had taken that long.
+    timeout_handle = None if done.done() else loop.call_later(connect_timeout, on_timeout)
     try:
         return await done
     except BaseException:
@@ -2434,7 +2451,8 @@ async def _open_first(loop: asyncio.AbstractEventLoop, addresses: Sequence[str],
             done.result()[0].close()
         raise
     finally:
-        timeout_handle.cancel()
+        if timeout_handle is not None:
+            timeout_handle.cancel()
         if more is not None:
             more.remove_done_callback(on_more_addresses)
         if next_attempt is not None:

@@ -15,6 +15,7 @@ import sys
 from typing import Any, AsyncIterator, Dict, List, Tuple
 
 import pytest
+from aiofastforward import FastForward
 from aiohttp import web
 from support import (
     client_ssl_context,
@@ -966,6 +967,70 @@ class TestCompatibility:
                     if record.name == 'myapp.http' and ' connection to ' in record.getMessage()]
         assert messages == ['New connection to 127.0.0.1', 'Reusing connection to 127.0.0.1']
         assert not [record for record in caplog.records if record.name == 'lowhaio']
+
+    # 0.0.89's own tests drive time with aiofastforward: a fake clock, entered before the pool
+    # is made, that runs every timer due as soon as the test moves it on, and moves to each
+    # timer's deadline, cancelled or not. So no timer may be armed that a real run would not
+    # need: a connect timer for a loopback connect that needs no wait moved that clock 10
+    # seconds on before the request was even sent, and the request never timed out. These run
+    # on asyncio's own loop, as 0.0.89's tests did: under uvloop, aiofastforward recurses
+    # (uvloop's call_at calls the call_later it has replaced).
+    @pytest.mark.parametrize('host', ['127.0.0.1', 'localhost'])
+    def test_under_a_fake_clock_an_unanswered_request_times_out_after_socket_timeout(
+            self, host: str) -> None:
+        async def never_answers(_: web.Request) -> web.Response:
+            await asyncio.Future()
+            raise AssertionError('unreachable')
+
+        async def scenario() -> Tuple[List[float], BaseException]:
+            app = web.Application()
+            app.router.add_get('/', never_answers)
+            ended_at: List[float] = []  # on the fake clock
+            async with web_server(app) as server:
+                loop = asyncio.get_running_loop()
+                with FastForward(loop) as forward:
+                    request, close = Pool()  # socket_timeout=10
+
+                    async def timed_request() -> Any:
+                        try:
+                            return await request(b'GET', f'http://{host}:{server.port}/')
+                        finally:
+                            ended_at.append(loop.time())
+                    pending = asyncio.ensure_future(timed_request())
+                    await forward(10)
+                try:
+                    # Real time from here: without the timeout at 10, this would wait forever
+                    with pytest.raises(HttpDataError) as raised:
+                        await asyncio.wait_for(pending, 5)
+                finally:
+                    await close()
+            return ended_at, raised.value
+
+        ended_at, error = asyncio.run(scenario())
+        assert ended_at == [10.0]
+        assert isinstance(error.__cause__, asyncio.TimeoutError)
+
+    @pytest.mark.parametrize('host', ['127.0.0.1', 'localhost'])
+    def test_under_a_fake_clock_an_idle_connection_ends_after_keep_alive_timeout(
+            self, host: str) -> None:
+        async def scenario() -> List[int]:
+            seen: List[web.Request] = []
+            async with web_server(recording_app(seen)) as server:
+                url = f'http://{host}:{server.port}/'
+                with FastForward(asyncio.get_running_loop()) as forward:
+                    request, close = Pool()  # keep_alive_timeout=15
+                    try:
+                        ports = await peer_ports(request, url, 1)
+                        await forward(14)
+                        ports += await peer_ports(request, url, 1)
+                        await forward(15)
+                        ports += await peer_ports(request, url, 2)
+                    finally:
+                        await close()
+            return ports
+
+        ports = asyncio.run(scenario())
+        assert ports[0] == ports[1] != ports[2] == ports[3]
 
     async def test_no_task_is_created_per_request(self, nginx) -> None:
         loop = asyncio.get_running_loop()
