@@ -27,7 +27,6 @@ import select
 import socket
 import ssl
 import sys
-import time
 import urllib.parse
 from collections import OrderedDict, deque
 from itertools import compress, count, repeat
@@ -3482,9 +3481,6 @@ def Pool(
     body_sender = send_body or send_body_async_gen_bytes
     get_sock_takes_family = _accepts_argument(get_sock)
     new_future = _future_maker(loop)
-    # Likewise their clock, read in a Python method: the same clock without the call
-    clock: Callable[[], float] = time.monotonic \
-        if getattr(loop.time, '__func__', None) is asyncio.BaseEventLoop.time else loop.time
     # See send_request: only asyncio's own transports from 3.12 keep one buffer per write
     one_small_chunk_at_a_time = sys.version_info >= (3, 12) and \
         not type(loop).__module__.startswith('uvloop')
@@ -3628,7 +3624,7 @@ def Pool(
         # every response, hence the check before re-arming it)
         conn.idle = conn.reused = True
         conn.received_any = False
-        now = conn.idle_since = clock()
+        now = conn.idle_since = loop.time()
         expiry = now + conn._keep_alive_timeout
         if conn._timer is None or conn._timer_when > expiry:
             conn._fire_by(expiry)
@@ -3645,7 +3641,7 @@ def Pool(
             answer = None
         else:
             answer = dns_answers.get(target.host)
-            if answer is None or clock() >= answer.expires_at:
+            if answer is None or loop.time() >= answer.expires_at:
                 return None
         idle = connections.idle
         conn = idle[-1]
@@ -4437,7 +4433,9 @@ def Pool(
             # The usual case without a further coroutine: the whole head arrives in one read,
             # and is one seen before (see parsed_heads).
             sending = False
-            started = clock()
+            # loop.time looked up at each use, not kept: a test's fake clock (aiofastforward)
+            # may replace it after the pool is made, and its timers then run on that clock
+            started = loop.time()
             queue = conn._queue
             if not queue and not conn._eof:
                 # conn.readable(), inlined (this wait is in every request): the same deadline

@@ -12,6 +12,7 @@ import os
 import resource
 import socket
 import sys
+import threading
 from typing import Any, AsyncIterator, Dict, List, Tuple
 
 import pytest
@@ -975,29 +976,49 @@ class TestCompatibility:
     # seconds on before the request was even sent, and the request never timed out. These run
     # on asyncio's own loop, as 0.0.89's tests did: under uvloop, aiofastforward recurses
     # (uvloop's call_at calls the call_later it has replaced).
+    @pytest.mark.parametrize('pool_made', ['inside', 'before, with a connection pooled'])
     @pytest.mark.parametrize('host', ['127.0.0.1', 'localhost'])
     def test_under_a_fake_clock_an_unanswered_request_times_out_after_socket_timeout(
-            self, host: str) -> None:
+            self, host: str, pool_made: str) -> None:
         async def never_answers(_: web.Request) -> web.Response:
             await asyncio.Future()
             raise AssertionError('unreachable')
 
+        async def answers(_: web.Request) -> web.Response:
+            return web.Response(body=b'ok')
+
         async def scenario() -> Tuple[List[float], BaseException]:
             app = web.Application()
-            app.router.add_get('/', never_answers)
+            app.router.add_get('/never', never_answers)
+            app.router.add_get('/ok', answers)
             ended_at: List[float] = []  # on the fake clock
+            loop = asyncio.get_running_loop()
             async with web_server(app) as server:
-                loop = asyncio.get_running_loop()
-                with FastForward(loop) as forward:
+                if pool_made != 'inside':
                     request, close = Pool()  # socket_timeout=10
+                    _, _, body = await request(b'GET', f'http://{host}:{server.port}/ok')
+                    assert await buffered(body) == b'ok'
+                with FastForward(loop) as forward:
+                    if pool_made == 'inside':
+                        request, close = Pool()
 
                     async def timed_request() -> Any:
                         try:
-                            return await request(b'GET', f'http://{host}:{server.port}/')
+                            return await request(b'GET', f'http://{host}:{server.port}/never')
                         finally:
                             ended_at.append(loop.time())
                     pending = asyncio.ensure_future(timed_request())
-                    await forward(10)
+                    # forward() waits until the fake clock has reached 10: for ever if no timer
+                    # of lowhaio's is on it. Bounded in real time (a thread's: the loop's own
+                    # call_later now runs on the fake clock), so that the test fails instead.
+                    moved_on = asyncio.ensure_future(forward(10))
+                    give_up = threading.Timer(
+                        5, loop.call_soon_threadsafe, (moved_on.cancel,))
+                    give_up.start()
+                    try:
+                        await moved_on
+                    finally:
+                        give_up.cancel()
                 try:
                     # Real time from here: without the timeout at 10, this would wait forever
                     with pytest.raises(HttpDataError) as raised:
