@@ -970,10 +970,11 @@ class TestCompatibility:
         assert not [record for record in caplog.records if record.name == 'lowhaio']
 
     # 0.0.89's own tests drive time with aiofastforward: a fake clock, entered before the pool
-    # is made, that runs every timer due as soon as the test moves it on, and moves to each
-    # timer's deadline, cancelled or not. So no timer may be armed that a real run would not
-    # need: a connect timer for a loopback connect that needs no wait moved that clock 10
-    # seconds on before the request was even sent, and the request never timed out. These run
+    # is made (or, in users' tests, after), that runs every timer due as soon as the test moves
+    # it on, and moves to each timer's deadline, cancelled or not. So no timer may be armed that
+    # a real run would not need (a connect timer for a loopback connect that needs no wait
+    # moved that clock 10 seconds on before the request was even sent, and the request never
+    # timed out), and the pool must read the clock in place at each use. These run
     # on asyncio's own loop, as 0.0.89's tests did: under uvloop, aiofastforward recurses
     # (uvloop's call_at calls the call_later it has replaced).
     @pytest.mark.parametrize('pool_made', ['inside', 'before, with a connection pooled'])
