@@ -1436,6 +1436,12 @@ https_port {self.host}:{self.tls_port} tls-cert={self.tmp}/cert.pem tls-key={sel
 pid_filename {self.tmp}/squid.pid
 cache_log {self.tmp}/cache.log
 access_log none
+# Room for a whole test upload (the largest is 32 MiB). Squid 5.7 (Debian 12's) reads its
+# client with no room left when that buffer (512 KB by default) is full, takes the read's 0
+# for the client's end, and drops the request and both its connections without a word at
+# debug level 1: strace shows read(fd, "", 0) = 0, then the closes. That happens whenever
+# the client sends faster than the origin reads, at random: about one 32 MiB upload in 10 here
+client_request_buffer_max_size 64 MB
 cache deny all
 cache_mem 8 MB
 coredump_dir {self.tmp}
