@@ -507,7 +507,8 @@ def main() -> int:
                         'half judged comes after the warm-up (default: %(default)s)')
     parser.add_argument('--concurrency', type=int, default=16)
     parser.add_argument('--sample-every', type=int, default=0,
-                        help='requests between samples (default: about 200 samples a run)')
+                        help='requests between samples (default: N/200 for --requests N, at '
+                        'least 50; 500 for --minutes)')
     parser.add_argument('--restart-every', type=float, default=20.0,
                         help='seconds between restarts of the aiohttp server (0: never)')
     parser.add_argument('--nginx-restart-every', type=float, default=45.0,

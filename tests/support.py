@@ -1440,7 +1440,7 @@ access_log none
 # client with no room left when that buffer (512 KB by default) is full, takes the read's 0
 # for the client's end, and drops the request and both its connections without a word at
 # debug level 1: strace shows read(fd, "", 0) = 0, then the closes. That happens whenever
-# the client sends faster than the origin reads, at random: about one 32 MiB upload in 10 here
+# the client sends faster than the origin reads, at random: 17 of 90 32 MiB uploads here
 client_request_buffer_max_size 64 MB
 cache deny all
 cache_mem 8 MB
